@@ -1,0 +1,165 @@
+"""Grading one lab folder: run its checker (pytest, in a subprocess) and collect results.
+
+The checker runs in a child process so that a crash, a hang or Ctrl-C in a check never
+takes the CLI down with it, and so that it can run inside a network namespace of its
+own (see `meshlab.isolation`). The child reports through a JSON-lines file (see
+`meshlab.pytest_plugin`); we read it as it grows to draw progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from meshlab import isolation
+from meshlab.course import Course, Lab
+from meshlab.runtime.processes import spawn, tail
+from meshlab.session import run_dir_for
+
+# A check that hangs is stopped after this long (pytest-timeout, inside the child).
+CHECK_TIMEOUT_S = 120
+
+
+@dataclass
+class CheckResult:
+    id: str
+    title: str
+    status: str                     # "pass", "fail", "error" or "skip"
+    message: str | None = None
+    expected: str | None = None
+    received: str | None = None
+    hint: str | None = None
+    duration: float = 0.0
+    logs: dict[str, str] = field(default_factory=dict)
+    output: str | None = None
+
+
+@dataclass
+class LabResult:
+    lab: str
+    number: int
+    title: str
+    path: str
+    status: str                     # "pass", "fail" or "error"
+    checks: list[CheckResult] = field(default_factory=list)
+    error: dict | None = None       # for status "error": what is broken, where, how to fix
+    duration: float = 0.0
+    run_dir: str | None = None
+
+    @property
+    def passed(self) -> int:
+        return sum(1 for c in self.checks if c.status == "pass")
+
+    @property
+    def exit_code(self) -> int:
+        return {"pass": 0, "fail": 1}.get(self.status, 2)
+
+    def to_json(self) -> dict:
+        """One object with an entry per check, in the spirit of exercism's results.json."""
+        data = asdict(self)
+        data["version"] = 1
+        data["message"] = self.error["message"] if self.error else None
+        for check in data["checks"]:
+            if check["status"] == "pass":
+                del check["logs"]  # logs only help where something failed
+        return data
+
+
+Event = dict
+OnEvent = Callable[[Event], None]
+
+
+def run_checks(course: Course, lab: Lab, lab_dir: Path, *, isolate: bool = False,
+               run_dir: Path | None = None, on_event: OnEvent | None = None) -> LabResult:
+    """Grade LAB_DIR against LAB's checker; never raises for a broken lab (status error)."""
+    lab_dir = Path(lab_dir).resolve()
+    report_dir = course.state_dir / "reports"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    stamp = f"{lab.slug}-{os.getpid()}-{time.monotonic_ns()}"
+    report, output = report_dir / f"{stamp}.jsonl", report_dir / f"{stamp}.out"
+    argv = [
+        sys.executable, "-m", "pytest", str(lab.checks), "-q", "--no-header", "-p", "no:cacheprovider",
+        "-o", "addopts=", "-o", f"timeout={CHECK_TIMEOUT_S}", "--rootdir", str(course.root),
+        "--meshlab-path", str(lab_dir), "--meshlab-report", str(report),
+    ]
+    if run_dir is not None:
+        argv += ["--meshlab-run-dir", str(run_dir)]
+    if isolate:
+        argv = isolation.wrap(argv)
+    env = {**os.environ, "MESHLAB_ROOT": str(course.root), "MESHLAB_STATE_DIR": str(course.state_dir)}
+    result = LabResult(lab=lab.slug, number=lab.number, title=lab.title, path=str(lab_dir), status="error",
+                       run_dir=str(run_dir or run_dir_for(course, lab, lab_dir)))
+    started = time.monotonic()
+    with open(output, "wb") as out:
+        # SIGTERM, not SIGKILL, if we die: the checker then stops the lab's processes.
+        child = spawn(argv, cwd=course.root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                      die_with_parent=True, death_signal=signal.SIGTERM)
+        try:
+            events = _follow(report, child, on_event)
+        except KeyboardInterrupt:
+            child.send_signal(signal.SIGINT)
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            raise
+    result.duration = round(time.monotonic() - started, 2)
+    _fill(result, events, child.returncode, output)
+    if result.status != "error":
+        report.unlink(missing_ok=True)
+        output.unlink(missing_ok=True)
+    return result
+
+
+def _follow(report: Path, child: subprocess.Popen, on_event: OnEvent | None) -> list[Event]:
+    events: list[Event] = []
+    position = 0
+    while True:
+        finished = child.poll() is not None
+        if report.exists():
+            with open(report, encoding="utf-8") as handle:
+                handle.seek(position)
+                while True:
+                    line = handle.readline()
+                    if not line.endswith("\n"):
+                        break  # a line still being written: read it next time
+                    position = handle.tell()
+                    event = json.loads(line)
+                    events.append(event)
+                    if on_event:
+                        on_event(event)
+        if finished:
+            return events
+        time.sleep(0.05)
+
+
+def _fill(result: LabResult, events: list[Event], returncode: int, output: Path) -> None:
+    for event in events:
+        if event["event"] == "check":
+            fields = {k: event.get(k) for k in CheckResult.__dataclass_fields__ if k in event}
+            result.checks.append(CheckResult(**fields))
+        elif event["event"] == "error":
+            result.error = event["error"]
+    if result.error:
+        result.status = "error"
+    elif returncode in (0, 1) and result.checks:
+        result.status = "pass" if all(c.status in ("pass", "skip") for c in result.checks) else "fail"
+        if any(c.status == "error" for c in result.checks):
+            result.status = "fail"
+    else:
+        # pytest itself failed (a broken checker module, an interrupted run): a course bug
+        # or a broken environment, not the learner's mistake. Show pytest's own words.
+        result.error = {
+            "kind": "checker",
+            "message": f"the checker did not run to completion (pytest exit code {returncode})",
+            "where": None,
+            "fix": f"the whole output is in {output}",
+            "details": tail(output, 25),
+        }

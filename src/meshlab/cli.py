@@ -1,0 +1,340 @@
+"""The `meshlab` command. Argument handling and rendering only; the work is elsewhere.
+
+Exit codes: 0 success; 1 a check (or an audited lab) failed; 2 the input or the
+environment is broken (the message says what, where and how to fix it); 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from meshlab import __version__, progress, ui, workspace
+from meshlab.course import Course, Lab, load_course
+from meshlab.errors import MeshlabError
+
+LAB = click.argument("lab", metavar="LAB")
+JSON = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
+
+
+class _Cli(click.Group):
+    """Turns meshlab's own errors into a message and exit 2, and Ctrl-C into 130."""
+
+    def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
+        try:
+            return super().invoke(ctx)
+        except MeshlabError as error:
+            ui.show_error(error)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            ui.errors.print("interrupted; the lab's processes were stopped")
+            sys.exit(130)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="meshlab")
+def main() -> None:
+    """meshlab: service-mesh internals, hands on, graded against real Envoy.
+
+    \b
+    A typical round:
+      meshlab list                 the labs and your progress
+      meshlab start 1              run lab 1's services in the background
+      $EDITOR labs/01-hello-mesh/envoy.yaml
+      meshlab check 1              grade your files (or: meshlab watch 1)
+      meshlab hint 1               one more hint each time
+      meshlab stop 1
+    """
+
+
+def _course() -> Course:
+    return load_course()
+
+
+def _lab_dir(course: Course, lab: Lab, path: str | None, solution: bool) -> Path:
+    if path and solution:
+        raise click.UsageError("--path and --solution exclude each other")
+    if solution:
+        return workspace.solution_tree(course, lab, course.state_dir / "graded" / f"{lab.slug}-solution")
+    if path:
+        folder = Path(path).resolve()
+        if not folder.is_dir():
+            raise MeshlabError(f"--path {path} is not a folder", fix="give the folder that holds the lab's files")
+        return folder
+    return lab.workspace
+
+
+@main.command("list")
+@JSON
+def list_labs(as_json: bool) -> None:
+    """The labs in course order, with your progress and time estimates."""
+    from meshlab.runtime import read_state
+
+    course = _course()
+    done = progress.load(course)
+    running = {lab.slug for lab in course.labs
+               if read_state(course.state_dir / "runs" / lab.slug) is not None}
+    if as_json:
+        click.echo(json.dumps([{
+            "number": lab.number, "slug": lab.slug, "title": lab.title, "summary": lab.summary,
+            "time_minutes": lab.time_minutes, "running": lab.slug in running, **done.get(lab.slug, {}),
+        } for lab in course.labs], indent=2))
+        return
+    ui.show_labs(course, done, running)
+
+
+@main.command()
+@LAB
+def start(lab: str) -> None:
+    """Start LAB's services in the background and show how to reach them.
+
+    If the lab is already running, only the services whose files changed restart.
+    """
+    from meshlab import platform, preflight
+    from meshlab.runtime import LocalRuntime
+    from meshlab.session import run_dir_for
+
+    course = _course()
+    spec = course.find(lab)
+    platform.require(spec.requires, lab_ref=f"lab {spec.number:02d}")
+    preflight.check_files(spec, spec.workspace)
+    run_dir = run_dir_for(course, spec, spec.workspace)
+    runtime = LocalRuntime.attach(spec, run_dir)
+    if runtime is not None:
+        restarted = runtime.sync()
+        ui.console.print(f"Lab {spec.number:02d} was running; restarted: {', '.join(restarted) or 'nothing (no change)'}")
+    else:
+        runtime = LocalRuntime(spec, spec.workspace, run_dir, detached=True)
+        with ui.console.status(f"starting lab {spec.number:02d}..."):
+            runtime.start_all()
+        ui.console.print(f"[bold]Lab {spec.number:02d} · {spec.title}[/] is running.")
+    for service in runtime.state.services.values():
+        where = ", ".join(f"127.0.0.1:{port} ({role})" for role, port in service.ports.items())
+        ui.console.print(f"  {service.name:<10} {service.kind:<7} {where}  [dim]pid {service.pid}[/]")
+    if spec.try_commands:
+        ui.console.print("Try:")
+        for command in spec.try_commands:
+            ui.console.print(f"  {command}")
+    ui.console.print(f"Logs: {ui.relative(run_dir)}/")
+    ui.console.print(f"Edit {ui.relative(spec.workspace)}/, then [bold]meshlab check {spec.number}[/]. "
+                     f"Stop with [bold]meshlab stop {spec.number}[/].")
+
+
+@main.command()
+@click.argument("lab", metavar="[LAB]", required=False)
+def stop(lab: str | None) -> None:
+    """Stop LAB's services (every running lab when LAB is omitted)."""
+    from meshlab.runtime import stop_run
+
+    course = _course()
+    runs = course.state_dir / "runs"
+    if lab is not None:
+        spec = course.find(lab)
+        folders = [d for d in (runs.iterdir() if runs.is_dir() else []) if d.name.split("@")[0] == spec.slug]
+    else:
+        folders = list(runs.iterdir()) if runs.is_dir() else []
+    stopped = {folder.name: stop_run(folder) for folder in folders}
+    stopped = {name: services for name, services in stopped.items() if services}
+    if not stopped:
+        ui.console.print("Nothing was running." if lab is None else f"Lab {lab} was not running.")
+    for name, services in stopped.items():
+        ui.console.print(f"Stopped {name}: {', '.join(services)}")
+
+
+@main.command()
+@JSON
+def status(as_json: bool) -> None:
+    """What meshlab is running now: labs, services, PIDs and ports."""
+    from meshlab.runtime import read_state
+    from meshlab.runtime.processes import alive
+
+    course = _course()
+    runs = course.state_dir / "runs"
+    report = []
+    for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
+        state = read_state(folder)
+        if state is None:
+            continue
+        services = [{"name": s.name, "kind": s.kind, "pid": s.pid, "ports": s.ports,
+                     "running": alive(s.pid, s.create_time)} for s in state.services.values()]
+        report.append({"run": folder.name, "lab": state.lab, "lab_dir": state.lab_dir,
+                       "detached": state.detached, "services": services})
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    if not report:
+        ui.console.print("No lab is running. Start one with: meshlab start LAB")
+    for run in report:
+        ui.console.print(f"[bold]{run['run']}[/]  [dim]{ui.relative(run['lab_dir'])}[/]")
+        for s in run["services"]:
+            state = "[green]running[/]" if s["running"] else "[red]stopped[/]"
+            ports = ", ".join(f"{p} ({r})" for r, p in s["ports"].items())
+            ui.console.print(f"  {s['name']:<10} {state}  pid {s['pid']:<7} {ports}")
+
+
+@main.command()
+@LAB
+@click.option("--path", type=click.Path(), help="Grade the lab files in this folder instead of labs/NN-slug.")
+@click.option("--solution", is_flag=True, help="Grade the course's solution (solutions/NN-slug).")
+@click.option("--isolate", is_flag=True,
+              help="Run in a private network namespace (fixed ports never collide; needs Linux namespaces).")
+@JSON
+def check(lab: str, path: str | None, solution: bool, isolate: bool, as_json: bool) -> None:
+    """Grade LAB against real Envoy: a scorecard of checks, EXPECTED / RECEIVED, hints.
+
+    Exit 0 when every check passes, 1 when one fails, 2 when the lab files or the
+    machine are broken (the message says where and how to fix it).
+    """
+    from meshlab import isolation
+    from meshlab.checking import run_checks
+
+    course = _course()
+    spec = course.find(lab)
+    lab_dir = _lab_dir(course, spec, path, solution)
+    if isolate and not isolation.available():
+        raise MeshlabError("--isolate needs network namespaces, which this machine does not allow",
+                           fix="run without --isolate, or as root / with unprivileged user namespaces")
+    if as_json:
+        result = run_checks(course, spec, lab_dir, isolate=isolate)
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        with ui.check_progress(spec) as on_event:
+            result = run_checks(course, spec, lab_dir, isolate=isolate, on_event=on_event)
+        ui.show_result(result)
+    if lab_dir == spec.workspace and result.status != "error":
+        progress.record_check(course, spec, result.status, result.passed, len(result.checks))
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@LAB
+@click.option("--path", type=click.Path(), help="Watch the lab files in this folder instead of labs/NN-slug.")
+def watch(lab: str, path: str | None) -> None:
+    """Re-check LAB every time you save one of its files (Ctrl-C to stop).
+
+    Services keep running between saves; only those whose files changed restart.
+    """
+    from meshlab.watch import watch as run_watch
+
+    course = _course()
+    spec = course.find(lab)
+    lab_dir = _lab_dir(course, spec, path, False)
+
+    def on_result(result, restarted):
+        ui.console.rule(f"restarted: {', '.join(restarted)}" if restarted else "checked")
+        ui.show_result(result)
+        if lab_dir == spec.workspace and result.status != "error":
+            progress.record_check(course, spec, result.status, result.passed, len(result.checks))
+
+    def on_waiting(files):
+        names = ", ".join(ui.relative(f) for f in files)
+        ui.console.print(f"[dim]Watching {names}. Save to re-check; Ctrl-C to stop.[/]")
+
+    run_watch(course, spec, lab_dir, on_result=on_result, on_error=ui.show_error, on_waiting=on_waiting)
+
+
+@main.command()
+@LAB
+@click.option("--all", "show_all", is_flag=True, help="Show every hint at once.")
+@click.option("--reset", "reset_count", is_flag=True, help="Start again from the first hint.")
+def hint(lab: str, show_all: bool, reset_count: bool) -> None:
+    """The next hint for LAB (hints come in layers, from a nudge to the answer's shape)."""
+    course = _course()
+    spec = course.find(lab)
+    if reset_count:
+        progress.reset_hints(course, spec)
+        ui.console.print(f"Hints of lab {spec.number:02d} start again from the first.")
+        return
+    if not spec.hints:
+        ui.console.print(f"Lab {spec.number:02d} has no hints; its README has the walkthrough.")
+        return
+    if show_all:
+        shown, hints = len(spec.hints), list(spec.hints)
+    else:
+        shown, hints = progress.next_hint(course, spec)
+    for index, text in enumerate(hints, 1):
+        style = "" if index == shown else "[dim]"
+        ui.console.print(f"{style}Hint {index}/{len(spec.hints)}: {ui.escape(text)}")
+    if shown < len(spec.hints):
+        ui.console.print(f"[dim](run `meshlab hint {spec.number}` again for the next one)[/]")
+
+
+@main.command()
+@LAB
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def reset(lab: str, yes: bool) -> None:
+    """Restore LAB's starter files; your current files are kept in a backup folder."""
+    course = _course()
+    spec = course.find(lab)
+    files = ", ".join(spec.edit)
+    if not yes and not click.confirm(f"Restore the starter of {files} in {ui.relative(spec.workspace)}?"):
+        sys.exit(1)
+    backup, restored = workspace.reset(course, spec)
+    ui.console.print(f"Restored {', '.join(restored) or 'nothing'}. Your previous files: {ui.relative(backup)}/")
+
+
+@main.command()
+@JSON
+def doctor(as_json: bool) -> None:
+    """Check this machine: Python, Envoy, ports the labs need, kernel features, tools."""
+    from meshlab.doctor import diagnose, healthy
+
+    try:
+        course, course_error = _course(), None
+    except MeshlabError as error:
+        course, course_error = None, error
+    findings = diagnose(course, course_error)
+    if as_json:
+        click.echo(json.dumps([f.to_json() for f in findings], indent=2))
+    else:
+        ui.show_findings(findings)
+    sys.exit(0 if healthy(findings) else 2)
+
+
+@main.command()
+@click.argument("labs", nargs=-1, metavar="[LAB]...")
+@click.option("--jobs", "-j", type=int, default=1, show_default=True,
+              help="Labs graded at once (needs isolation: labs share fixed ports).")
+@click.option("--isolate/--no-isolate", default=None,
+              help="Grade each run in its own network namespace [default: when available].")
+@JSON
+def audit(labs: tuple[str, ...], jobs: int, isolate: bool | None, as_json: bool) -> None:
+    """Prove the course: each starter must fail its checks, each solution pass them."""
+    from meshlab import isolation
+    from meshlab.audit import audit as run_audit
+
+    course = _course()
+    chosen = [course.find(ref) for ref in labs] if labs else list(course.labs)
+    if isolate is None:
+        isolate = isolation.available()
+    elif isolate and not isolation.available():
+        raise MeshlabError("--isolate needs network namespaces, which this machine does not allow",
+                           fix="run with --no-isolate (one lab at a time, on the real ports)")
+    if as_json:
+        rows = run_audit(course, chosen, jobs=jobs, isolate=isolate)
+        click.echo(json.dumps([{
+            "lab": row.lab.slug, "ok": row.ok, "problems": row.problems,
+            "starter": row.starter.to_json(), "solution": row.solution.to_json(),
+        } for row in rows], indent=2))
+    else:
+        total = 2 * len(chosen)
+        with ui.Progress(ui.SpinnerColumn(), ui.TextColumn("{task.description}"), ui.BarColumn(),
+                         ui.MofNCompleteColumn(), ui.TimeElapsedColumn(), console=ui.console,
+                         transient=True, disable=not ui.console.is_terminal) as bar:
+            task = bar.add_task("auditing", total=total)
+            rows = run_audit(course, chosen, jobs=jobs, isolate=isolate,
+                             on_done=lambda lab, which, result: bar.update(
+                                 task, advance=1, description=f"{lab.slug} {which}: {result.status}"))
+        ui.show_audit(rows)
+        for row in rows:
+            for which, result in (("starter", row.starter), ("solution", row.solution)):
+                if result.status == "error" and result.error:
+                    ui.show_error(result.error, title=f"{row.lab.slug} {which}")
+    sys.exit(0 if all(row.ok for row in rows) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""The course and its labs, as their manifests describe them.
+
+`course.yaml` at the project root gives the order of the labs; each lab folder holds a
+`lab.yaml` that says which services run (abstractly: an Envoy with this config, a
+Python app module, a command), which ports they use, which files the learner edits,
+the hints and the time estimate. Nothing about a particular lab lives in the engine.
+
+A lab manifest, annotated:
+
+    title: Hello Mesh
+    summary: A static Envoy sidecar in front of one Python app.
+    time: 45m
+    edit: [envoy.yaml]              # the learner's files; `meshlab reset` restores them
+    requires: []                     # platform features or tools (see meshlab.platform)
+    prepare:                         # commands run in the lab folder before anything starts
+      - [python, make-certs.py]
+    services:                        # started in this order (or after `after:`)
+      app:
+        python: meshlab.apps.hello   # runs `python -m meshlab.apps.hello ARGS`
+        args: [--port, "8080"]
+        ports: {http: 8080}
+      sidecar:
+        envoy: envoy.yaml            # an Envoy with this config (preflighted)
+        ports: {listener: 10000, admin: 9901}
+        after: [app]
+    try: ["curl -i http://127.0.0.1:10000/"]   # what `meshlab start` suggests
+    hints: ["first layer", "second layer", "third layer"]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from meshlab import yamlfile
+from meshlab.errors import CourseError, Location, UnknownLab
+
+COURSE_FILE = "course.yaml"
+LAB_FILE = "lab.yaml"
+SERVICE_KINDS = ("envoy", "python", "command")
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One process of a lab, described so that any runtime can start it."""
+
+    name: str
+    kind: str                      # "envoy", "python" or "command"
+    target: str | list[str]        # config file, module name, or argv
+    args: tuple[str, ...] = ()
+    ports: dict[str, int] = field(default_factory=dict)
+    after: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    # Envoy only: worker threads (1 keeps labs light and counters easy to reason about).
+    concurrency: int = 1
+    # Files (relative to the lab folder) whose change means this service must restart.
+    inputs: tuple[str, ...] = ()
+    ready_timeout: float = 15.0
+
+    @property
+    def admin_port(self) -> int | None:
+        return self.ports.get("admin")
+
+
+@dataclass(frozen=True)
+class Lab:
+    number: int
+    slug: str
+    title: str
+    summary: str
+    time_minutes: int
+    edit: tuple[str, ...]
+    services: tuple[ServiceSpec, ...]
+    hints: tuple[str, ...]
+    requires: tuple[str, ...]
+    prepare: tuple[tuple[str, ...], ...]
+    try_commands: tuple[str, ...]
+    checks: Path                    # the pytest module that grades the lab
+    workspace: Path                 # labs/NN-slug: the learner's files
+    solution: Path                  # solutions/NN-slug
+
+    @property
+    def name(self) -> str:
+        return f"{self.number:02d} {self.title}"
+
+    def service(self, name: str) -> ServiceSpec:
+        for spec in self.services:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    @property
+    def envoys(self) -> tuple[ServiceSpec, ...]:
+        return tuple(s for s in self.services if s.kind == "envoy")
+
+    def ports(self) -> list[tuple[str, str, int]]:
+        """(service, role, port) for every port the lab binds."""
+        return [(s.name, role, port) for s in self.services for role, port in s.ports.items()]
+
+
+@dataclass(frozen=True)
+class Course:
+    root: Path
+    title: str
+    labs: tuple[Lab, ...]
+
+    def find(self, ref: str | int) -> Lab:
+        """LAB as a learner types it: `1`, `01` or the slug (`01-hello-mesh`, `hello-mesh`)."""
+        text = str(ref).strip()
+        for lab in self.labs:
+            if text.isdigit() and int(text) == lab.number:
+                return lab
+            if text in (lab.slug, lab.slug.split("-", 1)[1]):
+                return lab
+        known = ", ".join(f"{lab.number} ({lab.slug})" for lab in self.labs)
+        raise UnknownLab(f"there is no lab {text!r}", fix=f"use one of: {known}")
+
+    @cached_property
+    def state_dir(self) -> Path:
+        """`.meshlab/` at the project root: runs, logs, progress (gitignored)."""
+        return Path(os.environ.get("MESHLAB_STATE_DIR", self.root / ".meshlab"))
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The project root: MESHLAB_ROOT, else the nearest folder up from START holding
+    course.yaml, else the checkout this package was installed from."""
+    if os.environ.get("MESHLAB_ROOT"):
+        return Path(os.environ["MESHLAB_ROOT"]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / COURSE_FILE).is_file():
+            return folder
+    source_checkout = Path(__file__).resolve().parents[2]
+    if (source_checkout / COURSE_FILE).is_file():
+        return source_checkout
+    raise CourseError(
+        f"no {COURSE_FILE} found in {here} or any folder above it",
+        fix="run meshlab from inside the course checkout, or set MESHLAB_ROOT to it",
+    )
+
+
+def load_course(root: Path | None = None) -> Course:
+    root = find_root() if root is None else Path(root).resolve()
+    doc = yamlfile.load(root / COURSE_FILE)
+    data = _mapping(doc, (), {"title", "labs"})
+    slugs = data.get("labs") or []
+    if not isinstance(slugs, list) or not all(isinstance(s, str) for s in slugs):
+        raise CourseError("`labs` must be a list of lab folder names", where=doc.location(("labs",)))
+    labs = tuple(load_lab(root, slug, course_doc=doc, index=i) for i, slug in enumerate(slugs))
+    numbers = [lab.number for lab in labs]
+    if len(set(numbers)) != len(numbers):
+        raise CourseError("two labs share a number", where=doc.location(("labs",)))
+    return Course(root=root, title=str(data.get("title", "meshlab")), labs=labs)
+
+
+_SLUG = re.compile(r"^(\d{2})-[a-z0-9]+(?:-[a-z0-9]+)*$")
+_LAB_KEYS = {"title", "summary", "time", "edit", "services", "hints", "requires", "prepare", "try", "checks"}
+_SERVICE_KEYS = {*SERVICE_KINDS, "args", "ports", "after", "env", "concurrency", "inputs", "ready_timeout"}
+
+
+def load_lab(root: Path, slug: str, *, course_doc: yamlfile.YamlDoc | None = None, index: int = 0) -> Lab:
+    match = _SLUG.match(slug)
+    if not match:
+        where = course_doc.location(("labs", index)) if course_doc else None
+        raise CourseError(f"lab folder {slug!r} must be named NN-words (like 01-hello-mesh)", where=where)
+    workspace = root / "labs" / slug
+    manifest = workspace / LAB_FILE
+    if not manifest.is_file():
+        where = course_doc.location(("labs", index)) if course_doc else None
+        raise CourseError(f"lab {slug} has no {LAB_FILE} at {manifest}", where=where)
+    doc = yamlfile.load(manifest)
+    data = _mapping(doc, (), _LAB_KEYS)
+    for required in ("title", "services"):
+        if required not in data:
+            raise CourseError(f"{LAB_FILE} of {slug} lacks `{required}`", where=doc.location(()))
+
+    services = tuple(_service(doc, name, body) for name, body in _mapping(doc, ("services",)).items())
+    names = {s.name for s in services}
+    for spec in services:
+        for dep in spec.after:
+            if dep not in names:
+                raise CourseError(f"service {spec.name} waits for unknown service {dep!r}",
+                                  where=doc.location(("services", spec.name, "after")))
+    ports = [(s.name, p) for s in services for p in s.ports.values()]
+    seen: dict[int, str] = {}
+    for service, port in ports:
+        if port in seen:
+            raise CourseError(f"port {port} is declared by both {seen[port]} and {service}",
+                              where=doc.location(("services", service, "ports")))
+        seen[port] = service
+
+    checks = data.get("checks") or f"checker/test_{slug.replace('-', '_')}.py"
+    return Lab(
+        number=int(match.group(1)),
+        slug=slug,
+        title=str(data["title"]),
+        summary=str(data.get("summary", "")),
+        time_minutes=_minutes(doc, data.get("time", "30m")),
+        edit=_strings(doc, ("edit",)),
+        services=services,
+        hints=_strings(doc, ("hints",)),
+        requires=_strings(doc, ("requires",)),
+        prepare=tuple(tuple(str(a) for a in cmd) for cmd in _list(doc, ("prepare",))),
+        try_commands=_strings(doc, ("try",)),
+        checks=root / checks,
+        workspace=workspace,
+        solution=root / "solutions" / slug,
+    )
+
+
+def _service(doc: yamlfile.YamlDoc, name: str, body: Any) -> ServiceSpec:
+    path = ("services", name)
+    data = _mapping(doc, path, _SERVICE_KEYS)
+    kinds = [k for k in SERVICE_KINDS if k in data]
+    if len(kinds) != 1:
+        raise CourseError(f"service {name} must have exactly one of: {', '.join(SERVICE_KINDS)}",
+                          where=doc.location(path))
+    kind = kinds[0]
+    target = data[kind]
+    if kind == "command":
+        if not isinstance(target, list) or not target:
+            raise CourseError(f"service {name}: `command` must be a non-empty list", where=doc.location(path + (kind,)))
+        target = [str(a) for a in target]
+    else:
+        target = str(target)
+    ports = _mapping(doc, path + ("ports",))
+    for role, port in ports.items():
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise CourseError(f"service {name}: port {role} must be a number 1-65535",
+                              where=doc.location(path + ("ports", role)))
+    if kind == "envoy" and "admin" not in ports:
+        raise CourseError(f"Envoy service {name} must declare its admin port (ports: {{admin: 9901}})",
+                          where=doc.location(path + ("ports",)))
+    inputs = _strings(doc, path + ("inputs",))
+    if kind == "envoy" and target not in inputs:
+        inputs = (target, *inputs)
+    return ServiceSpec(
+        name=name,
+        kind=kind,
+        target=target,
+        args=_strings(doc, path + ("args",)),
+        ports={str(k): int(v) for k, v in ports.items()},
+        after=_strings(doc, path + ("after",)),
+        env={str(k): str(v) for k, v in _mapping(doc, path + ("env",)).items()},
+        concurrency=int(data.get("concurrency", 1)),
+        inputs=inputs,
+        ready_timeout=float(data.get("ready_timeout", 15.0)),
+    )
+
+
+def _mapping(doc: yamlfile.YamlDoc, path: tuple, allowed: set[str] | None = None) -> dict:
+    value = doc.get(path, {}) if path else doc.data
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CourseError(f"`{yamlfile.format_path(path) or 'the document'}` must be a mapping",
+                          where=doc.location(path))
+    if allowed is not None:
+        for key in value:
+            if key not in allowed:
+                raise CourseError(f"unknown key {key!r} in {doc.file.name}",
+                                  where=doc.location(path + (key,)),
+                                  fix=f"allowed here: {', '.join(sorted(allowed))}")
+    return value
+
+
+def _list(doc: yamlfile.YamlDoc, path: tuple) -> list:
+    value = doc.get(path, [])
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise CourseError(f"`{yamlfile.format_path(path)}` must be a list", where=doc.location(path))
+    return value
+
+
+def _strings(doc: yamlfile.YamlDoc, path: tuple) -> tuple[str, ...]:
+    return tuple(str(v) for v in _list(doc, path))
+
+
+def _minutes(doc: yamlfile.YamlDoc, value: Any) -> int:
+    match = re.fullmatch(r"\s*(?:(\d+)h)?\s*(?:(\d+)m(?:in)?)?\s*", str(value))
+    if isinstance(value, int):
+        return value
+    if not match or not any(match.groups()):
+        raise CourseError(f"time {value!r} must look like 45m or 1h30m", where=doc.location(("time",)))
+    return int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+
+
+def describe(lab: Lab) -> str:
+    return f"lab {lab.number:02d} ({lab.slug})"
+
+
+def manifest_location(lab: Lab) -> Location:
+    return Location(lab.workspace / LAB_FILE)

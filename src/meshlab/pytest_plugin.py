@@ -1,0 +1,161 @@
+"""meshlab's pytest plugin: the fixtures checks use, and the report the CLI renders.
+
+Registered through the `pytest11` entry point, so it is loaded in every pytest run but
+does nothing until a check asks for the `lab` fixture. A checker module names its lab:
+
+    pytestmark = pytest.mark.lab("01-hello-mesh")
+
+Options (set by `meshlab check`; all optional when running pytest by hand):
+    --meshlab-path DIR       grade the lab files in DIR (default: the lab's workspace)
+    --meshlab-run-dir DIR    keep state and logs there
+    --meshlab-report FILE    write one JSON line per event (start, check, error, end)
+
+The report is how `meshlab check` learns results while the run goes on (it draws the
+progress bar from it): the first line lists the checks, one line per finished check
+follows (id, title, status, message, expected, received, hint, logs), then the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import IO, Iterator
+
+import pytest
+
+from meshlab.course import Course, Lab, load_course
+from meshlab.errors import MeshlabError
+from meshlab.grading.failures import CheckFailed
+from meshlab.session import LabSession, run_dir_for
+
+_REPORT = pytest.StashKey["_Report"]()
+_SESSION_ERROR = pytest.StashKey[MeshlabError]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("meshlab", "meshlab lab checks")
+    group.addoption("--meshlab-path", metavar="DIR", help="grade the lab files in DIR")
+    group.addoption("--meshlab-run-dir", metavar="DIR", help="state and logs of the run")
+    group.addoption("--meshlab-report", metavar="FILE", help="write JSON-lines results to FILE")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "lab(slug): the lab a checker module grades")
+    config.addinivalue_line("markers", "meshlab_check(title, hint): a graded check and its hint")
+    path = config.getoption("--meshlab-report", default=None)
+    if path:
+        config.stash[_REPORT] = _Report(Path(path))
+
+
+class _Report:
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = open(path, "w", encoding="utf-8")
+
+    def write(self, event: str, **fields: object) -> None:
+        self._file.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _check_info(item: pytest.Item) -> dict:
+    marker = item.get_closest_marker("meshlab_check")
+    title = marker.kwargs.get("title") if marker else None
+    if not title:
+        doc = getattr(item.obj, "__doc__", None) or item.name
+        title = doc.strip().splitlines()[0]
+    return {"id": item.name, "title": title, "hint": marker.kwargs.get("hint") if marker else None}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    report = session.config.stash.get(_REPORT, None)
+    if report:
+        report.write("start", checks=[_check_info(item) for item in session.items])
+
+
+def _lab_of(request: pytest.FixtureRequest, course: Course) -> Lab:
+    slugs = {m.args[0] for item in request.session.items for m in item.iter_markers("lab")}
+    if len(slugs) != 1:
+        raise pytest.UsageError(
+            "a checker module must name exactly one lab with pytestmark = pytest.mark.lab('NN-slug'); "
+            f"this run names {sorted(slugs) or 'none'}")
+    return course.find(slugs.pop())
+
+
+@pytest.fixture(scope="session")
+def lab(request: pytest.FixtureRequest) -> Iterator[LabSession]:
+    """The lab under test, started once per run (or attached to, if the learner left it
+    running with `meshlab start`), stopped at the end if this run started it."""
+    config = request.config
+    try:
+        course = load_course()
+        spec = _lab_of(request, course)
+        lab_dir = Path(config.getoption("--meshlab-path") or spec.workspace).resolve()
+        run_dir = Path(config.getoption("--meshlab-run-dir") or run_dir_for(course, spec, lab_dir))
+        session = LabSession.open(spec, lab_dir, run_dir)
+    except MeshlabError as error:
+        # The input or the machine is broken: no check can say anything useful.
+        config.stash[_SESSION_ERROR] = error
+        report = config.stash.get(_REPORT, None)
+        if report:
+            report.write("error", error=error.to_dict())
+        pytest.exit(str(error), returncode=2)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    result: pytest.TestReport = outcome.get_result()
+    report = item.config.stash.get(_REPORT, None)
+    failed_setup = result.when == "setup" and not result.passed
+    if report is None or not (result.when == "call" or failed_setup):
+        return
+    if failed_setup and item.config.stash.get(_SESSION_ERROR, None) is not None:
+        return  # reported once as an error event
+    entry = {**_check_info(item), "status": "pass" if result.passed else "fail",
+             "duration": round(result.duration, 3)}
+    if result.skipped:
+        entry["status"] = "skip"
+        entry["message"] = str(call.excinfo.value) if call.excinfo else ""
+    elif not result.passed and call.excinfo is not None:
+        error = call.excinfo.value
+        if isinstance(error, CheckFailed):
+            entry.update(message=error.summary, expected=error.expected, received=error.received,
+                         hint=error.hint or entry["hint"])
+        elif isinstance(error, MeshlabError):
+            entry.update(status="error", message=str(error))
+        elif isinstance(error, AssertionError):
+            entry["message"] = str(error).strip() or "an assertion failed"
+        else:
+            entry.update(status="error", message=f"the check could not run: {type(error).__name__}: {error}",
+                         output="".join(traceback.format_exception(error))[-3000:])
+        session = _active_session(item)
+        if session is not None:
+            entry["logs"] = session.logs()
+    report.write("check", **entry)
+
+
+def _active_session(item: pytest.Item) -> LabSession | None:
+    fixture_defs = item._fixtureinfo.name2fixturedefs.get("lab") if hasattr(item, "_fixtureinfo") else None
+    if not fixture_defs:
+        return None
+    cached = getattr(fixture_defs[-1], "cached_result", None)
+    if cached and isinstance(cached[0], LabSession):
+        return cached[0]
+    return None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    report = session.config.stash.get(_REPORT, None)
+    if report:
+        report.write("end", exitstatus=int(exitstatus))
+        report.close()

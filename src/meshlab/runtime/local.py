@@ -1,0 +1,369 @@
+"""The local runtime: a lab's services as processes on this machine.
+
+A run lives in a run directory (`.meshlab/runs/<slug>/` for the learner's workspace):
+`state.json` (what runs, with PIDs and the hashes of the files each service was started
+from) and one log per service. The state file is what lets `meshlab stop`, `status`,
+`check` and `watch` find a lab that `meshlab start` left running, and restart only the
+services whose files changed.
+
+Ownership: a run started by a checker or by `meshlab watch` is *owned* by that process:
+its services die with it (kernel parent-death signal) and are stopped when it ends; a
+service another process restarts meanwhile cannot get that signal, so a run whose
+owner has died is stopped by whoever finds it next. A run started by `meshlab start` is
+*detached*: it survives until `meshlab stop`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from meshlab import ports as portcheck
+from meshlab.course import Lab, ServiceSpec
+from meshlab.envoy import Admin, find_binary
+from meshlab.errors import PortBusy, ServiceFailed, ToolMissing
+from meshlab.platform import install_hint
+from meshlab.runtime import processes
+
+STATE_FILE = "state.json"
+
+
+@dataclass
+class ServiceState:
+    name: str
+    kind: str
+    pid: int
+    pgid: int
+    create_time: float
+    argv: list[str]
+    log: str
+    ports: dict[str, int]
+    inputs: dict[str, str] = field(default_factory=dict)  # file -> sha256 when started
+    admin_url: str | None = None
+
+
+@dataclass
+class RunState:
+    lab: str
+    lab_dir: str
+    detached: bool
+    started_at: float
+    owner_pid: int | None = None  # the process whose death ends the run (None: detached)
+    services: dict[str, ServiceState] = field(default_factory=dict)
+
+
+class LocalRuntime:
+    """Start, stop, restart and observe one lab's services."""
+
+    def __init__(self, lab: Lab, lab_dir: Path, run_dir: Path, *, detached: bool = False):
+        self.lab = lab
+        self.lab_dir = Path(lab_dir).resolve()
+        self.run_dir = Path(run_dir).resolve()
+        self.detached = detached
+        self.state = RunState(lab=lab.slug, lab_dir=str(self.lab_dir), detached=detached, started_at=time.time(),
+                              owner_pid=None if detached else os.getpid())
+        self._popen: dict[str, subprocess.Popen] = {}
+
+    # -- finding a run that is already there -------------------------------------
+
+    @classmethod
+    def attach(cls, lab: Lab, run_dir: Path) -> "LocalRuntime | None":
+        """The run recorded in RUN_DIR if any of its services still runs, else None
+        (a stale state file is removed)."""
+        state = read_state(run_dir)
+        if state is None:
+            return None
+        runtime = cls(lab, Path(state.lab_dir), run_dir, detached=state.detached)
+        runtime.state = state
+        orphaned = state.owner_pid is not None and not processes.alive(state.owner_pid)
+        if orphaned or not any(runtime.is_running(name) for name in state.services):
+            runtime.stop_all()
+            return None
+        return runtime
+
+    @property
+    def owner(self) -> bool:
+        """True in the process that owns this run (its services die with it)."""
+        return self.state.owner_pid == os.getpid()
+
+    def adopt(self) -> list[str]:
+        """Re-read the state another process may have changed, and restart under this
+        owner the services it restarted (so they die with us again)."""
+        state = read_state(self.run_dir)
+        if state is not None:
+            self.state = state
+        strays = [name for name in self.state.services if name not in self._popen]
+        for name in strays:
+            self.restart(name)
+        return strays
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start_all(self) -> None:
+        """Check ports, run the prepare steps, then start every service in order and
+        wait until each is ready. On any failure, what was started is stopped."""
+        portcheck.ensure_free(self.lab.ports(), lab_ref=f"lab {self.lab.number:02d} ({self.lab.slug})")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for old_log in self.run_dir.glob("*.log"):
+            old_log.unlink()  # a new run starts with empty logs; restarts within it append
+        try:
+            self._prepare()
+            for spec in self._start_order():
+                self.start(spec.name)
+        except BaseException:
+            self.stop_all()
+            raise
+
+    def start(self, name: str) -> ServiceState:
+        spec = self.lab.service(name)
+        if self.is_running(name):
+            return self.state.services[name]
+        argv = self._argv(spec)
+        log_path = self.run_dir / f"{name}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
+        with open(log_path, "ab") as log:
+            log.write(f"--- meshlab: starting {name} at {time.strftime('%H:%M:%S')}\n".encode())
+            log.flush()
+            # Envoy's stdout carries the access log of configs that write to /dev/stdout.
+            stdout = open(self.run_dir / f"{name}.access.log", "ab") if spec.kind == "envoy" else log
+            try:
+                popen = processes.spawn(argv, cwd=self.lab_dir, env=env, stdout=stdout, stderr=log,
+                                        die_with_parent=self.owner)
+            finally:
+                if stdout is not log:
+                    stdout.close()
+        self._popen[name] = popen
+        service = ServiceState(
+            name=name, kind=spec.kind, pid=popen.pid, pgid=popen.pid,
+            create_time=processes.create_time(popen.pid) or time.time(), argv=argv, log=str(log_path),
+            ports=dict(spec.ports), inputs=self._hash_inputs(spec),
+        )
+        self.state.services[name] = service
+        self._save()
+        try:
+            self._wait_ready(spec, service)
+        except BaseException:
+            self.stop(name)
+            raise
+        self._save()
+        return service
+
+    def stop(self, name: str) -> None:
+        service = self.state.services.get(name)
+        if service is None:
+            return
+        if processes.alive(service.pid, service.create_time):
+            processes.terminate_group(service.pgid, service.pid, popen=self._popen.get(name))
+        elif name in self._popen:
+            self._popen[name].poll()
+        self._popen.pop(name, None)
+        del self.state.services[name]
+        self._save()
+
+    def restart(self, name: str) -> ServiceState:
+        self.stop(name)
+        return self.start(name)
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.state.services)):
+            self.stop(name)
+        self._forget()
+
+    def sync(self) -> list[str]:
+        """Restart the services whose input files changed since they started, and start
+        those that are not running. Returns the names of what was (re)started."""
+        changed = []
+        for spec in self._start_order():
+            service = self.state.services.get(spec.name)
+            if service is None or not self.is_running(spec.name):
+                changed.append(spec.name)
+                self.stop(spec.name)
+                self.start(spec.name)
+            elif service.inputs != self._hash_inputs(spec):
+                changed.append(spec.name)
+                self.restart(spec.name)
+        return changed
+
+    # -- observing ---------------------------------------------------------------
+
+    def is_running(self, name: str) -> bool:
+        service = self.state.services.get(name)
+        return service is not None and processes.alive(service.pid, service.create_time)
+
+    def admin(self, name: str) -> Admin:
+        service = self.state.services.get(name)
+        if service is None or not service.admin_url:
+            raise ServiceFailed(f"{name} is not a running Envoy of lab {self.lab.slug}")
+        return Admin(service.admin_url)
+
+    def log_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.log"
+
+    def access_log_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.access.log"
+
+    def logs(self, lines: int = 20) -> dict[str, str]:
+        """The tail of each service's log, for failure reports."""
+        return {spec.name: processes.tail(self.log_path(spec.name), lines) for spec in self.lab.services}
+
+    # -- internals ---------------------------------------------------------------
+
+    def _start_order(self) -> list[ServiceSpec]:
+        ordered: list[ServiceSpec] = []
+        pending = list(self.lab.services)
+        while pending:
+            for spec in pending:
+                if all(dep in {s.name for s in ordered} for dep in spec.after):
+                    ordered.append(spec)
+                    pending.remove(spec)
+                    break
+            else:
+                raise ServiceFailed(f"services of lab {self.lab.slug} wait for each other in a cycle: "
+                                    + ", ".join(s.name for s in pending))
+        return ordered
+
+    def _argv(self, spec: ServiceSpec) -> list[str]:
+        if spec.kind == "envoy":
+            return [
+                str(find_binary().path), "-c", str(self.lab_dir / spec.target),
+                # Envoy picks a free base id: two Envoys never fight over shared memory.
+                "--use-dynamic-base-id", "--base-id-path", str(self.run_dir / f"{spec.name}.base-id"),
+                "--admin-address-path", str(self._admin_address_file(spec.name)),
+                # Warnings and worse; but the start-up advice about connection limits
+                # (component `main`, level warning) is noise in a lab.
+                "--concurrency", str(spec.concurrency), "-l", "warning", "--component-log-level", "main:error",
+                *spec.args,
+            ]
+        if spec.kind == "python":
+            return [sys.executable, "-m", str(spec.target), *spec.args]
+        program = spec.target[0]
+        resolved = shutil.which(program)
+        if resolved is None:
+            raise ToolMissing(f"lab {self.lab.slug} needs `{program}`, which is not installed",
+                              fix=install_hint(program))
+        return [resolved, *spec.target[1:], *spec.args]
+
+    def _prepare(self) -> None:
+        for command in self.lab.prepare:
+            argv = [sys.executable if command[0] in ("python", "python3") else command[0], *command[1:]]
+            proc = subprocess.run(argv, cwd=self.lab_dir, capture_output=True, text=True, timeout=300)
+            if proc.returncode != 0:
+                raise ServiceFailed(
+                    f"the prepare step `{' '.join(command)}` of lab {self.lab.slug} failed (exit {proc.returncode})",
+                    details="\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:]),
+                    fix="run the step by hand in the lab folder to see the whole output",
+                )
+
+    def _hash_inputs(self, spec: ServiceSpec) -> dict[str, str]:
+        hashes = {}
+        for name in spec.inputs:
+            path = self.lab_dir / name
+            hashes[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+        return hashes
+
+    def _admin_address_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.admin-address"
+
+    def _wait_ready(self, spec: ServiceSpec, service: ServiceState) -> None:
+        deadline = time.monotonic() + spec.ready_timeout
+        delay = 0.005
+        if spec.kind == "envoy":
+            self._admin_address_file(spec.name).unlink(missing_ok=True)
+        while True:
+            popen = self._popen.get(spec.name)
+            if popen is not None and popen.poll() is not None:
+                raise self._exited(spec, popen.returncode)
+            if self._probe(spec, service):
+                return
+            if time.monotonic() > deadline:
+                raise ServiceFailed(
+                    f"{spec.name} did not become ready within {spec.ready_timeout:.0f} s",
+                    details=processes.tail(self.log_path(spec.name), 15),
+                    fix=self._ready_fix(spec),
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _probe(self, spec: ServiceSpec, service: ServiceState) -> bool:
+        if spec.kind == "envoy":
+            address_file = self._admin_address_file(spec.name)
+            if not address_file.is_file() or not address_file.read_text().strip():
+                return False
+            service.admin_url = "http://" + address_file.read_text().strip()
+            try:
+                return httpx.get(service.admin_url + "/ready", timeout=1.0, trust_env=False).text.strip() == "LIVE"
+            except httpx.HTTPError:
+                return False
+        if not spec.ports:
+            return True
+        port = next(iter(spec.ports.values()))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def _ready_fix(self, spec: ServiceSpec) -> str:
+        if spec.kind == "envoy":
+            return (f"make sure the config has an `admin:` section listening on 127.0.0.1:{spec.admin_port}; "
+                    f"read {self.log_path(spec.name)} for Envoy's own explanation")
+        return f"read {self.log_path(spec.name)}"
+
+    def _exited(self, spec: ServiceSpec, code: int) -> Exception:
+        log_tail = processes.tail(self.log_path(spec.name), 15)
+        if "cannot bind" in log_tail and "Address already in use" in log_tail:
+            address = log_tail.split("cannot bind '", 1)[1].split("'", 1)[0]
+            port = int(address.rsplit(":", 1)[1]) if address.rsplit(":", 1)[-1].isdigit() else None
+            who = portcheck.holder(port) if port else None
+            return PortBusy(f"{spec.name} (Envoy) could not listen on {address}: the address is in use",
+                            details=f"  held by {who or 'another process'}",
+                            fix="stop the process holding the port, or check that your config does not use "
+                                "the same port twice (admin and listeners must differ)")
+        what = "Envoy" if spec.kind == "envoy" else spec.kind
+        return ServiceFailed(f"{spec.name} ({what}) exited with code {code} while starting",
+                             details=log_tail, fix=f"read the log above (all of it: {self.log_path(spec.name)})")
+
+    def _save(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        data = asdict(self.state)
+        temporary = self.run_dir / (STATE_FILE + ".tmp")
+        temporary.write_text(json.dumps(data, indent=2))
+        temporary.replace(self.run_dir / STATE_FILE)
+
+    def _forget(self) -> None:
+        (self.run_dir / STATE_FILE).unlink(missing_ok=True)
+
+
+def read_state(run_dir: Path) -> RunState | None:
+    try:
+        data = json.loads((Path(run_dir) / STATE_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    services = {name: ServiceState(**body) for name, body in data.pop("services", {}).items()}
+    return RunState(**data, services=services)
+
+
+def stop_run(run_dir: Path) -> list[str]:
+    """Stop whatever RUN_DIR records, without needing the lab's manifest."""
+    state = read_state(run_dir)
+    if state is None:
+        return []
+    stopped = []
+    for service in reversed(list(state.services.values())):
+        if processes.alive(service.pid, service.create_time):
+            processes.terminate_group(service.pgid, service.pid)
+            stopped.append(service.name)
+    (Path(run_dir) / STATE_FILE).unlink(missing_ok=True)
+    return stopped
+
+

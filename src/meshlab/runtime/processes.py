@@ -1,0 +1,124 @@
+"""Starting and stopping process groups so that nothing outlives its lab.
+
+Each service runs in its own session (so its process group can be signalled as a
+whole, children included). A service owned by a checker also gets the kernel's
+parent-death signal: if the checker dies, even by SIGKILL, the kernel kills the service.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Sequence
+
+import psutil
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def spawn(argv: Sequence[str], *, cwd: Path, env: dict[str, str], stdout: IO, stderr: IO | int,
+          die_with_parent: bool, death_signal: int = signal.SIGKILL) -> subprocess.Popen:
+    """Start ARGV in a new session. With DIE_WITH_PARENT, the kernel sends DEATH_SIGNAL
+    to it when the calling thread's process dies (Linux); call it from a thread that
+    lives as long as the service should (the main thread)."""
+    parent = os.getpid()
+
+    def arm_parent_death() -> None:
+        if _libc is not None:
+            _libc.prctl(_PR_SET_PDEATHSIG, int(death_signal), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return subprocess.Popen(
+        list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+        start_new_session=True,
+        preexec_fn=arm_parent_death if die_with_parent else None,
+    )
+
+
+def alive(pid: int, create_time: float | None = None) -> bool:
+    """True if PID runs and is the same process (same start time) we started."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or abs(proc.create_time() - create_time) < 0.01
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def terminate_group(pgid: int, pid: int, *, popen: subprocess.Popen | None = None,
+                    grace: float = 3.0) -> None:
+    """SIGTERM the whole group, wait up to GRACE seconds, then SIGKILL what is left."""
+    members = _group_members(pgid) | {pid}
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if popen is not None:
+            popen.poll()
+        if not any(_running(p) for p in members):
+            break
+        time.sleep(0.01)
+    else:
+        _signal_group(pgid, signal.SIGKILL)
+        for p in members:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    if popen is not None:
+        try:
+            popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_members(pgid: int) -> set[int]:
+    members = set()
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                members.add(proc.pid)
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+            continue
+    return members
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last LINES lines of a log file ('' when there is none)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            data = handle.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])

@@ -1,0 +1,128 @@
+"""A lab under test: its running services, their admin APIs, and HTTP for checks.
+
+`LabSession.open` is what the checker's `lab` fixture does once per run: check the
+machine and the learner's files (preflight), then either attach to the lab the learner
+left running with `meshlab start` (restarting only what changed) or start it, owned by
+this process, and stop it again at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+from meshlab import platform, preflight
+from meshlab.apps.server import JOURNAL_PATH
+from meshlab.course import Course, Lab
+from meshlab.envoy import Admin
+from meshlab.errors import PortBusy, ServiceFailed
+from meshlab.grading import http as grading_http
+from meshlab.runtime import LocalRuntime
+
+
+def run_dir_for(course: Course, lab: Lab, lab_dir: Path) -> Path:
+    """Where a run of LAB from LAB_DIR keeps state and logs: one fixed place for the
+    learner's workspace (so `start`, `check` and `stop` find each other), another per
+    folder graded with --path or --solution."""
+    lab_dir = Path(lab_dir).resolve()
+    runs = course.state_dir / "runs"
+    if lab_dir == lab.workspace.resolve():
+        return runs / lab.slug
+    return runs / f"{lab.slug}@{hashlib.sha1(str(lab_dir).encode()).hexdigest()[:8]}"
+
+
+class LabSession:
+    def __init__(self, lab: Lab, lab_dir: Path, runtime: LocalRuntime, *, owned: bool):
+        self.lab = lab
+        self.dir = Path(lab_dir)
+        self.runtime = runtime
+        self.owned = owned
+        self.restarted: list[str] = []
+        self.http = httpx.Client(timeout=10.0, trust_env=False)
+        self._admins: dict[str, Admin] = {}
+
+    @classmethod
+    def open(cls, lab: Lab, lab_dir: Path, run_dir: Path) -> "LabSession":
+        lab_dir = Path(lab_dir).resolve()
+        lab_ref = f"lab {lab.number:02d} ({lab.slug})"
+        platform.require(lab.requires, lab_ref=lab_ref)
+        preflight.check_files(lab, lab_dir)
+        running = LocalRuntime.attach(lab, run_dir)
+        if running is not None:
+            if running.lab_dir != lab_dir:
+                raise PortBusy(f"{lab_ref} is already running from {running.lab_dir}",
+                               fix=f"stop it first: meshlab stop {lab.number}")
+            session = cls(lab, lab_dir, running, owned=False)
+            session.restarted = running.sync()
+            return session
+        runtime = LocalRuntime(lab, lab_dir, run_dir, detached=False)
+        runtime.start_all()
+        return cls(lab, lab_dir, runtime, owned=True)
+
+    def close(self) -> None:
+        for admin in self._admins.values():
+            admin.close()
+        self.http.close()
+        if self.owned:
+            self.runtime.stop_all()
+
+    # -- Envoy -------------------------------------------------------------------
+
+    def envoy(self, name: str | None = None) -> Admin:
+        """The admin API of the lab's Envoy NAME (the only one, when there is one)."""
+        if name is None:
+            envoys = self.lab.envoys
+            if len(envoys) != 1:
+                raise ValueError(f"lab {self.lab.slug} has {len(envoys)} Envoys: name one")
+            name = envoys[0].name
+        if name not in self._admins:
+            self._admins[name] = self.runtime.admin(name)
+        return self._admins[name]
+
+    # -- traffic -----------------------------------------------------------------
+
+    def get(self, url: str, *, hint: str | None = None, **kwargs: object) -> httpx.Response:
+        return grading_http.request(self.http, "GET", url, hint=hint, **kwargs)
+
+    def request(self, method: str, url: str, *, hint: str | None = None, **kwargs: object) -> httpx.Response:
+        return grading_http.request(self.http, method, url, hint=hint, **kwargs)
+
+    # -- what reached an app -----------------------------------------------------
+
+    def app_url(self, service: str) -> str:
+        port = next(iter(self.lab.service(service).ports.values()))
+        return f"http://127.0.0.1:{port}"
+
+    def journal(self, service: str, since: int = 0) -> list[dict]:
+        """Requests the app SERVICE received after sequence number SINCE, asked of the
+        app directly (not through Envoy)."""
+        response = self.http.get(self.app_url(service) + JOURNAL_PATH, params={"since": since})
+        response.raise_for_status()
+        return response.json()
+
+    def journal_position(self, service: str) -> int:
+        entries = self.journal(service)
+        return entries[-1]["seq"] if entries else 0
+
+    # -- changing the world, and putting it back ---------------------------------
+
+    @contextlib.contextmanager
+    def stopped(self, service: str) -> Iterator[None]:
+        """Stop SERVICE for the block, then start it again and wait until it is ready."""
+        self.runtime.stop(service)
+        try:
+            yield
+        finally:
+            self.runtime.start(service)
+
+    def logs(self, lines: int = 20) -> dict[str, str]:
+        return self.runtime.logs(lines)
+
+    def require_running(self, service: str) -> None:
+        if not self.runtime.is_running(service):
+            raise ServiceFailed(f"{service} stopped during the checks",
+                                details=self.runtime.logs().get(service, ""))

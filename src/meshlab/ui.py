@@ -1,0 +1,155 @@
+"""How meshlab shows things in a terminal: scorecards, tables, errors, progress.
+
+Only rendering lives here; what to show comes from the modules that compute it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from meshlab.checking import LabResult
+from meshlab.course import Course, Lab
+from meshlab.errors import MeshlabError
+
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+_MARK = {"pass": "[green]✔[/]", "fail": "[red]✘[/]", "error": "[red]![/]", "skip": "[yellow]-[/]"}
+
+
+def relative(path: str | Path) -> str:
+    """PATH relative to the current folder when that is shorter (for copy-pasting)."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def show_error(error: MeshlabError | dict, *, title: str = "error") -> None:
+    data = error.to_dict() if isinstance(error, MeshlabError) else error
+    errors.print(f"[bold red]{title}:[/] {escape(data['message'])}")
+    if data.get("where"):
+        errors.print(f"  [dim]at[/] {escape(relative(data['where']) if ':' not in data['where'] else _rel_loc(data['where']))}")
+    if data.get("details"):
+        errors.print(escape(data["details"]))
+    if data.get("fix"):
+        errors.print(f"  [bold]fix:[/] {escape(data['fix'])}")
+
+
+def _rel_loc(where: str) -> str:
+    path, _, rest = where.partition(":")
+    return relative(path) + (":" + rest if rest else "")
+
+
+def show_result(result: LabResult, *, logs: bool = True) -> None:
+    header = f"[bold]Lab {result.number:02d} · {escape(result.title)}[/]  [dim]{escape(relative(result.path))}[/]"
+    console.print(header)
+    if result.status == "error" and result.error:
+        show_error(result.error, title="cannot grade")
+        return
+    causes_shown: list[tuple] = []
+    for check in result.checks:
+        console.print(f" {_MARK.get(check.status, '?')} {escape(check.title)}")
+        if check.status in ("fail", "error"):
+            cause = (check.message, check.expected, check.received)
+            if cause in causes_shown:
+                console.print("     [dim]same cause as above[/]")
+                continue
+            causes_shown.append(cause)
+            if check.message:
+                console.print(f"     {escape(check.message)}")
+            if check.expected is not None:
+                console.print(f"     [bold]EXPECTED[/] {escape(str(check.expected))}")
+            if check.received is not None:
+                console.print(f"     [bold]RECEIVED[/] {escape(str(check.received))}")
+            if check.hint:
+                console.print(f"     [bold cyan]HINT[/]     {escape(check.hint)}")
+    failed = [c for c in result.checks if c.status != "pass"]
+    if failed and logs:
+        tails = next((c.logs for c in failed if c.logs), {})
+        for service, text in tails.items():
+            lines = [line for line in text.splitlines() if line.strip()][-6:]
+            if lines:
+                console.print(f"   [dim]── log of {escape(service)} (last lines) ──[/]")
+                for line in lines:
+                    console.print(f"   [dim]{escape(line[:160])}[/]")
+    total = len(result.checks)
+    colour = "green" if result.status == "pass" else "red"
+    console.print(f"[{colour}]{result.passed}/{total} checks pass[/] in {result.duration:.1f} s."
+                  + ("" if result.status == "pass" else f"  Logs: {escape(relative(result.run_dir or ''))}  "
+                     f"More help: meshlab hint {result.number}"))
+
+
+@contextlib.contextmanager
+def check_progress(lab: Lab) -> Iterator[Callable[[dict], None]]:
+    """A progress bar fed by the checker's events (a no-op when not on a terminal)."""
+    if not console.is_terminal:
+        yield lambda event: None
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(f"Lab {lab.number:02d}: starting services", total=None)
+
+        def on_event(event: dict) -> None:
+            if event["event"] == "start":
+                bar.update(task, total=len(event["checks"]), description=f"Lab {lab.number:02d}: checking")
+            elif event["event"] == "check":
+                bar.update(task, advance=1, description=f"Lab {lab.number:02d}: {event['title'][:40]}")
+
+        yield on_event
+
+
+def show_labs(course: Course, progress: dict[str, dict], running: set[str]) -> None:
+    table = Table(title=escape(course.title), title_justify="left")
+    for column in ("#", "lab", "status", "time", "hints"):
+        table.add_column(column)
+    for lab in course.labs:
+        entry = progress.get(lab.slug, {})
+        if entry.get("passed"):
+            status = "[green]passed[/]"
+        elif entry.get("last_status"):
+            status = f"[yellow]in progress[/] ({entry.get('last_score', '?')})"
+        else:
+            status = "not started"
+        if lab.slug in running:
+            status += " [cyan]· running[/]"
+        hints = f"{entry.get('hints_shown', 0)}/{len(lab.hints)}"
+        table.add_row(f"{lab.number:02d}", f"{escape(lab.title)}\n[dim]{escape(lab.summary)}[/]", status,
+                      f"{lab.time_minutes} min", hints)
+    console.print(table)
+
+
+def show_audit(rows: list) -> None:
+    table = Table(title="meshlab audit: starters must fail, solutions must pass", title_justify="left")
+    for column in ("lab", "starter", "solution", "verdict"):
+        table.add_column(column)
+    for row in rows:
+        total = len(row.starter.checks)
+        starter = (f"fails {total - row.starter.passed}/{total}" if row.starter.status == "fail"
+                   else row.starter.status)
+        solution = (f"passes {row.solution.passed}/{len(row.solution.checks)}" if row.solution.status == "pass"
+                    else row.solution.status)
+        verdict = "[green]ok[/]" if row.ok else "[red]" + escape("; ".join(row.problems)) + "[/]"
+        table.add_row(f"{row.lab.number:02d} {escape(row.lab.slug)}", starter, solution, verdict)
+    console.print(table)
+
+
+def show_findings(findings: list) -> None:
+    table = Table(title="meshlab doctor", title_justify="left")
+    for column in ("", "what", "status", "detail"):
+        table.add_column(column)
+    colours = {"ok": "green", "missing": "red", "warn": "yellow", "absent": "dim"}
+    for finding in findings:
+        detail = escape(finding.detail) + (f"\n[dim]fix: {escape(finding.fix)}[/]" if finding.fix else "")
+        table.add_row(finding.group, escape(finding.name),
+                      f"[{colours.get(finding.status, 'white')}]{finding.status}[/]", detail)
+    console.print(table)

@@ -1,0 +1,90 @@
+"""The lab folders a learner edits, and the pristine copies graded by audit and reset.
+
+The starter of a lab is what the course committed under `labs/NN-slug` (read with git,
+so a learner's edits never leak into an audit); a solution is that starter with the
+files of `solutions/NN-slug` laid over it, so a solution folder holds only the files
+the learner would change.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+from meshlab.course import Course, Lab
+from meshlab.errors import MeshlabError
+
+
+def _git_tree(course: Course, folder: Path) -> bytes | None:
+    """A tar of FOLDER as committed at HEAD, or None outside a git checkout."""
+    if shutil.which("git") is None:
+        return None
+    relative = folder.resolve().relative_to(course.root)
+    proc = subprocess.run(["git", "-C", str(course.root), "archive", "--format=tar", "HEAD", "--", str(relative)],
+                          capture_output=True)
+    return proc.stdout if proc.returncode == 0 and proc.stdout else None
+
+
+def _fresh(dest: Path) -> Path:
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    return dest
+
+
+def pristine_starter(course: Course, lab: Lab, dest: Path) -> Path:
+    """Write LAB's committed starter into DEST (the working tree outside git)."""
+    _fresh(dest)
+    archive = _git_tree(course, lab.workspace)
+    if archive is None:
+        shutil.copytree(lab.workspace, dest, dirs_exist_ok=True)
+        return dest
+    prefix = str(lab.workspace.resolve().relative_to(course.root)) + "/"
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        for member in tar.getmembers():
+            if member.isfile() and member.name.startswith(prefix):
+                target = dest / member.name[len(prefix):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
+                target.chmod(member.mode & 0o777)
+    return dest
+
+
+def solution_tree(course: Course, lab: Lab, dest: Path, *, starter: Path | None = None) -> Path:
+    """Write the solved lab into DEST: the starter (STARTER, else the working tree)
+    with solutions/NN-slug laid over it."""
+    if not lab.solution.is_dir():
+        raise MeshlabError(f"lab {lab.slug} has no solution folder at {lab.solution}")
+    _fresh(dest)
+    shutil.copytree(starter or lab.workspace, dest, dirs_exist_ok=True)
+    shutil.copytree(lab.solution, dest, dirs_exist_ok=True)
+    return dest
+
+
+def reset(course: Course, lab: Lab) -> tuple[Path, list[str]]:
+    """Restore the starter versions of the learner's files; the current ones are kept
+    in a backup folder. Returns (backup folder, restored files)."""
+    archive = _git_tree(course, lab.workspace)
+    if archive is None:
+        raise MeshlabError(
+            f"cannot find the committed starter of lab {lab.slug}",
+            fix="meshlab reset reads the starter from git; run it inside a git clone of the course")
+    backup = course.state_dir / "backups" / lab.slug / time.strftime("%Y%m%d-%H%M%S")
+    staging = course.state_dir / "graded" / f"{lab.slug}-reset"
+    pristine_starter(course, lab, staging)
+    restored = []
+    for name in lab.edit:
+        current, original = lab.workspace / name, staging / name
+        if current.exists():
+            (backup / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(current, backup / name)
+        if original.exists():
+            current.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(original, current)
+            restored.append(name)
+    shutil.rmtree(staging, ignore_errors=True)
+    return backup, restored
