@@ -100,7 +100,7 @@ def start(lab: str) -> None:
     course = _course()
     spec = course.find(lab)
     platform.require(spec.requires, lab_ref=f"lab {spec.number:02d}")
-    preflight.check_files(spec, spec.workspace)
+    preflight.prepare_and_check(spec, spec.workspace)
     run_dir = run_dir_for(course, spec, spec.workspace)
     runtime = LocalRuntime.attach(spec, run_dir)
     if runtime is not None:

@@ -23,6 +23,7 @@ A lab manifest, annotated:
         envoy: envoy.yaml            # an Envoy with this config (preflighted)
         ports: {listener: 10000, admin: 9901}
         after: [app]
+        # ready: admin                # (Envoy) up is enough; default: wait for LIVE
     try: ["curl -i http://127.0.0.1:10000/"]   # what `meshlab start` suggests
     hints: ["first layer", "second layer", "third layer"]
 """
@@ -60,6 +61,8 @@ class ServiceSpec:
     # Files (relative to the lab folder) whose change means this service must restart.
     inputs: tuple[str, ...] = ()
     ready_timeout: float = 15.0
+    # Envoy only: "live" waits for /ready to say LIVE; "admin" only for the admin API.
+    ready: str = "live"
 
     @property
     def admin_port(self) -> int | None:
@@ -159,7 +162,7 @@ def load_course(root: Path | None = None) -> Course:
 
 _SLUG = re.compile(r"^(\d{2})-[a-z0-9]+(?:-[a-z0-9]+)*$")
 _LAB_KEYS = {"title", "summary", "time", "edit", "services", "hints", "requires", "prepare", "try", "checks"}
-_SERVICE_KEYS = {*SERVICE_KINDS, "args", "ports", "after", "env", "concurrency", "inputs", "ready_timeout"}
+_SERVICE_KEYS = {*SERVICE_KINDS, "args", "ports", "after", "env", "concurrency", "inputs", "ready_timeout", "ready"}
 
 
 def load_lab(root: Path, slug: str, *, course_doc: yamlfile.YamlDoc | None = None, index: int = 0) -> Lab:
@@ -249,7 +252,15 @@ def _service(doc: yamlfile.YamlDoc, name: str, body: Any) -> ServiceSpec:
         concurrency=int(data.get("concurrency", 1)),
         inputs=inputs,
         ready_timeout=float(data.get("ready_timeout", 15.0)),
+        ready=_choice(doc, path + ("ready",), data.get("ready", "live"), ("live", "admin")),
     )
+
+
+def _choice(doc: yamlfile.YamlDoc, path: tuple, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise CourseError(f"`{yamlfile.format_path(path)}` must be one of: {', '.join(allowed)}",
+                          where=doc.location(path))
+    return str(value)
 
 
 def _mapping(doc: yamlfile.YamlDoc, path: tuple, allowed: set[str] | None = None) -> dict:

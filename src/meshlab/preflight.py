@@ -30,6 +30,14 @@ _PGV_STEP = re.compile(r"(?P<message>\w+)ValidationError\.(?P<field>\w+)(?:\[(?P
 _QUOTED = re.compile(r"'([^']+)'")
 
 
+def prepare_and_check(lab: Lab, lab_dir: Path) -> None:
+    """Everything before a lab starts: its prepare steps, then the file checks."""
+    from meshlab.runtime.local import run_prepare_steps
+
+    run_prepare_steps(lab, lab_dir)
+    check_files(lab, lab_dir)
+
+
 def check_files(lab: Lab, lab_dir: Path, *, binary: EnvoyBinary | None = None) -> None:
     """Raise an InputError for the first learner file that is broken."""
     envoy_configs = {spec.target for spec in lab.envoys}

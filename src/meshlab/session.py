@@ -50,7 +50,7 @@ class LabSession:
         lab_dir = Path(lab_dir).resolve()
         lab_ref = f"lab {lab.number:02d} ({lab.slug})"
         platform.require(lab.requires, lab_ref=lab_ref)
-        preflight.check_files(lab, lab_dir)
+        preflight.prepare_and_check(lab, lab_dir)
         running = LocalRuntime.attach(lab, run_dir)
         if running is not None:
             if running.lab_dir != lab_dir:

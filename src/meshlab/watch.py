@@ -61,7 +61,7 @@ def watch(course: Course, lab: Lab, lab_dir: Path, *,
             seen = current
             rounds += 1
             try:
-                preflight.check_files(lab, lab_dir)
+                preflight.prepare_and_check(lab, lab_dir)
                 if runtime is None:
                     runtime = LocalRuntime(lab, lab_dir, run_dir)
                     runtime.start_all()

@@ -110,14 +110,13 @@ class LocalRuntime:
     # -- lifecycle ---------------------------------------------------------------
 
     def start_all(self) -> None:
-        """Check ports, run the prepare steps, then start every service in order and
+        """Check ports, then start every service in order and
         wait until each is ready. On any failure, what was started is stopped."""
         portcheck.ensure_free(self.lab.ports(), lab_ref=f"lab {self.lab.number:02d} ({self.lab.slug})")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for old_log in self.run_dir.glob("*.log"):
             old_log.unlink()  # a new run starts with empty logs; restarts within it append
         try:
-            self._prepare()
             for spec in self._start_order():
                 self.start(spec.name)
         except BaseException:
@@ -246,23 +245,12 @@ class LocalRuntime:
             ]
         if spec.kind == "python":
             return [sys.executable, "-m", str(spec.target), *spec.args]
-        program = spec.target[0]
+        program = _python_or(spec.target[0])
         resolved = shutil.which(program)
         if resolved is None:
             raise ToolMissing(f"lab {self.lab.slug} needs `{program}`, which is not installed",
                               fix=install_hint(program))
         return [resolved, *spec.target[1:], *spec.args]
-
-    def _prepare(self) -> None:
-        for command in self.lab.prepare:
-            argv = [sys.executable if command[0] in ("python", "python3") else command[0], *command[1:]]
-            proc = subprocess.run(argv, cwd=self.lab_dir, capture_output=True, text=True, timeout=300)
-            if proc.returncode != 0:
-                raise ServiceFailed(
-                    f"the prepare step `{' '.join(command)}` of lab {self.lab.slug} failed (exit {proc.returncode})",
-                    details="\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:]),
-                    fix="run the step by hand in the lab folder to see the whole output",
-                )
 
     def _hash_inputs(self, spec: ServiceSpec) -> dict[str, str]:
         hashes = {}
@@ -301,9 +289,12 @@ class LocalRuntime:
                 return False
             service.admin_url = "http://" + address_file.read_text().strip()
             try:
-                return httpx.get(service.admin_url + "/ready", timeout=1.0, trust_env=False).text.strip() == "LIVE"
+                state = httpx.get(service.admin_url + "/ready", timeout=1.0, trust_env=False).text.strip()
             except httpx.HTTPError:
                 return False
+            # `ready: admin` is for an Envoy that waits on a control plane which may not
+            # answer yet (a learner's unfinished one): up is enough, LIVE is not needed.
+            return state == "LIVE" or spec.ready == "admin"
         if not spec.ports:
             return True
         port = next(iter(spec.ports.values()))
@@ -342,6 +333,25 @@ class LocalRuntime:
 
     def _forget(self) -> None:
         (self.run_dir / STATE_FILE).unlink(missing_ok=True)
+
+
+def run_prepare_steps(lab: Lab, lab_dir: Path) -> None:
+    """Run the lab's `prepare` commands in LAB_DIR (for example: make certificates),
+    before preflight, since the configs may refer to what they produce."""
+    for command in lab.prepare:
+        argv = [_python_or(command[0]), *command[1:]]
+        proc = subprocess.run(argv, cwd=lab_dir, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise ServiceFailed(
+                f"the prepare step `{' '.join(command)}` of lab {lab.slug} failed (exit {proc.returncode})",
+                details="\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:]),
+                fix="run the step by hand in the lab folder to see the whole output",
+            )
+
+
+def _python_or(program: str) -> str:
+    """`python` in a manifest means the interpreter meshlab runs on (the course's venv)."""
+    return sys.executable if program in ("python", "python3") else program
 
 
 def read_state(run_dir: Path) -> RunState | None:
