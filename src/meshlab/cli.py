@@ -7,6 +7,7 @@ environment is broken (the message says what, where and how to fix it); 130 Ctrl
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -20,10 +21,19 @@ LAB = click.argument("lab", metavar="LAB")
 JSON = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 class _Cli(click.Group):
     """Turns meshlab's own errors into a message and exit 2, and Ctrl-C into 130."""
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
+        # `kill PID` must clean up like Ctrl-C does: unwind, so every `finally` stops
+        # the processes it started.
+        signal.signal(signal.SIGTERM, _interrupt)
+        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, _interrupt)  # started in the background by a shell
         try:
             return super().invoke(ctx)
         except MeshlabError as error:
@@ -51,7 +61,13 @@ def main() -> None:
 
 
 def _course() -> Course:
-    return load_course()
+    from meshlab.runtime import stop_orphaned_runs
+
+    course = load_course()
+    # A checker or watcher killed outright could not stop its services: do it now.
+    for run in stop_orphaned_runs(course.state_dir / "runs"):
+        ui.errors.print(f"[dim]stopped the leftovers of {run}, whose owner had died[/]")
+    return course
 
 
 def _lab_dir(course: Course, lab: Lab, path: str | None, solution: bool) -> Path:

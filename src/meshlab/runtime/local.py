@@ -59,6 +59,7 @@ class RunState:
     detached: bool
     started_at: float
     owner_pid: int | None = None  # the process whose death ends the run (None: detached)
+    owner_started: float | None = None  # its start time, so a reused PID is not mistaken for it
     services: dict[str, ServiceState] = field(default_factory=dict)
 
 
@@ -71,7 +72,8 @@ class LocalRuntime:
         self.run_dir = Path(run_dir).resolve()
         self.detached = detached
         self.state = RunState(lab=lab.slug, lab_dir=str(self.lab_dir), detached=detached, started_at=time.time(),
-                              owner_pid=None if detached else os.getpid())
+                              owner_pid=None if detached else os.getpid(),
+                              owner_started=None if detached else processes.create_time(os.getpid()))
         self._popen: dict[str, subprocess.Popen] = {}
 
     # -- finding a run that is already there -------------------------------------
@@ -85,8 +87,7 @@ class LocalRuntime:
             return None
         runtime = cls(lab, Path(state.lab_dir), run_dir, detached=state.detached)
         runtime.state = state
-        orphaned = state.owner_pid is not None and not processes.alive(state.owner_pid)
-        if orphaned or not any(runtime.is_running(name) for name in state.services):
+        if orphaned(state) or not any(runtime.is_running(name) for name in state.services):
             runtime.stop_all()
             return None
         return runtime
@@ -102,7 +103,8 @@ class LocalRuntime:
         state = read_state(self.run_dir)
         if state is not None:
             self.state = state
-        strays = [name for name in self.state.services if name not in self._popen]
+        strays = [name for name, service in self.state.services.items()
+                  if name not in self._popen or self._popen[name].pid != service.pid]
         for name in strays:
             self.restart(name)
         return strays
@@ -136,15 +138,22 @@ class LocalRuntime:
             # Envoy's stdout carries the access log of configs that write to /dev/stdout.
             stdout = open(self.run_dir / f"{name}.access.log", "ab") if spec.kind == "envoy" else log
             try:
-                popen = processes.spawn(argv, cwd=self.lab_dir, env=env, stdout=stdout, stderr=log,
-                                        die_with_parent=self.owner)
+                if self.owner:
+                    # Our child, killed by the kernel if we die.
+                    popen = processes.spawn(argv, cwd=self.lab_dir, env=env, stdout=stdout, stderr=log,
+                                            die_with_parent=True)
+                    self._popen[name] = popen
+                    pid = popen.pid
+                else:
+                    # Not ours to keep alive: a detached run, or a restart on behalf of the
+                    # owner (who adopts it afterwards). It must not die with this process.
+                    pid = processes.spawn_detached(argv, cwd=self.lab_dir, env=env, stdout=stdout, stderr=log)
             finally:
                 if stdout is not log:
                     stdout.close()
-        self._popen[name] = popen
         service = ServiceState(
-            name=name, kind=spec.kind, pid=popen.pid, pgid=popen.pid,
-            create_time=processes.create_time(popen.pid) or time.time(), argv=argv, log=str(log_path),
+            name=name, kind=spec.kind, pid=pid, pgid=processes.group_of(pid),
+            create_time=processes.create_time(pid) or time.time(), argv=argv, log=str(log_path),
             ports=dict(spec.ports), inputs=self._hash_inputs(spec),
         )
         self.state.services[name] = service
@@ -271,6 +280,8 @@ class LocalRuntime:
             popen = self._popen.get(spec.name)
             if popen is not None and popen.poll() is not None:
                 raise self._exited(spec, popen.returncode)
+            if popen is None and not processes.alive(service.pid, service.create_time):
+                raise self._exited(spec, None)
             if self._probe(spec, service):
                 return
             if time.monotonic() > deadline:
@@ -310,7 +321,7 @@ class LocalRuntime:
                     f"read {self.log_path(spec.name)} for Envoy's own explanation")
         return f"read {self.log_path(spec.name)}"
 
-    def _exited(self, spec: ServiceSpec, code: int) -> Exception:
+    def _exited(self, spec: ServiceSpec, code: int | None) -> Exception:
         log_tail = processes.tail(self.log_path(spec.name), 15)
         if "cannot bind" in log_tail and "Address already in use" in log_tail:
             address = log_tail.split("cannot bind '", 1)[1].split("'", 1)[0]
@@ -321,7 +332,8 @@ class LocalRuntime:
                             fix="stop the process holding the port, or check that your config does not use "
                                 "the same port twice (admin and listeners must differ)")
         what = "Envoy" if spec.kind == "envoy" else spec.kind
-        return ServiceFailed(f"{spec.name} ({what}) exited with code {code} while starting",
+        how = f"with code {code}" if code is not None else "early"
+        return ServiceFailed(f"{spec.name} ({what}) exited {how} while starting",
                              details=log_tail, fix=f"read the log above (all of it: {self.log_path(spec.name)})")
 
     def _save(self) -> None:
@@ -352,6 +364,23 @@ def run_prepare_steps(lab: Lab, lab_dir: Path) -> None:
 def _python_or(program: str) -> str:
     """`python` in a manifest means the interpreter meshlab runs on (the course's venv)."""
     return sys.executable if program in ("python", "python3") else program
+
+
+def orphaned(state: RunState) -> bool:
+    """True when the process that owned the run is gone (its services must go too)."""
+    return state.owner_pid is not None and not processes.alive(state.owner_pid, state.owner_started)
+
+
+def stop_orphaned_runs(runs_dir: Path) -> list[str]:
+    """Stop every run under RUNS_DIR whose owner died (killed before it could clean up).
+    Returns the names of the runs stopped."""
+    stopped = []
+    for run_dir in sorted(Path(runs_dir).iterdir()) if Path(runs_dir).is_dir() else []:
+        state = read_state(run_dir)
+        if state is not None and orphaned(state):
+            stop_run(run_dir)
+            stopped.append(run_dir.name)
+    return stopped
 
 
 def read_state(run_dir: Path) -> RunState | None:

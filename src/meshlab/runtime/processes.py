@@ -42,6 +42,39 @@ def spawn(argv: Sequence[str], *, cwd: Path, env: dict[str, str], stdout: IO, st
     )
 
 
+def spawn_detached(argv: Sequence[str], *, cwd: Path, env: dict[str, str], stdout: IO, stderr: IO | int) -> int:
+    """Start ARGV as a daemon (see meshlab.runtime.detach) and return its PID. It is not
+    our child: it survives us, and only its PID lets us stop it."""
+    read_end, write_end = os.pipe()
+    try:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "meshlab.runtime.detach", str(write_end), *argv],
+            cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+            start_new_session=True, pass_fds=(write_end,),
+        )
+        os.close(write_end)
+        write_end = -1
+        with os.fdopen(read_end, "rb") as pipe:
+            read_end = -1
+            pid = int(pipe.read().decode().strip() or 0)
+        launcher.wait(timeout=10)
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+    if not pid:
+        raise OSError(f"could not start {argv[0]} in the background")
+    return pid
+
+
+def group_of(pid: int) -> int:
+    """PID's process group (PID itself if it is already gone)."""
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return pid
+
+
 def alive(pid: int, create_time: float | None = None) -> bool:
     """True if PID runs and is the same process (same start time) we started."""
     try:
