@@ -1,3 +1,3 @@
 from meshlab.cli import main
 
-main()
+main(prog_name="meshlab")

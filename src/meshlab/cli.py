@@ -336,14 +336,8 @@ def audit(labs: tuple[str, ...], jobs: int, isolate: bool | None, as_json: bool)
             "starter": row.starter.to_json(), "solution": row.solution.to_json(),
         } for row in rows], indent=2))
     else:
-        total = 2 * len(chosen)
-        with ui.Progress(ui.SpinnerColumn(), ui.TextColumn("{task.description}"), ui.BarColumn(),
-                         ui.MofNCompleteColumn(), ui.TimeElapsedColumn(), console=ui.console,
-                         transient=True, disable=not ui.console.is_terminal) as bar:
-            task = bar.add_task("auditing", total=total)
-            rows = run_audit(course, chosen, jobs=jobs, isolate=isolate,
-                             on_done=lambda lab, which, result: bar.update(
-                                 task, advance=1, description=f"{lab.slug} {which}: {result.status}"))
+        with ui.audit_progress(2 * len(chosen)) as on_done:
+            rows = run_audit(course, chosen, jobs=jobs, isolate=isolate, on_done=on_done)
         ui.show_audit(rows)
         for row in rows:
             for which, result in (("starter", row.starter), ("solution", row.solution)):

@@ -119,7 +119,7 @@ class Course:
                 return lab
             if text in (lab.slug, lab.slug.split("-", 1)[1]):
                 return lab
-        known = ", ".join(f"{lab.number} ({lab.slug})" for lab in self.labs)
+        known = ", ".join(f"{lab.number:02d} ({lab.slug})" for lab in self.labs)
         raise UnknownLab(f"there is no lab {text!r}", fix=f"use one of: {known}")
 
     @cached_property

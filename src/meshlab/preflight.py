@@ -72,7 +72,9 @@ def check_python(path: Path) -> None:
 def check_envoy_config(doc: yamlfile.YamlDoc, *, cwd: Path, binary: EnvoyBinary) -> None:
     if not isinstance(doc.data, dict):
         raise EnvoyConfigError(f"{doc.file.name} must be a YAML mapping (an Envoy bootstrap)",
-                               where=Location(doc.file, 1, 1))
+                               where=Location(doc.file, 1, 1),
+                               fix="an Envoy config is a mapping of top-level keys such as `admin:` and "
+                                   "`static_resources:`")
     accepted, output = validate(binary, doc.file.resolve(), cwd=cwd)
     if not accepted:
         raise explain(output, doc)

@@ -108,6 +108,20 @@ def check_progress(lab: Lab) -> Iterator[Callable[[dict], None]]:
         yield on_event
 
 
+@contextlib.contextmanager
+def audit_progress(total: int) -> Iterator[Callable[[Lab, str, LabResult], None]]:
+    """A progress bar over the audit's graded runs (a no-op when not on a terminal)."""
+    if not console.is_terminal:
+        yield lambda lab, which, result: None
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("auditing", total=total)
+        yield lambda lab, which, result: bar.update(task, advance=1,
+                                                     description=f"{lab.slug} {which}: {result.status}")
+
+
 def show_labs(course: Course, progress: dict[str, dict], running: set[str]) -> None:
     table = Table(title=escape(course.title), title_justify="left")
     for column in ("#", "lab", "status", "time", "hints"):

@@ -118,7 +118,7 @@ def _index(node: yaml.Node, path: YamlPath, positions: dict) -> None:
 
 
 def _syntax_fix(problem: str) -> str:
-    if "tab" in problem:
+    if "tab" in problem or "'\\t'" in problem:
         return "indent with spaces; YAML does not allow tabs"
     if "mapping values are not allowed" in problem:
         return "a `key: value` is out of place; check the indentation of this line and the one above, " \

@@ -376,7 +376,7 @@ def stop_orphaned_runs(runs_dir: Path) -> list[str]:
     Returns the names of the runs stopped."""
     stopped = []
     for run_dir in sorted(Path(runs_dir).iterdir()) if Path(runs_dir).is_dir() else []:
-        state = read_state(run_dir)
+        state = read_state(run_dir) if run_dir.is_dir() else None
         if state is not None and orphaned(state):
             stop_run(run_dir)
             stopped.append(run_dir.name)

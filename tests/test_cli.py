@@ -1,0 +1,197 @@
+"""The meshlab command as a learner meets it: help everywhere, exit codes that mean
+something, and a clear message (never a traceback) for every broken input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from meshlab import ports
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ["list", "start", "stop", "status", "check", "watch", "hint", "reset", "doctor", "audit"]
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_every_command_has_help(meshlab, command):
+    result = meshlab(*([command] if command else []), "--help")
+    assert result.code == 0
+    assert "Usage: meshlab" in result.stdout
+
+
+def test_unknown_lab_is_exit_2_with_the_known_labs(meshlab):
+    result = meshlab("check", "42")
+    assert result.code == 2
+    assert "there is no lab '42'" in result.stderr and "01 (01-hello-mesh)" in result.stderr
+    assert "Traceback" not in result.output
+
+
+# The bad-input set: each broken lab file is refused before anything starts, exit 2,
+# with the file, the line and a fix. None of them may produce a traceback.
+SOLUTION = (ROOT / "solutions" / "01-hello-mesh" / "envoy.yaml").read_text()
+STAT_PREFIX_LINE = next(n for n, line in enumerate(SOLUTION.splitlines(), 1) if "stat_prefix:" in line)
+BAD_INPUTS = {
+    "invalid yaml": (SOLUTION.replace("  clusters:\n", "  clusters:\n   - name: [\n"),
+                     ["is not valid YAML", "envoy.yaml:"]),
+    "unknown field": (SOLUTION.replace("stat_prefix:", "stat_prefx:"),
+                      ["unknown field 'stat_prefx'", "did you mean 'stat_prefix'?", f"envoy.yaml:{STAT_PREFIX_LINE}:11"]),
+    "wrong type": (SOLUTION.replace("port_value: 8080", "port_value: [8080]"),
+                   ["wrong value", "port_value", "envoy.yaml:"]),
+    "not a mapping": ("- just\n- a list\n", ["must be a YAML mapping"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_exit_2_with_file_line_and_fix(meshlab, lab_copy, case):
+    text, expected = BAD_INPUTS[case]
+    folder = lab_copy(1, files={"envoy.yaml": text})
+    result = meshlab("check", "1", "--path", str(folder))
+    assert result.code == 2, result.output
+    for fragment in expected:
+        assert fragment in result.output, (fragment, result.output)
+    assert "fix:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_input_in_json_mode_is_an_error_entry(meshlab, lab_copy):
+    folder = lab_copy(1, files={"envoy.yaml": BAD_INPUTS["unknown field"][0]})
+    result = meshlab("check", "1", "--path", str(folder), "--json")
+    assert result.code == 2
+    data = result.json()
+    assert data["status"] == "error" and data["error"]["kind"] == "envoy-config"
+    assert data["error"]["where"].endswith(f"envoy.yaml:{STAT_PREFIX_LINE}:11")
+    assert data["error"]["fix"] == "did you mean 'stat_prefix'?"
+
+
+def test_a_missing_envoy_binary_is_exit_2(meshlab, lab_copy):
+    folder = lab_copy(1)
+    result = meshlab("check", "1", "--path", str(folder), env={"MESHLAB_ENVOY": "/nonexistent/envoy"})
+    assert result.code == 2
+    assert "MESHLAB_ENVOY=/nonexistent/envoy is not an executable file" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_missing_lab_folder_is_exit_2(meshlab, tmp_path):
+    result = meshlab("check", "1", "--path", str(tmp_path / "nope"))
+    assert result.code == 2 and "is not a folder" in result.stderr
+
+
+def test_a_missing_lab_file_is_exit_2_with_reset_advice(meshlab, lab_copy):
+    folder = lab_copy(1)
+    (folder / "envoy.yaml").unlink()
+    result = meshlab("check", "1", "--path", str(folder))
+    assert result.code == 2 and "envoy.yaml is missing" in result.stderr and "meshlab reset 1" in result.stderr
+
+
+@pytest.mark.xdist_group("host-ports")
+def test_a_busy_port_is_exit_2_naming_port_and_holder(meshlab, lab_copy):
+    folder = lab_copy(1)
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        holder.bind(("127.0.0.1", 9901))
+        holder.listen()
+        ours = True
+    except OSError:
+        ours = False  # something on this machine already holds it: the verdict is the same
+    try:
+        result = meshlab("check", "1", "--path", str(folder))
+    finally:
+        holder.close()
+    assert result.code == 2, result.output
+    assert "127.0.0.1:9901 (sidecar admin)" in result.stderr
+    if ours:
+        import os
+        assert f"PID {os.getpid()}" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_list_json_describes_the_labs(meshlab):
+    result = meshlab("list", "--json")
+    assert result.code == 0
+    labs = result.json()
+    assert labs[0]["slug"] == "01-hello-mesh" and labs[0]["time_minutes"] == 45
+
+
+def test_hints_come_one_layer_at_a_time(meshlab, course):
+    hints = course.find(1).hints
+    first = meshlab("hint", "1")
+    assert first.code == 0 and "Hint 1/" in first.stdout and "Hint 2/" not in first.stdout
+    second = meshlab("hint", "1")
+    assert "Hint 2/" in second.stdout
+    assert meshlab("list", "--json").json()[0]["hints_shown"] == 2
+    everything = meshlab("hint", "1", "--all")
+    assert f"Hint {len(hints)}/{len(hints)}" in everything.stdout
+    meshlab("hint", "1", "--reset")
+    assert meshlab("list", "--json").json()[0]["hints_shown"] == 0
+
+
+@pytest.fixture
+def clone(tmp_path: Path) -> Path:
+    """A git clone of the course (reset works on committed starters)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    dest = tmp_path / "course"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
+    return dest
+
+
+def test_reset_restores_the_starter_and_backs_up_the_learners_file(meshlab, clone, state_dir):
+    learner_file = clone / "labs" / "01-hello-mesh" / "envoy.yaml"
+    starter = learner_file.read_text()
+    learner_file.write_text("# my work in progress\n")
+    result = meshlab("reset", "1", "--yes", env={"MESHLAB_ROOT": str(clone)}, cwd=clone)
+    assert result.code == 0, result.output
+    assert "Restored envoy.yaml" in result.stdout
+    assert learner_file.read_text() == starter
+    backups = list((state_dir / "backups" / "01-hello-mesh").glob("*/envoy.yaml"))
+    assert [b.read_text() for b in backups] == ["# my work in progress\n"]
+
+
+def test_reset_outside_git_says_why(meshlab, tmp_path):
+    copy = tmp_path / "course"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", ".venv", ".meshlab"))
+    result = meshlab("reset", "1", "--yes", env={"MESHLAB_ROOT": str(copy)}, cwd=copy)
+    assert result.code == 2 and "inside a git clone" in result.stderr
+
+
+def test_doctor_finds_envoy_and_reports_json(meshlab):
+    result = meshlab("doctor", "--json")
+    assert result.code == 0, result.output
+    findings = {(f["group"], f["name"]): f for f in result.json()}
+    envoy = findings[("core", "envoy")]
+    assert envoy["status"] == "ok" and envoy["detail"].startswith("1.40.0 at ")
+    assert ("ports", "127.0.0.1:10000") in findings
+    assert findings[("tools", "fortio")]["status"] in ("ok", "absent")
+
+
+def test_doctor_exits_2_without_envoy(meshlab):
+    result = meshlab("doctor", "--json", env={"MESHLAB_ENVOY": "/nonexistent/envoy"})
+    assert result.code == 2
+    envoy = next(f for f in result.json() if f["name"] == "envoy")
+    assert envoy["status"] == "missing" and envoy["fix"]
+
+
+@pytest.mark.xdist_group("host-ports")
+@pytest.mark.skipif(not all(ports.is_free(p) for p in (8080, 9901, 10000)), reason="lab 01's ports are busy here")
+def test_start_status_stop(meshlab):
+    started = meshlab("start", "1")
+    try:
+        assert started.code == 0, started.output
+        assert "curl -i http://127.0.0.1:10000/" in started.stdout
+        status = meshlab("status", "--json").json()
+        assert status[0]["lab"] == "01-hello-mesh"
+        assert all(s["running"] for s in status[0]["services"])
+        pids = [s["pid"] for s in status[0]["services"]]
+    finally:
+        stopped = meshlab("stop", "1")
+    assert stopped.code == 0 and "Stopped 01-hello-mesh" in stopped.stdout
+    from meshlab.runtime.processes import alive
+    assert not any(alive(pid) for pid in pids)
+    assert meshlab("status", "--json").json() == []
+    assert json.loads(meshlab("list", "--json").stdout)[0]["running"] is False

@@ -1,0 +1,76 @@
+"""Preflight against the real Envoy: each kind of config mistake is refused before
+anything starts, and the error names the YAML line, the field and a fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshlab import preflight, yamlfile
+from meshlab.envoy import find_binary
+from meshlab.errors import EnvoyConfigError, InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTION = (ROOT / "solutions" / "01-hello-mesh" / "envoy.yaml").read_text()
+
+
+def refused(tmp_path: Path, old: str, new: str) -> tuple[EnvoyConfigError, str]:
+    assert old in SOLUTION, old
+    text = SOLUTION.replace(old, new, 1)
+    path = tmp_path / "envoy.yaml"
+    path.write_text(text)
+    with pytest.raises(EnvoyConfigError) as caught:
+        preflight.check_envoy_config(yamlfile.load(path), cwd=tmp_path, binary=find_binary())
+    return caught.value, text
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(n for n, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+@pytest.mark.parametrize("old, new, summary, fix, line_text", [
+    ("stat_prefix: ingress_http", "stat_prefx: ingress_http",
+     "unknown field 'stat_prefx' in HttpConnectionManager", "did you mean 'stat_prefix'?", "stat_prefx"),
+    ("socket_address: { address: 127.0.0.1, port_value: 8080 }",
+     "socket_adress: { address: 127.0.0.1, port_value: 8080 }",
+     "unknown field 'socket_adress' in Address", "did you mean 'socket_address'?", "socket_adress"),
+    ("static_resources:", "static_resource:",
+     "unknown field 'static_resource' in Bootstrap", "did you mean 'static_resources'?", "static_resource:"),
+    ("port_value: 8080", "port_value: eighty", "wrong value", "expected type", "eighty"),
+    ("connect_timeout: 1s", "connect_timeout: 1 sec", "duration must end with a single 's'", "0.25s", "1 sec"),
+    ("route: { cluster: app }", "route: { cluster: ap }", "cluster 'ap', which is not defined",
+     "did you mean 'app'?", "cluster: ap }"),
+    ("type: STATIC", "type: STATIK", "unknown value 'STATIK'", "UPPER_CASE", "STATIK"),
+    ("http.router.v3.Router", "http.router.v3.Routr", "unknown @type", "did you mean "
+     "'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router'?", "v3.Routr"),
+    ("port_value: 10000", "port_value: 99999", "less than or equal to 65535", "constraint", "99999"),
+    ('domains: ["*"]', "domains: []", "at least 1 item", "constraint", "domains: []"),
+])
+def test_envoy_errors_map_back_to_the_yaml(tmp_path, old, new, summary, fix, line_text):
+    error, text = refused(tmp_path, old, new)
+    assert summary in error.message
+    assert fix in (error.fix or "")
+    assert error.where.line == line_of(text, line_text), (error.where, error.message)
+    assert "Envoy said:" in error.details  # Envoy's own words are kept, cleaned up
+
+
+def test_the_solution_passes_preflight(tmp_path):
+    path = tmp_path / "envoy.yaml"
+    path.write_text(SOLUTION)
+    preflight.check_envoy_config(yamlfile.load(path), cwd=tmp_path, binary=find_binary())
+
+
+def test_python_syntax_errors_have_a_line(tmp_path):
+    path = tmp_path / "control_plane.py"
+    path.write_text("def ok():\n    return 1\n\ndef broken(:\n    pass\n")
+    with pytest.raises(InputError) as caught:
+        preflight.check_python(path)
+    assert caught.value.where.line == 4
+    assert "not valid Python" in caught.value.message
+
+
+def test_message_fields_come_from_envoys_api():
+    assert "stat_prefix" in preflight.message_fields(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager")
+    assert preflight.message_fields("envoy.nothing.v3.Missing") == []

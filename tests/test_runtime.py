@@ -1,0 +1,205 @@
+"""The local runtime with real processes: readiness, selective restarts, and the
+guarantee that nothing outlives its owner, even one killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from meshlab import ports
+from meshlab.course import load_course
+from meshlab.errors import PortBusy, ServiceFailed
+from meshlab.runtime import LocalRuntime, read_state, stop_orphaned_runs, stop_run
+from meshlab.runtime.processes import alive
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTION = (ROOT / "solutions" / "01-hello-mesh" / "envoy.yaml").read_text()
+
+
+@pytest.fixture
+def demo(tmp_path: Path):
+    """A one-lab course on free ephemeral ports: an app and an Envoy in front of it."""
+    app, listener, admin = ports.free_port(), ports.free_port(), ports.free_port()
+    (tmp_path / "course.yaml").write_text("title: demo\nlabs: [01-demo]\n")
+    folder = tmp_path / "labs" / "01-demo"
+    folder.mkdir(parents=True)
+    (folder / "lab.yaml").write_text(textwrap.dedent(f"""\
+        title: Demo
+        edit: [envoy.yaml]
+        services:
+          app:
+            python: meshlab.apps.hello
+            args: [--port, "{app}"]
+            ports: {{http: {app}}}
+          proxy:
+            envoy: envoy.yaml
+            ports: {{listener: {listener}, admin: {admin}}}
+            after: [app]
+        """))
+    config = (SOLUTION.replace("port_value: 8080", f"port_value: {app}")
+              .replace("port_value: 10000", f"port_value: {listener}")
+              .replace("port_value: 9901", f"port_value: {admin}"))
+    (folder / "envoy.yaml").write_text(config)
+    lab = load_course(tmp_path).labs[0]
+    return {"root": tmp_path, "lab": lab, "dir": folder, "run": tmp_path / "run",
+            "ports": {"app": app, "listener": listener, "admin": admin}}
+
+
+def pids(run_dir: Path) -> dict[str, int]:
+    return {name: s.pid for name, s in read_state(run_dir).services.items()}
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+OWNER_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+from meshlab.course import load_course
+from meshlab.runtime import LocalRuntime
+lab = load_course(Path(sys.argv[1])).labs[0]
+runtime = LocalRuntime(lab, lab.workspace, Path(sys.argv[2]), detached=sys.argv[3] == "detached")
+runtime.start_all()
+print(json.dumps({n: s.pid for n, s in runtime.state.services.items()}), flush=True)
+if sys.argv[3] != "detached":
+    time.sleep(120)
+"""
+
+
+def start_owner(demo, mode: str) -> tuple[subprocess.Popen, dict[str, int]]:
+    child = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT, str(demo["root"]), str(demo["run"]), mode],
+                             stdout=subprocess.PIPE, text=True)
+    started = json.loads(child.stdout.readline())
+    return child, started
+
+
+def test_start_serves_and_stop_leaves_nothing(demo):
+    runtime = LocalRuntime(demo["lab"], demo["dir"], demo["run"])
+    runtime.start_all()
+    try:
+        started = pids(demo["run"])
+        assert runtime.admin("proxy").ready() == "LIVE"
+        import httpx
+        body = httpx.get(f"http://127.0.0.1:{demo['ports']['listener']}/", trust_env=False).text
+        assert body.strip() == "Hello from the Python App!"
+    finally:
+        runtime.stop_all()
+    assert not any(alive(pid) for pid in started.values())
+    assert read_state(demo["run"]) is None
+
+
+def test_services_die_with_an_owner_killed_by_sigkill(demo):
+    child, started = start_owner(demo, "owned")
+    assert all(alive(pid) for pid in started.values())
+    child.kill()
+    child.wait()
+    assert wait_until(lambda: not any(alive(pid) for pid in started.values())), started
+
+
+def test_a_detached_run_outlives_its_starter_until_stopped(demo):
+    child, started = start_owner(demo, "detached")
+    assert child.wait(timeout=30) == 0
+    time.sleep(0.5)  # Envoy would have died by now if its parent's exit could kill it
+    assert all(alive(pid) for pid in started.values()), started
+    assert sorted(stop_run(demo["run"])) == ["app", "proxy"]
+    assert not any(alive(pid) for pid in started.values())
+
+
+def test_a_service_restarted_by_another_process_is_stopped_once_the_owner_dies(demo):
+    child, started = start_owner(demo, "owned")
+    visitor = LocalRuntime.attach(demo["lab"], demo["run"])  # like a checker attaching
+    assert visitor is not None and not visitor.owner
+    visitor.restart("app")  # not our run: the new app is detached from us
+    new_app = pids(demo["run"])["app"]
+    assert new_app != started["app"]
+    child.kill()
+    child.wait()
+    assert wait_until(lambda: not alive(started["proxy"]))
+    assert alive(new_app), "the restarted app does not die with the owner by itself..."
+    assert stop_orphaned_runs(demo["run"].parent) == [demo["run"].name]
+    assert not alive(new_app), "...so the next meshlab command stops it"
+
+
+def test_sync_restarts_only_the_service_whose_file_changed(demo):
+    runtime = LocalRuntime(demo["lab"], demo["dir"], demo["run"])
+    runtime.start_all()
+    try:
+        before = pids(demo["run"])
+        assert runtime.sync() == []
+        config = demo["dir"] / "envoy.yaml"
+        config.write_text(config.read_text().replace("envoy-was-here", "changed"))
+        assert runtime.sync() == ["proxy"]
+        after = pids(demo["run"])
+        assert after["app"] == before["app"] and after["proxy"] != before["proxy"]
+        assert not alive(before["proxy"])
+    finally:
+        runtime.stop_all()
+
+
+def test_a_service_that_crashes_at_start_is_reported_with_its_log(demo):
+    lab_yaml = demo["dir"] / "lab.yaml"
+    lab_yaml.write_text(lab_yaml.read_text().replace(
+        "python: meshlab.apps.hello", "command: [python, -c, \"import sys; sys.exit('boom at start')\"]"))
+    lab = load_course(demo["root"]).labs[0]
+    runtime = LocalRuntime(lab, demo["dir"], demo["run"])
+    with pytest.raises(ServiceFailed) as caught:
+        runtime.start_all()
+    assert "app" in caught.value.message and "boom at start" in caught.value.details
+    assert read_state(demo["run"]) is None
+
+
+def test_an_envoy_that_cannot_bind_names_the_holder(demo):
+    # The listener port is taken, and not declared in the manifest, so only Envoy finds out.
+    lab_yaml = demo["dir"] / "lab.yaml"
+    lab_yaml.write_text(lab_yaml.read_text().replace(f"listener: {demo['ports']['listener']}, ", ""))
+    lab = load_course(demo["root"]).labs[0]
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", demo["ports"]["listener"]))
+    holder.listen()
+    try:
+        with pytest.raises(PortBusy) as caught:
+            LocalRuntime(lab, demo["dir"], demo["run"]).start_all()
+        assert f"127.0.0.1:{demo['ports']['listener']}" in caught.value.message
+        assert f"PID {os.getpid()}" in caught.value.details
+    finally:
+        holder.close()
+
+
+def test_a_declared_busy_port_stops_the_lab_before_anything_starts(demo):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", demo["ports"]["admin"]))
+    holder.listen()
+    try:
+        with pytest.raises(PortBusy, match="needs port"):
+            LocalRuntime(demo["lab"], demo["dir"], demo["run"]).start_all()
+        assert read_state(demo["run"]) is None
+    finally:
+        holder.close()
+
+
+def test_stopping_a_service_takes_sigterm_not_the_kill_grace(demo):
+    runtime = LocalRuntime(demo["lab"], demo["dir"], demo["run"])
+    runtime.start_all()
+    try:
+        app = pids(demo["run"])["app"]
+        started = time.monotonic()
+        runtime.stop("app")
+        assert not alive(app)
+        assert time.monotonic() - started < 2.5
+    finally:
+        runtime.stop_all()

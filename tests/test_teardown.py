@@ -1,0 +1,93 @@
+"""No process outlives its lab: after a check, a failed check, Ctrl-C, a killed CLI or a
+killed checker, no Envoy or app of the run is left. Processes of a run are found by
+their working directory, the graded lab folder, which is private to each test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import CAN_ISOLATE, ROOT
+
+pytestmark = pytest.mark.lab_runs
+
+
+def processes_in(folder: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid", "cwd", "status"]):
+        try:
+            if proc.info["cwd"] == str(folder) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def start_check(folder: Path, state_dir: Path) -> subprocess.Popen:
+    args = [sys.executable, "-m", "meshlab", "check", "1", "--path", str(folder), "--json"]
+    if CAN_ISOLATE:
+        args.append("--isolate")
+    env = {**os.environ, "MESHLAB_ROOT": str(ROOT), "MESHLAB_STATE_DIR": str(state_dir)}
+    # A session of its own, like a terminal's foreground job, so Ctrl-C can reach the group.
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def lab_is_up(folder: Path) -> bool:
+    names = " ".join(" ".join(p.cmdline()) for p in processes_in(folder))
+    return "envoy" in names and "meshlab.apps.hello" in names
+
+
+@pytest.mark.parametrize("base", ["solution", "starter"])
+def test_nothing_is_left_after_a_check(meshlab, lab_copy, base):
+    folder = lab_copy(1, base=base)
+    args = ["check", "1", "--path", str(folder)] + (["--isolate"] if CAN_ISOLATE else [])
+    result = meshlab(*args)
+    assert result.code == (0 if base == "solution" else 1)
+    assert processes_in(folder) == []
+
+
+def test_ctrl_c_stops_the_lab_and_exits_130(lab_copy, state_dir):
+    folder = lab_copy(1)
+    cli = start_check(folder, state_dir)
+    assert wait_for(lambda: lab_is_up(folder)), "the lab never came up"
+    os.killpg(cli.pid, signal.SIGINT)
+    assert cli.wait(timeout=30) == 130
+    assert wait_for(lambda: processes_in(folder) == [], timeout=5), processes_in(folder)
+
+
+def test_a_cli_killed_with_sigkill_leaves_nothing(lab_copy, state_dir):
+    folder = lab_copy(1)
+    cli = start_check(folder, state_dir)
+    assert wait_for(lambda: lab_is_up(folder)), "the lab never came up"
+    cli.kill()  # the CLI alone, with no chance to clean up
+    cli.wait()
+    assert wait_for(lambda: processes_in(folder) == [], timeout=5), processes_in(folder)
+
+
+def test_a_checker_killed_with_sigkill_leaves_nothing_and_is_exit_2(lab_copy, state_dir):
+    folder = lab_copy(1)
+    cli = start_check(folder, state_dir)
+    assert wait_for(lambda: lab_is_up(folder)), "the lab never came up"
+    pytest_process = next(p for p in psutil.Process(cli.pid).children(recursive=True)
+                          if "pytest" in " ".join(p.cmdline()))
+    pytest_process.kill()
+    assert cli.wait(timeout=30) == 2
+    assert b"did not run to completion" in cli.stdout.read()
+    assert wait_for(lambda: processes_in(folder) == [], timeout=5), processes_in(folder)

@@ -1,0 +1,63 @@
+"""`meshlab watch` for real: a save re-checks, restarting only the service whose file
+changed; a broken save is reported and restarts nothing; nothing is left afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CAN_ISOLATE, ROOT
+from meshlab import isolation
+from test_teardown import processes_in
+
+pytestmark = pytest.mark.lab_runs
+
+SCRIPT = """
+import json, sys, threading, time
+from pathlib import Path
+from meshlab.course import load_course
+from meshlab.watch import watch
+
+course = load_course()
+lab = course.find(1)
+lab_dir = Path(sys.argv[1])
+saves = [Path(sys.argv[2]).read_text(), "admin: [\\n"]
+events = []
+
+def save_next():
+    time.sleep(0.5)  # a later mtime than the first look
+    (lab_dir / "envoy.yaml").write_text(saves.pop(0))
+
+def on_result(result, restarted):
+    pids = {name: s["pid"] for name, s in json.loads((Path(result.run_dir) / "state.json").read_text())["services"].items()}
+    events.append({"status": result.status, "restarted": restarted, "passed": result.passed, "pids": pids})
+    threading.Thread(target=save_next).start()
+
+def on_error(error):
+    events.append({"error": error.message})
+
+watch(course, lab, lab_dir, on_result=on_result, on_error=on_error, on_waiting=lambda files: None,
+      poll_interval=0.05, max_rounds=3)
+print(json.dumps(events))
+"""
+
+
+def test_watch_rechecks_on_save_and_restarts_only_what_changed(lab_copy, state_dir):
+    starter = lab_copy(1, base="starter", name="work")
+    solution = lab_copy(1, base="solution", name="solved") / "envoy.yaml"
+    argv = [sys.executable, "-c", SCRIPT, str(starter), str(solution)]
+    if CAN_ISOLATE:
+        argv = isolation.wrap(argv)
+    env = {"MESHLAB_ROOT": str(ROOT), "MESHLAB_STATE_DIR": str(state_dir)}
+    proc = subprocess.run(argv, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    first, second, broken = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert first["status"] == "fail" and sorted(first["restarted"]) == ["app", "sidecar"]
+    assert second["status"] == "pass" and second["restarted"] == ["sidecar"]
+    assert second["pids"]["sidecar"] != first["pids"]["sidecar"]
+    assert "is not valid YAML" in broken["error"]
+    assert processes_in(starter) == []
