@@ -188,6 +188,13 @@ def test_start_status_stop(meshlab):
         assert status[0]["lab"] == "01-hello-mesh"
         assert all(s["running"] for s in status[0]["services"])
         pids = [s["pid"] for s in status[0]["services"]]
+        one = meshlab("stop", "1", "--service", "app")
+        assert one.code == 0 and "Stopped app of lab 01" in one.stdout
+        services = meshlab("status", "--json").json()[0]["services"]
+        assert [s["name"] for s in services] == ["sidecar"]
+        again = meshlab("start", "1")
+        assert "restarted: app" in again.stdout
+        pids += [s["pid"] for s in meshlab("status", "--json").json()[0]["services"]]
     finally:
         stopped = meshlab("stop", "1")
     assert stopped.code == 0 and "Stopped 01-hello-mesh" in stopped.stdout

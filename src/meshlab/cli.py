@@ -141,12 +141,29 @@ def start(lab: str) -> None:
 
 @main.command()
 @click.argument("lab", metavar="[LAB]", required=False)
-def stop(lab: str | None) -> None:
+@click.option("--service", metavar="NAME",
+              help="Stop only this service of LAB (for example the app); `meshlab start LAB` brings it back.")
+def stop(lab: str | None, service: str | None) -> None:
     """Stop LAB's services (every running lab when LAB is omitted)."""
-    from meshlab.runtime import stop_run
+    from meshlab.runtime import LocalRuntime, stop_run
+    from meshlab.session import run_dir_for
 
     course = _course()
     runs = course.state_dir / "runs"
+    if service is not None:
+        if lab is None:
+            raise click.UsageError("--service needs a LAB")
+        spec = course.find(lab)
+        if service not in {s.name for s in spec.services}:
+            raise MeshlabError(f"lab {spec.number:02d} has no service {service!r}",
+                               fix="its services: " + ", ".join(s.name for s in spec.services))
+        runtime = LocalRuntime.attach(spec, run_dir_for(course, spec, spec.workspace))
+        if runtime is None or not runtime.is_running(service):
+            ui.console.print(f"{service} of lab {spec.number:02d} was not running.")
+            return
+        runtime.stop(service)
+        ui.console.print(f"Stopped {service} of lab {spec.number:02d}; `meshlab start {spec.number}` brings it back.")
+        return
     if lab is not None:
         spec = course.find(lab)
         folders = [d for d in (runs.iterdir() if runs.is_dir() else []) if d.name.split("@")[0] == spec.slug]

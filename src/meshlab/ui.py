@@ -51,10 +51,11 @@ def _rel_loc(where: str) -> str:
 
 def show_result(result: LabResult, *, logs: bool = True) -> None:
     header = f"[bold]Lab {result.number:02d} · {escape(result.title)}[/]  [dim]{escape(relative(result.path))}[/]"
-    console.print(header)
     if result.status == "error" and result.error:
+        errors.print(header)  # the whole message on one stream, so the lines stay in order
         show_error(result.error, title="cannot grade")
         return
+    console.print(header)
     causes_shown: list[tuple] = []
     for check in result.checks:
         console.print(f" {_MARK.get(check.status, '?')} {escape(check.title)}")
