@@ -49,6 +49,16 @@ def through_envoy(lab, *, require_app: bool = True):
     return response, seen
 
 
+def app_clusters(admin) -> list[str]:
+    """The clusters (whatever their names) that have the app as an endpoint."""
+    clusters = admin.clusters_reaching(APP_PORT)
+    if not clusters:
+        fail("no cluster of Envoy has the app as an endpoint",
+             expected="a cluster with endpoint 127.0.0.1:8080",
+             received="clusters: " + (", ".join(sorted({c for c, *_ in admin.hosts()})) or "none"))
+    return clusters
+
+
 @check("The app's greeting arrives through Envoy on :10000", hint=LISTENER_HINT)
 def test_greeting_through_envoy(lab):
     response, _ = through_envoy(lab)
@@ -113,11 +123,7 @@ def test_upstream_service_time(lab):
        hint="the cluster must have the app (127.0.0.1:8080) as its endpoint")
 def test_cluster_counters(lab):
     admin = lab.envoy()
-    clusters = admin.clusters_reaching(APP_PORT)
-    if not clusters:
-        fail("no cluster of Envoy has the app as an endpoint",
-             expected="a cluster with endpoint 127.0.0.1:8080",
-             received="clusters: " + (", ".join(sorted({c for c, *_ in admin.hosts()})) or "none"))
+    clusters = app_clusters(admin)
     sent = 5
     with admin.delta(r"^cluster\.") as delta:
         for _ in range(sent):
@@ -133,10 +139,7 @@ def test_cluster_counters(lab):
        hint="this works once the route sends to a cluster; Envoy answers 503 when it cannot connect to it")
 def test_503_when_app_down(lab):
     admin = lab.envoy()
-    clusters = admin.clusters_reaching(APP_PORT)
-    if not clusters:
-        fail("no cluster of Envoy has the app as an endpoint",
-             expected="a cluster with endpoint 127.0.0.1:8080", received="none")
+    clusters = app_clusters(admin)
     with lab.stopped("app"):
         with admin.delta(r"^cluster\.") as delta:
             response = lab.get(f"{ENVOY}/")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_until
 from meshlab import ports
 from meshlab.course import load_course
 from meshlab.errors import PortBusy, ServiceFailed
@@ -55,15 +56,6 @@ def demo(tmp_path: Path):
 
 def pids(run_dir: Path) -> dict[str, int]:
     return {name: s.pid for name, s in read_state(run_dir).services.items()}
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 OWNER_SCRIPT = """

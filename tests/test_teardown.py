@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import CAN_ISOLATE, ROOT
+from conftest import CAN_ISOLATE, ROOT, wait_until
 
 pytestmark = pytest.mark.lab_runs
 
@@ -28,15 +27,6 @@ def processes_in(folder: Path) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
-
-
-def wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def start_check(folder: Path, state_dir: Path) -> subprocess.Popen:
@@ -66,28 +56,28 @@ def test_nothing_is_left_after_a_check(meshlab, lab_copy, base):
 def test_ctrl_c_stops_the_lab_and_exits_130(lab_copy, state_dir):
     folder = lab_copy(1)
     cli = start_check(folder, state_dir)
-    assert wait_for(lambda: lab_is_up(folder)), "the lab never came up"
+    assert wait_until(lambda: lab_is_up(folder), timeout=30), "the lab never came up"
     os.killpg(cli.pid, signal.SIGINT)
     assert cli.wait(timeout=30) == 130
-    assert wait_for(lambda: processes_in(folder) == [], timeout=5), processes_in(folder)
+    assert wait_until(lambda: processes_in(folder) == [], timeout=5), processes_in(folder)
 
 
 def test_a_cli_killed_with_sigkill_leaves_nothing(lab_copy, state_dir):
     folder = lab_copy(1)
     cli = start_check(folder, state_dir)
-    assert wait_for(lambda: lab_is_up(folder)), "the lab never came up"
+    assert wait_until(lambda: lab_is_up(folder), timeout=30), "the lab never came up"
     cli.kill()  # the CLI alone, with no chance to clean up
     cli.wait()
-    assert wait_for(lambda: processes_in(folder) == [], timeout=5), processes_in(folder)
+    assert wait_until(lambda: processes_in(folder) == [], timeout=5), processes_in(folder)
 
 
 def test_a_checker_killed_with_sigkill_leaves_nothing_and_is_exit_2(lab_copy, state_dir):
     folder = lab_copy(1)
     cli = start_check(folder, state_dir)
-    assert wait_for(lambda: lab_is_up(folder)), "the lab never came up"
+    assert wait_until(lambda: lab_is_up(folder), timeout=30), "the lab never came up"
     pytest_process = next(p for p in psutil.Process(cli.pid).children(recursive=True)
                           if "pytest" in " ".join(p.cmdline()))
     pytest_process.kill()
     assert cli.wait(timeout=30) == 2
     assert b"did not run to completion" in cli.stdout.read()
-    assert wait_for(lambda: processes_in(folder) == [], timeout=5), processes_in(folder)
+    assert wait_until(lambda: processes_in(folder) == [], timeout=5), processes_in(folder)

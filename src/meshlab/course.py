@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from meshlab import yamlfile
-from meshlab.errors import CourseError, Location, UnknownLab
+from meshlab.errors import CourseError, UnknownLab
 
 COURSE_FILE = "course.yaml"
 LAB_FILE = "lab.yaml"
@@ -300,10 +300,3 @@ def _minutes(doc: yamlfile.YamlDoc, value: Any) -> int:
         raise CourseError(f"time {value!r} must look like 45m or 1h30m", where=doc.location(("time",)))
     return int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
 
-
-def describe(lab: Lab) -> str:
-    return f"lab {lab.number:02d} ({lab.slug})"
-
-
-def manifest_location(lab: Lab) -> Location:
-    return Location(lab.workspace / LAB_FILE)

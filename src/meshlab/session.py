@@ -19,7 +19,7 @@ from meshlab import platform, preflight
 from meshlab.apps.server import JOURNAL_PATH
 from meshlab.course import Course, Lab
 from meshlab.envoy import Admin
-from meshlab.errors import PortBusy, ServiceFailed
+from meshlab.errors import PortBusy
 from meshlab.grading import http as grading_http
 from meshlab.runtime import LocalRuntime
 
@@ -41,7 +41,6 @@ class LabSession:
         self.dir = Path(lab_dir)
         self.runtime = runtime
         self.owned = owned
-        self.restarted: list[str] = []
         self.http = httpx.Client(timeout=10.0, trust_env=False)
         self._admins: dict[str, Admin] = {}
 
@@ -56,9 +55,8 @@ class LabSession:
             if running.lab_dir != lab_dir:
                 raise PortBusy(f"{lab_ref} is already running from {running.lab_dir}",
                                fix=f"stop it first: meshlab stop {lab.number}")
-            session = cls(lab, lab_dir, running, owned=False)
-            session.restarted = running.sync()
-            return session
+            running.sync()  # restart what the learner changed since `meshlab start`
+            return cls(lab, lab_dir, running, owned=False)
         runtime = LocalRuntime(lab, lab_dir, run_dir, detached=False)
         runtime.start_all()
         return cls(lab, lab_dir, runtime, owned=True)
@@ -122,7 +120,3 @@ class LabSession:
     def logs(self, lines: int = 20) -> dict[str, str]:
         return self.runtime.logs(lines)
 
-    def require_running(self, service: str) -> None:
-        if not self.runtime.is_running(service):
-            raise ServiceFailed(f"{service} stopped during the checks",
-                                details=self.runtime.logs().get(service, ""))
