@@ -13,6 +13,7 @@ from conftest import ROOT
 pytestmark = pytest.mark.lab_runs
 
 
+@pytest.mark.timeout(1500)
 def test_the_whole_course_passes_its_audit(meshlab, course):
     result = meshlab("audit", "--json", "--jobs", "2", timeout=1200)
     rows = result.json()
