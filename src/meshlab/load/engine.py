@@ -150,7 +150,7 @@ async def _run(plan: Plan, on_progress: OnProgress | None) -> LoadResult:
     return LoadResult(
         url=plan.url, engine="builtin", ret_codes=dict(sorted(tally.codes.items())),
         durations=Histogram.of(tally.durations), error_durations=Histogram.of(tally.error_durations),
-        actual_qps=tally.done / elapsed if elapsed > 0 else 0.0, actual_duration=elapsed,
+        actual_qps=tally.done / elapsed if elapsed > 0 else 0.0, actual_duration=round(elapsed, 9),
         requested_qps=plan.qps, requested=plan.described, num_threads=plan.concurrency,
         sample_headers=tally.headers, error_kinds=dict(tally.error_kinds), start_time=start_time,
         version="meshlab", header_counts=dict(tally.header_values.most_common()),
