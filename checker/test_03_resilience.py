@@ -133,18 +133,23 @@ def test_breaker_refuses_excess(overload):
              received=f"{overload.reached} reached it; {result.codes_text()}", hint=BREAKER_HINT)
 
 
-@check("Step 1: Envoy counted each refusal (upstream_rq_pending_overflow, flag UO) as clients saw it",
-       hint=BREAKER_HINT)
+# Envoy counts a refusal by the pending-request limit (or the connection limit that
+# makes requests wait) as pending_overflow, and one by max_requests as active_overflow.
+OVERFLOWS = ("upstream_rq_pending_overflow", "upstream_rq_active_overflow")
+
+
+@check("Step 1: Envoy counted each refusal (upstream_rq_*_overflow, flag UO) as clients saw it", hint=BREAKER_HINT)
 def test_breaker_counters(overload):
     seen = refused(overload)
-    overflow = counter(overload.delta, overload.clusters, "upstream_rq_pending_overflow")
+    by_counter = {name: counter(overload.delta, overload.clusters, name) for name in OVERFLOWS}
+    overflow = sum(by_counter.values())
     flagged = len(with_flag(overload.entries, "UO"))
     if not overflow == flagged == seen:
         fail("Envoy's count of refusals differs from the 503s clients received",
-             expected=f"cluster.{overload.clusters[0]}.upstream_rq_pending_overflow +{seen} and {seen} "
-                      f"access-log entries flagged UO",
-             received=f"overflow +{overflow}, {flagged} flagged UO, {seen} x 503 "
-                      f"(flags: {describe_flags(count_flags(overload.entries))})",
+             expected=f"cluster.{overload.clusters[0]}.upstream_rq_pending_overflow and active_overflow to grow by "
+                      f"{seen} together, and {seen} access-log entries flagged UO",
+             received=", ".join(f"{name} +{n}" for name, n in by_counter.items()) +
+                      f"; {flagged} flagged UO; {seen} x 503 (flags: {describe_flags(count_flags(overload.entries))})",
              hint="the 503s must come from the circuit breaker of the slow service's cluster")
 
 
