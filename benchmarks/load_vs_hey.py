@@ -12,6 +12,7 @@ ratio. Two backends: the course's Python app (what a lab measures), and Envoy's 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import re
 import shutil
@@ -124,8 +125,8 @@ def main() -> None:
                      "--use-dynamic-base-id"], cwd=folder, env={}, stdout=log, stderr=log, die_with_parent=True))
             base = f"http://127.0.0.1:{ports['listener']}"
             wait_for(base + "/")
-            print(f"# {time.strftime('%Y-%m-%d')}, {platform.node() and 'this machine'}: "
-                  f"{platform.system()} {platform.release()}, {_cpus()} CPUs, Python {platform.python_version()}, "
+            print(f"# {time.strftime('%Y-%m-%d')}: {platform.system()} {platform.release()}, "
+                  f"{len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}, "
                   f"Envoy {find_binary().version()} (1 worker)")
             print(f"# {options.requests} requests, {options.concurrency} connections, best of {options.rounds} rounds", flush=True)
             for name, path in (("python app behind Envoy", "/"), ("Envoy direct_response", "/direct")):
@@ -146,11 +147,6 @@ def main() -> None:
         finally:
             for popen in reversed(started):
                 processes.terminate_group(popen.pid, popen.pid, popen=popen)
-
-
-def _cpus() -> int:
-    import os
-    return len(os.sched_getaffinity(0))
 
 
 if __name__ == "__main__":

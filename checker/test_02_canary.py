@@ -22,6 +22,7 @@ pytestmark = pytest.mark.lab("02-canary")
 
 ENVOY = "http://127.0.0.1:10000"
 STABLE, CANARY = "Version 1.0 (Stable)", "Version 2.0 (Canary)"
+V2_PORT = 8082
 CANARY_SHARE = 0.10
 MIRROR_SHARE = 0.50
 # Wrong setups each sample must tell apart from the target, with certainty 1 - 1e-6.
@@ -117,19 +118,20 @@ def test_header_route(lab):
              hint="match the header's VALUE (string_match: {exact: \"true\"}), not only its presence")
 
 
-def settled_count(traffic: Traffic, app: str, *, quiet: float = 0.3, timeout: float = 5.0) -> list[dict]:
-    """APP's journal of the batch once it stopped growing (mirrored copies are sent
-    alongside the real request; their arrival is not tied to the client's answer)."""
+def copies_received(lab, traffic: Traffic, *, timeout: float = 5.0) -> list[dict]:
+    """v2's journal of the batch once Envoy has no request to v2 in flight. Envoy sends
+    each copy when it forwards the real request, so by the time every client has its
+    answer the copies are sent; an app journals a request before answering it, so with
+    nothing in flight every copy is in the journal."""
+    admin, clusters = lab.envoy(), lab.envoy().clusters_reaching(V2_PORT)
+    gauges = [f"cluster.{c}.{g}" for c in clusters for g in ("upstream_rq_active", "upstream_rq_pending_active")]
     deadline = time.monotonic() + timeout
-    seen, since = traffic.received(app), time.monotonic()
     while time.monotonic() < deadline:
-        time.sleep(0.05)
-        now = traffic.received(app)
-        if len(now) != len(seen):
-            seen, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
+        stats = admin.stats(r"^cluster\.")
+        if not any(stats.get(name, 0) for name in gauges):
             break
-    return seen
+        time.sleep(0.02)
+    return traffic.received("v2")
 
 
 @check("/checkout is answered by v1 while half of it is mirrored to v2", hint=MIRROR_HINT)
@@ -143,7 +145,7 @@ def test_mirroring(lab):
              hint="route /checkout to v1 and MIRROR to v2 (request_mirror_policies); a weighted split "
                   "sends real users to v2")
     primaries = traffic.received("v1")
-    copies = settled_count(traffic, "v2")
+    copies = copies_received(lab, traffic)
     if len(primaries) != MIRROR_REQUESTS:
         fail("v1 did not receive each /checkout request exactly once",
              expected=f"{MIRROR_REQUESTS} requests in v1's journal", received=f"{len(primaries)}",

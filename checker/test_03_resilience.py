@@ -108,7 +108,7 @@ def refused(run: Run) -> int:
     if run.result.count(503) == 0:
         waited = run.result.durations
         fail(f"none of {OVERLOAD} concurrent requests was refused: they all waited for the slow service",
-             expected=f"Envoy to admit a few and answer the rest 503 at once",
+             expected="Envoy to admit a few and answer the rest 503 at once",
              received=f"{run.result.codes_text()}; median {waited.percentile(50):.2f} s",
              hint=BREAKER_HINT)
     return run.result.count(503)

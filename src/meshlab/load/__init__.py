@@ -11,7 +11,7 @@ header (`count_header=`) always uses it.
 
 from __future__ import annotations
 
-from meshlab.errors import InputError
+from meshlab.errors import InputError, ToolMissing
 from meshlab.load import fortio
 from meshlab.load.engine import OnProgress, Plan
 from meshlab.load.engine import run as run_builtin
@@ -42,7 +42,7 @@ def engine_for(choice: str = "auto") -> tuple[str, str | None]:
     binary = fortio.find()
     if binary is None:
         if choice == "fortio":
-            raise fortio.ToolMissing("fortio is not installed",
+            raise ToolMissing("fortio is not installed",
                                      fix="install fortio, or use the built-in engine (--engine builtin)")
         return "builtin", None
     return "fortio", binary
