@@ -265,3 +265,41 @@ def test_meshlab_load_explains_nothing_listening_and_bad_input(meshlab):
     assert run.code == 2 and "not a header" in run.output
     run = meshlab("load", "not-a-url", "-n", "1")
     assert run.code == 2 and "cannot run this load" in run.output
+
+
+def test_a_connection_closed_while_idle_is_reopened_and_garbage_is_a_counted_error():
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def run() -> None:
+        with listener:
+            conn, _ = listener.accept()      # answers, then closes the kept-alive connection
+            conn.recv(65536)
+            conn.sendall(answer)
+            conn.close()
+            conn, _ = listener.accept()      # the client comes back on a new connection
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+            conn, _ = listener.accept()      # and this one is not HTTP
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"SSH-2.0-OpenSSH\r\n\r\n")
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+
+    async def two_requests():
+        connection = Connection(Target.parse(url))
+        request = connection.request_bytes("GET", {})
+        first = await connection.send(request)
+        await asyncio.sleep(0.1)             # the server has closed it by now
+        return first, await connection.send(request)
+
+    first, second = asyncio.run(two_requests())
+    assert (first.status, second.status, second.body) == (200, 200, b"ok")
+    result = load.run(url, engine="builtin", requests=1, concurrency=1, timeout=5)
+    thread.join(timeout=5)
+    assert result.ret_codes == {load.NO_RESPONSE: 1} and result.error_kinds == {"ProtocolError": 1}

@@ -72,6 +72,18 @@ class Connection:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     async def send(self, request: bytes, *, head: bool = False) -> Response:
+        reused = self._writer is not None
+        try:
+            return await self._exchange(request, head)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            partial = isinstance(exc, asyncio.IncompleteReadError) and exc.partial
+            if not reused or partial:
+                raise
+            # The server closed the kept-alive connection while it was idle (before
+            # answering anything): what every HTTP client does, once, on a new one.
+            return await self._exchange(request, head)
+
+    async def _exchange(self, request: bytes, head: bool) -> Response:
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(
                 self.target.host, self.target.port, ssl=self._tls)
