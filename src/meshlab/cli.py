@@ -363,5 +363,9 @@ def audit(labs: tuple[str, ...], jobs: int, isolate: bool | None, as_json: bool)
     sys.exit(0 if all(row.ok for row in rows) else 1)
 
 
+from meshlab.cli_load import load_command  # noqa: E402 - commands in their own modules, registered here
+
+main.add_command(load_command)
+
 if __name__ == "__main__":
     main()

@@ -113,7 +113,14 @@ def make_handler(app: App, journal: _Journal) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(app: App, *, description: str, argv: list[str] | None = None,
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's default backlog is 5: a burst of connections from Envoy (fifty
+    # requests at once) would overflow it and wait a second for the SYN to be retried.
+    request_queue_size = 1024
+
+
+def serve(app: App | None, *, description: str, argv: list[str] | None = None,
           add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
           configure: Callable[[argparse.Namespace], App] | None = None) -> None:
     """Parse --host/--port (and the app's own options), then serve until SIGTERM/SIGINT."""
@@ -125,8 +132,7 @@ def serve(app: App, *, description: str, argv: list[str] | None = None,
     options = parser.parse_args(argv)
     if configure:
         app = configure(options)
-    server = ThreadingHTTPServer((options.host, options.port), make_handler(app, _Journal()))
-    server.daemon_threads = True
+    server = _Server((options.host, options.port), make_handler(app, _Journal()))
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     sys.stderr.write(f"listening on http://{options.host}:{options.port}\n")
     try:
