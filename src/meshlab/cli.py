@@ -367,5 +367,8 @@ from meshlab.cli_load import load_command  # noqa: E402 - commands in their own 
 
 main.add_command(load_command)
 
+from meshlab.cli_certs import certs_group  # noqa: E402
+main.add_command(certs_group)
+
 if __name__ == "__main__":
     main()
