@@ -96,12 +96,26 @@ def test_each_rejection_is_classified_and_confirmed(server, client, reason, tls)
         assert attempt.outcome == "rejected", attempt.describe()
         assert attempt.reason is not None and attempt.reason.key == reason, attempt.describe()
         assert attempt.counters == {mtls.REASONS[reason].counter: 1}, attempt.describe()
+        assert attempt.confirmed, attempt.describe()  # Envoy's default validator: alert and counter agree
 
 
-def test_without_tls_1_2_the_alert_for_no_certificate_is_generic(server):
+def test_with_tls_1_2_the_alert_for_no_certificate_is_generic(server):
     attempt = mtls.probe("127.0.0.1", server["ports"]["any"], tls="1.2", admin=server["admin"])
-    assert attempt.alert == "SSLV3_ALERT_HANDSHAKE_FAILURE"  # only the counter tells the reason
+    assert attempt.alert == "SSLV3_ALERT_HANDSHAKE_FAILURE"  # the counter tells the reason
     assert mtls.probe("127.0.0.1", server["ports"]["any"], tls="1.3").alert == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+
+
+def test_without_counters_the_alert_is_the_guess():
+    attempt = mtls.Attempt(tls="1.3", outcome="rejected", alert="TLSV1_ALERT_UNKNOWN_CA")
+    assert attempt.reason is not None and attempt.reason.key == "unknown-ca" and not attempt.confirmed
+    # When the server's counters were read, they decide, whatever the alert said.
+    attempt = mtls.Attempt(tls="1.2", outcome="rejected", alert="SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+                           counters={"fail_verify_error": 1}, counters_read=True)
+    assert attempt.reason.key == "unknown-ca" and attempt.reason_by_alert.key == "wrong-identity"
+    assert not attempt.confirmed
+    two = mtls.Attempt(tls="1.2", outcome="rejected", counters={"fail_verify_error": 1, "fail_verify_san": 1},
+                       counters_read=True)
+    assert two.reason is None
 
 
 def test_the_right_client_gets_in_and_sees_the_server_identity(server):

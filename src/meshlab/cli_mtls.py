@@ -69,7 +69,9 @@ def probe(address: str, svid: str | None, versions: tuple[str, ...], admin: str 
                 ui.console.print(f"     [dim]server certificate: {ui.escape(', '.join(attempt.server_ids))}[/]")
             reason = attempt.reason
             if reason is not None:
-                ui.console.print(f"     [bold]why:[/] {ui.escape(reason.words)}")
+                source = ("alert and server counter agree" if attempt.confirmed else
+                          "the server's counter" if attempt.counters_read else "guessed from the alert alone")
+                ui.console.print(f"     [bold]why:[/] {ui.escape(reason.words)} [dim]({source})[/]")
             elif attempt.outcome == "rejected" and server is None:
                 ui.console.print("     [dim](add --admin to confirm the reason with the server's counters)[/]")
     sys.exit(0 if all(a.outcome == "accepted" for a in attempts) else 1)

@@ -3,8 +3,10 @@
 A server Envoy that rejects a client during the handshake sends a TLS alert, and
 counts the reason in its listener's `ssl.*` counters. We read both: the alert the
 client received (classified below) and the counters that moved on the server, which
-confirm the reason. Both are needed: with TLS 1.2 a missing client certificate is a
-generic `handshake_failure` alert, and only the counter says what it was.
+confirm the reason. The counter has the last word: with TLS 1.2 a missing client
+certificate is a generic `handshake_failure` alert, and Envoy's SPIFFE certificate
+validator answers an unknown CA with `certificate_unknown` (and, with TLS 1.3, closes
+without any alert); only the counter says what it was.
 
     certificate_required (TLS 1.3) / handshake_failure (1.2)  ssl.fail_verify_no_cert
     unknown_ca                                                ssl.fail_verify_error
@@ -85,19 +87,38 @@ class Attempt:
     server_ids: list[str] = field(default_factory=list)  # URI SANs of the server's certificate
     detail: str = ""
     counters: dict[str, int] = field(default_factory=dict)  # server ssl counters that moved (suffix -> delta)
+    counters_read: bool = False     # whether the server's counters were read at all
 
     @property
     def alert_words(self) -> str | None:
         return ALERT_WORDS.get(self.alert, self.alert) if self.alert else None
 
     @property
-    def reason(self) -> Reason | None:
-        """The reason the alert and the server's counters agree on (None if they do not)."""
+    def reason_by_alert(self) -> Reason | None:
+        """What the alert suggests (the client's view; a guess where alerts are generic)."""
         for reason in REASONS.values():
-            by_alert = self.alert in reason.alerts or (reason.key == "not-tls" and self.tls is None)
-            if by_alert and self.counters.get(reason.counter, 0) > 0:
+            if self.alert in reason.alerts or (reason.key == "not-tls" and self.tls is None and self.counters):
                 return reason
         return None
+
+    @property
+    def reason_by_counter(self) -> Reason | None:
+        """What the server counted: the one verdict counter that moved, if exactly one did."""
+        moved = [r for r in REASONS.values() if self.counters.get(r.counter, 0) > 0]
+        return moved[0] if len(moved) == 1 else None
+
+    @property
+    def reason(self) -> Reason | None:
+        """Why the client was turned away: the server's own count when we read it (it
+        is authoritative), else the alert's suggestion."""
+        if self.counters_read:
+            return self.reason_by_counter
+        return self.reason_by_alert
+
+    @property
+    def confirmed(self) -> bool:
+        """The alert and the server's counter name the same reason."""
+        return self.reason_by_counter is not None and self.reason_by_counter == self.reason_by_alert
 
     def describe(self) -> str:
         """One line for a learner: what the client saw and what the server counted."""
@@ -106,6 +127,8 @@ class Attempt:
             text = f"{asked}: accepted" + (f" ({self.version})" if self.version else "") + f", HTTP {self.status}"
         elif self.outcome == "rejected":
             text = f"{asked}: rejected in the handshake with alert {self.alert_words}"
+        elif self.outcome == "closed" and self.tls and self.counters:
+            text = f"{asked}: the server closed the connection in the handshake without an alert"
         else:
             text = f"{asked}: {self.outcome}" + (f" ({self.detail})" if self.detail else "")
         if self.counters:
@@ -117,7 +140,7 @@ class Attempt:
         return {"tls": self.tls, "outcome": self.outcome, "alert": self.alert, "alert_words": self.alert_words,
                 "version": self.version, "status": self.status, "server_ids": self.server_ids,
                 "detail": self.detail, "counters": self.counters, "reason": reason.key if reason else None,
-                "reason_words": reason.words if reason else None}
+                "reason_words": reason.words if reason else None, "confirmed": self.confirmed}
 
 
 def client_context(tls: str, svid: Path | None = None) -> ssl.SSLContext:
@@ -268,6 +291,7 @@ def probe(host: str, port: int, *, tls: str | None = "1.3", svid: Path | None = 
         after = server_counters(admin)
         attempt.counters = {k: after[k] - before.get(k, 0) for k in after
                             if after[k] != before.get(k, 0) and _interesting(k)}
+        attempt.counters_read = True
     return attempt
 
 
