@@ -214,7 +214,10 @@ def test_no_header_is_stable(lab):
     if sent.bucket != "stable" or sent.version != "v1":
         fail("a request without x-user-id is not treated as the README says",
              expected="x-user-bucket: stable, served by v1",
-             received=f"x-user-bucket: {sent.bucket}, served by {sent.version}")
+             received=f"x-user-bucket: {sent.bucket}, served by {sent.version}",
+             hint="a Lua error (like taking the length of nil) stops the script: Envoy counts lua.errors and "
+                  "passes the request on without your header. Test for nil before hashing"
+             if sent.bucket is None else None)
 
 
 @check("A client cannot choose its own bucket",
@@ -225,11 +228,15 @@ def test_client_cannot_choose_bucket(lab):
     _require_arrival(sent)
     cheated = [s for s in sent if s.version != "v1" or s.bucket != "stable"]
     if cheated:
+        stale = all(s.bucket == "stable" and s.version == "v2" for s in cheated)
         fail("a client that sent x-user-bucket: experimental itself got it",
              expected="stable users stay stable (served by v1) whatever header they send",
              received=_examples(cheated, lambda s: f"{s.user!r} arrived with x-user-bucket {s.bucket!r} at "
                                                    f"{s.version}"),
-             hint="headers():replace('x-user-bucket', bucket) drops the client's value; add() appends to it")
+             hint=("Lua wrote 'stable', yet the client's own header chose the route: it was picked before Lua ran "
+                   "and never again (route cache; with clear_route_cache: false call "
+                   "request_handle:clearRouteCache())") if stale else
+                  "headers():replace('x-user-bucket', bucket) drops the client's value; add() appends to it")
 
 
 @check("Every response carries x-envoy-lua-processed: true",
