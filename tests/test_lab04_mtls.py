@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lab_variants import fails_only, passes
 
 pytestmark = pytest.mark.lab_runs
 
@@ -49,22 +50,6 @@ def variant(*, server=None, client=None, certs_sh: str | None = None) -> dict[st
     return files
 
 
-def assert_fails_only(grade, files: dict[str, str], failing: set[str]) -> dict:
-    code, checks, data = grade(4, files=files)
-    assert code == 1, data.get("message") or data
-    got = {cid for cid, c in checks.items() if c["status"] != "pass"}
-    assert got == failing, {cid: checks[cid].get("message") for cid in got}
-    for cid in failing:
-        assert checks[cid]["expected"] and checks[cid]["received"] and checks[cid]["hint"], checks[cid]
-    return checks
-
-
-def assert_passes(grade, files: dict[str, str]) -> None:
-    code, checks, data = grade(4, files=files)
-    failing = {cid: (c.get("message"), c.get("received")) for cid, c in checks.items() if c["status"] != "pass"}
-    assert code == 0 and not failing, failing or data
-
-
 # -- starter and solution ------------------------------------------------------------
 
 def test_starter_fails_every_check_without_crashing(grade):
@@ -92,7 +77,7 @@ def test_trusting_the_mesh_ca_without_requiring_a_certificate(grade):
         tls.pop("require_client_certificate")
         tls["common_tls_context"]["validation_context"].pop("match_typed_subject_alt_names")
 
-    checks = assert_fails_only(grade, variant(server=lax),
+    checks = fails_only(grade, 4, variant(server=lax),
                                {"test_no_certificate_rejected", "test_wrong_identity_rejected"})
     assert "let in a client without a certificate" in checks["test_no_certificate_rejected"]["message"]
     assert "require_client_certificate" in checks["test_no_certificate_rejected"]["hint"]
@@ -102,7 +87,7 @@ def test_trusting_the_mesh_ca_without_matching_the_caller(grade):
     def no_san(b):
         server_tls(b)["common_tls_context"]["validation_context"].pop("match_typed_subject_alt_names")
 
-    checks = assert_fails_only(grade, variant(server=no_san), {"test_wrong_identity_rejected"})
+    checks = fails_only(grade, 4, variant(server=no_san), {"test_wrong_identity_rejected"})
     assert "trusting the mesh CA is not enough" in checks["test_wrong_identity_rejected"]["hint"]
 
 
@@ -111,7 +96,7 @@ def test_a_prefix_match_on_the_trust_domain(grade):
         server_tls(b)["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] = [
             {"san_type": "URI", "matcher": {"prefix": "spiffe://cluster.local/"}}]
 
-    assert_fails_only(grade, variant(server=prefix), {"test_wrong_identity_rejected"})
+    fails_only(grade, 4, variant(server=prefix), {"test_wrong_identity_rejected"})
 
 
 def test_a_permissive_listener_that_also_takes_plaintext(grade):
@@ -124,12 +109,12 @@ def test_a_permissive_listener_that_also_takes_plaintext(grade):
             "name": "envoy.filters.listener.tls_inspector",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]
 
-    checks = assert_fails_only(grade, variant(server=permissive), {"test_plaintext_rejected"})
+    checks = fails_only(grade, 4, variant(server=permissive), {"test_plaintext_rejected"})
     assert "answered plaintext HTTP" in checks["test_plaintext_rejected"]["message"]
 
 
 def test_client_identity_not_passed_to_the_app(grade):
-    checks = assert_fails_only(grade, variant(server=lambda b: server_hcm(b).pop("set_current_client_cert_details")),
+    checks = fails_only(grade, 4, variant(server=lambda b: server_hcm(b).pop("set_current_client_cert_details")),
                                {"test_identity_reaches_app_b"})
     assert "does not name app-a" in checks["test_identity_reaches_app_b"]["message"]
 
@@ -138,7 +123,7 @@ def test_matching_the_spiffe_id_as_a_dns_name(grade):
     def dns(b):
         server_tls(b)["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]["san_type"] = "DNS"
 
-    checks = assert_fails_only(grade, variant(server=dns), {"test_identity_reaches_app_b"})
+    checks = fails_only(grade, 4, variant(server=dns), {"test_identity_reaches_app_b"})
     assert "never reached app-b" in checks["test_identity_reaches_app_b"]["message"]
 
 
@@ -164,14 +149,14 @@ def test_tls13_only_regex_match_and_the_svid_bundle(grade):
     def client(a):  # an Envoy client offers at most TLS 1.2 unless told otherwise
         client_tls(a)["common_tls_context"]["tls_params"] = {"tls_maximum_protocol_version": "TLSv1_3"}
 
-    assert_passes(grade, variant(server=server, client=client))
+    passes(grade, 4, variant(server=server, client=client))
 
 
 def test_a_san_match_without_require_client_certificate(grade):
     """Envoy asks for a client certificate, and fails the handshake without one, as soon
     as the validation context matches SANs: the flag is then implied (with TLS 1.3 it
     closes without an alert; its counter still says fail_verify_no_cert)."""
-    assert_passes(grade, variant(server=lambda b: server_tls(b).pop("require_client_certificate")))
+    passes(grade, 4, variant(server=lambda b: server_tls(b).pop("require_client_certificate")))
 
 
 def test_tls12_only_and_append_forward(grade):
@@ -179,7 +164,7 @@ def test_tls12_only_and_append_forward(grade):
         server_tls(b)["common_tls_context"]["tls_params"] = {"tls_maximum_protocol_version": "TLSv1_2"}
         server_hcm(b)["forward_client_cert_details"] = "APPEND_FORWARD"
 
-    assert_passes(grade, variant(server=server))
+    passes(grade, 4, variant(server=server))
 
 
 def test_the_spiffe_certificate_validator(grade):
@@ -193,7 +178,7 @@ def test_the_spiffe_certificate_validator(grade):
                 "trust_domains": [{"name": "cluster.local", "trust_bundle": {"filename": "certs/ca/ca.pem"}}]}},
             "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": ID_A}}]}
 
-    assert_passes(grade, variant(server=server))
+    passes(grade, 4, variant(server=server))
 
 
 OPENSSL_CERTS = (ROOT / "labs" / "04-mtls" / "README.md").read_text().split("<!-- openssl-certs -->")[1] \
@@ -202,4 +187,4 @@ OPENSSL_CERTS = (ROOT / "labs" / "04-mtls" / "README.md").read_text().split("<!-
 
 def test_certificates_made_with_openssl_as_the_readme_shows(grade):
     script = "#!/bin/sh\nset -eu\ncd \"$(dirname \"$0\")\"\n[ -f certs/ca/ca.pem ] && exit 0\n" + OPENSSL_CERTS
-    assert_passes(grade, variant(certs_sh=script))
+    passes(grade, 4, variant(certs_sh=script))

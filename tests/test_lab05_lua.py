@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from lab_variants import fails_only, passes
 
 pytestmark = pytest.mark.lab_runs
 
@@ -30,23 +31,6 @@ def envoy(old: str, new: str) -> dict[str, str]:
     return {"envoy.yaml": ENVOY.replace(old, new)}
 
 
-def assert_fails_only(grade, files: dict[str, str], failing: set[str]) -> dict:
-    code, checks, data = grade(5, files=files)
-    assert code == 1, data.get("message") or data
-    got = {cid for cid, c in checks.items() if c["status"] != "pass"}
-    assert got == failing, {cid: (checks[cid].get("message"), checks[cid].get("received")) for cid in got}
-    for cid in failing:
-        assert checks[cid]["expected"] and checks[cid]["received"] and checks[cid]["hint"], checks[cid]
-    return checks
-
-
-def assert_passes(grade, files: dict[str, str]) -> dict:
-    code, checks, data = grade(5, files=files)
-    failing = {cid: (c.get("message"), c.get("received")) for cid, c in checks.items() if c["status"] != "pass"}
-    assert code == 0 and not failing, failing or data
-    return checks
-
-
 def test_starter_fails_with_a_helpful_scorecard(grade):
     code, checks, data = grade(5, base="starter")
     assert code == 1 and set(checks) == CHECKS, data
@@ -59,7 +43,7 @@ def test_starter_fails_with_a_helpful_scorecard(grade):
 
 
 def test_solution_passes_and_shows_the_latency_note(grade):
-    checks = assert_passes(grade, {})
+    checks = passes(grade, 5, {})
     notes = checks["test_filter_latency"]["notes"]
     assert len(notes) == 1 and "with the Lua filter p50" in notes[0] and "without it p50" in notes[0]
 
@@ -67,19 +51,19 @@ def test_solution_passes_and_shows_the_latency_note(grade):
 # -- plausible but wrong ------------------------------------------------------------
 
 def test_signed_32_bit_arithmetic(grade):
-    checks = assert_fails_only(grade, lua("h = (h * 33 + text:byte(i)) % 4294967296",
+    checks = fails_only(grade, 5, lua("h = (h * 33 + text:byte(i)) % 4294967296",
                                           "h = bit.tobit(h * 33 + text:byte(i))"),
                                {"test_bucket_follows_spec"})
     assert "signed 32-bit" in checks["test_bucket_follows_spec"]["hint"]
 
 
 def test_off_by_one_threshold(grade):
-    checks = assert_fails_only(grade, lua("% 100 < 20", "% 100 <= 20"), {"test_bucket_follows_spec"})
+    checks = fails_only(grade, 5, lua("% 100 < 20", "% 100 <= 20"), {"test_bucket_follows_spec"})
     assert "not <= 20" in checks["test_bucket_follows_spec"]["hint"]
 
 
 def test_add_lets_the_client_pick_its_bucket(grade):
-    checks = assert_fails_only(grade, lua('headers:replace("x-user-bucket"', 'headers:add("x-user-bucket"'),
+    checks = fails_only(grade, 5, lua('headers:replace("x-user-bucket"', 'headers:add("x-user-bucket"'),
                                {"test_client_cannot_choose_bucket"})
     assert "replace" in checks["test_client_cannot_choose_bucket"]["hint"]
 
@@ -88,14 +72,14 @@ def test_route_cache_left_stale(grade):
     files = envoy("default_source_code: { filename: bucket.lua }",
                   "default_source_code: { filename: bucket.lua }\n              clear_route_cache: false")
     # The stale route is the one the client's own headers chose: a forged bucket wins too.
-    checks = assert_fails_only(grade, files, {"test_version_follows_bucket", "test_client_cannot_choose_bucket"})
+    checks = fails_only(grade, 5, files, {"test_version_follows_bucket", "test_client_cannot_choose_bucket"})
     assert "route was picked before Lua set the header" in checks["test_version_follows_bucket"]["hint"]
     assert "route" in checks["test_client_cannot_choose_bucket"]["hint"]
 
 
 def test_a_nil_user_id_crashes_the_filter(grade):
     files = lua('  if id == nil then\n    return "stable"\n  end\n', "")
-    checks = assert_fails_only(grade, files, {"test_no_header_is_stable", "test_no_lua_errors"})
+    checks = fails_only(grade, 5, files, {"test_no_header_is_stable", "test_no_lua_errors"})
     # Envoy stops the script, counts the error and passes the request on without a bucket.
     assert "x-user-bucket: None" in checks["test_no_header_is_stable"]["received"]
     assert "failed" in checks["test_no_lua_errors"]["message"]
@@ -112,7 +96,7 @@ def test_a_random_bucket(grade):
 
 def test_no_response_marker(grade):
     files = lua('  response_handle:headers():add("x-envoy-lua-processed", "true")\n', "")
-    assert_fails_only(grade, files, {"test_response_marked", "test_filter_latency"})
+    fails_only(grade, 5, files, {"test_response_marked", "test_filter_latency"})
 
 
 # -- unusual but correct ------------------------------------------------------------
@@ -125,7 +109,7 @@ def test_stale_cache_cleared_by_hand_and_bit_arithmetic_made_unsigned(grade):
     ).replace("  return h\n", "  if h < 0 then h = h + 4294967296 end\n  return h\n").replace(
         'headers:replace("x-user-bucket", bucket(headers:get("x-user-id")))',
         'headers:replace("x-user-bucket", bucket(headers:get("x-user-id")))\n  request_handle:clearRouteCache()')
-    assert_passes(grade, files)
+    passes(grade, 5, files)
 
 
 def test_inline_code_and_a_regex_route(grade):
@@ -133,4 +117,4 @@ def test_inline_code_and_a_regex_route(grade):
     files = {"envoy.yaml": ENVOY.replace("default_source_code: { filename: bucket.lua }", inline).replace(
         "string_match: { exact: experimental }", "string_match: { safe_regex: { regex: '^exp.*' } }")}
     assert "inline_code" in files["envoy.yaml"] and "safe_regex" in files["envoy.yaml"]
-    assert_passes(grade, files)
+    passes(grade, 5, files)
