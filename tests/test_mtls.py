@@ -162,3 +162,6 @@ def test_the_probe_command(meshlab, server):
     assert meshlab("mtls", "probe", "nonsense").code == 2
     run = meshlab("mtls", "probe", address, "--svid", str(server["folder"] / "nowhere"))
     assert run.code == 2 and "holds no svid.pem" in run.stderr
+    run = meshlab("mtls", "probe", address, "--admin", f"http://127.0.0.1:{free_port()}")
+    assert run.code == 2 and "cannot read the server Envoy's counters" in run.stderr
+    assert "Traceback" not in run.output

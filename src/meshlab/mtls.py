@@ -29,8 +29,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from meshlab import certs
 from meshlab.envoy import Admin
+from meshlab.errors import EnvironmentProblem
 
 VERSIONS = {"1.3": ssl.TLSVersion.TLSv1_3, "1.2": ssl.TLSVersion.TLSv1_2}
 SSL_COUNTERS = r"^listener\..*\.ssl\."
@@ -273,7 +276,13 @@ def server_counters(admin: Admin) -> dict[str, int]:
     """The server's listener ssl counters summed over its listeners, by suffix
     (`fail_verify_san`, ...), so they do not depend on listener names."""
     totals: dict[str, int] = {}
-    for name, value in admin.stats(SSL_COUNTERS).items():
+    try:
+        stats = admin.stats(SSL_COUNTERS)
+    except httpx.HTTPError as exc:
+        raise EnvironmentProblem(f"cannot read the server Envoy's counters at {admin.base_url}: {exc}",
+                                 fix="give the admin address of the Envoy that serves the port (like "
+                                     "http://127.0.0.1:9902), or leave out --admin") from None
+    for name, value in stats.items():
         suffix = name.split(".ssl.", 1)[1]
         totals[suffix] = totals.get(suffix, 0) + value
     return totals
