@@ -31,7 +31,7 @@ TRUST_DOMAIN = "cluster.local"
 ID_A = f"spiffe://{TRUST_DOMAIN}/ns/default/sa/app-a"
 ID_B = f"spiffe://{TRUST_DOMAIN}/ns/default/sa/app-b"
 ID_OTHER = f"spiffe://{TRUST_DOMAIN}/ns/default/sa/mallory"
-CERTS_HINT = "step 1: certs.sh makes certs/ca, certs/app-a and certs/app-b (meshlab runs it before each check)"
+CERTS_HINT = "step 2: certs.sh makes certs/ca, certs/app-a and certs/app-b (meshlab runs it before each check)"
 SERVER_HINT = ("step 3: sidecar-b's filter chain needs a transport_socket with a DownstreamTlsContext: "
                "require_client_certificate: true, app-b's SVID, trusted_ca certs/ca/ca.pem and a URI SAN match "
                f"on {ID_A}")
@@ -76,7 +76,7 @@ def _uris(entries: list[dict]) -> list[str]:
 
 
 @check("Each sidecar holds its workload's SVID and trusts the mesh CA",
-       hint="steps 1, 3 and 4: make the certificates, then give each Envoy its own SVID (tls_certificates) "
+       hint="steps 2, 3 and 4: make the certificates, then give each Envoy its own SVID (tls_certificates) "
             "and the mesh CA (validation_context.trusted_ca)")
 def test_sidecars_hold_svids(lab):
     for sidecar, identity, step in (("sidecar-b", ID_B, 3), ("sidecar-a", ID_A, 4)):
