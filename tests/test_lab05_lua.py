@@ -82,6 +82,7 @@ def test_a_nil_user_id_crashes_the_filter(grade):
     checks = fails_only(grade, 5, files, {"test_no_header_is_stable", "test_no_lua_errors"})
     # Envoy stops the script, counts the error and passes the request on without a bucket.
     assert "x-user-bucket: None" in checks["test_no_header_is_stable"]["received"]
+    assert "lua.errors +1" in checks["test_no_header_is_stable"]["hint"]
     assert "failed" in checks["test_no_lua_errors"]["message"]
 
 
