@@ -85,7 +85,7 @@ def test_sidecars_hold_svids(lab):
         if not contexts:
             fail(f"{sidecar} holds no certificate: it has no TLS context yet",
                  expected=f"{sidecar} loaded an SVID for {identity}", received="no certificates (admin /certs)",
-                 hint=f"step {step}: add the TLS context to {sidecar}.yaml")
+                 hint=f"step 2 makes the certificates (certs.sh); step {step} gives {sidecar}.yaml its TLS context")
         if identity not in held:
             fail(f"{sidecar} presents a certificate for another identity",
                  expected=f"a leaf certificate whose URI SAN is {identity}",
