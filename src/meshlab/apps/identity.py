@@ -19,7 +19,7 @@ def callers(xfcc: str | None) -> list[str]:
     return [m.group(1) for m in _URI.finditer(xfcc or "")]
 
 
-def whoami(request: Request) -> Response:
+def identify(request: Request) -> Response:
     xfcc = request.header("x-forwarded-client-cert")
     found = callers(xfcc)
     body = {"service": "app-b", "caller": found[-1] if found else None, "xfcc": xfcc}
@@ -27,4 +27,4 @@ def whoami(request: Request) -> Response:
 
 
 if __name__ == "__main__":
-    serve(whoami, description="Lab 04's app-b: echoes the caller identity from x-forwarded-client-cert.")
+    serve(identify, description="Lab 04's app-b: echoes the caller identity from x-forwarded-client-cert.")
