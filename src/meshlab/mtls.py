@@ -12,6 +12,10 @@ without any alert); only the counter says what it was.
     unknown_ca                                                ssl.fail_verify_error
     certificate_unknown                                       ssl.fail_verify_san
 
+Envoy counts a failed handshake after it has sent the alert, so a client can hold
+the alert before the counter has moved: after a refusal we read the counters until a
+verdict counter moves (for up to two seconds), instead of once.
+
 One probe per TLS version. With TLS 1.3 the client's handshake completes before the
 server has checked the client's certificate, so the verdict arrives later; a client
 that sends its request at once may see the connection reset instead of the alert
@@ -289,7 +293,7 @@ def server_counters(admin: Admin) -> dict[str, int]:
 
 
 def probe(host: str, port: int, *, tls: str | None = "1.3", svid: Path | None = None, admin: Admin | None = None,
-          path: str = "/", timeout: float = 5.0) -> Attempt:
+          path: str = "/", timeout: float = 5.0, settle: float = 2.0) -> Attempt:
     """One attempt (TLS None means plaintext), with the server's counters that moved."""
     before = server_counters(admin) if admin else {}
     if tls is None:
@@ -297,9 +301,17 @@ def probe(host: str, port: int, *, tls: str | None = "1.3", svid: Path | None = 
     else:
         attempt = try_tls(host, port, tls=tls, svid=svid, path=path, timeout=timeout)
     if admin is not None:
-        after = server_counters(admin)
-        attempt.counters = {k: after[k] - before.get(k, 0) for k in after
-                            if after[k] != before.get(k, 0) and _interesting(k)}
+        # Envoy may count a failed handshake just after it sent the alert: a refused
+        # client waits (up to SETTLE seconds) until a verdict counter has moved.
+        verdicts = {r.counter for r in REASONS.values()}
+        deadline = time.monotonic() + (settle if attempt.outcome in ("rejected", "closed", "not-tls") else 0)
+        while True:
+            after = server_counters(admin)
+            attempt.counters = {k: after[k] - before.get(k, 0) for k in after
+                                if after[k] != before.get(k, 0) and _interesting(k)}
+            if verdicts & set(attempt.counters) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
         attempt.counters_read = True
     return attempt
 
