@@ -39,6 +39,7 @@ class CheckResult:
     duration: float = 0.0
     logs: dict[str, str] = field(default_factory=dict)
     output: str | None = None
+    notes: list[str] = field(default_factory=list)   # information measured, not a verdict
 
 
 @dataclass

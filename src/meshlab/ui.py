@@ -59,6 +59,8 @@ def show_result(result: LabResult, *, logs: bool = True) -> None:
     causes_shown: list[tuple] = []
     for check in result.checks:
         console.print(f" {_MARK.get(check.status, '?')} {escape(check.title)}")
+        for note in check.notes:
+            console.print(f"     [dim]{escape(note)}[/]")
         if check.status in ("fail", "error"):
             cause = (check.message, check.expected, check.received)
             if cause in causes_shown:

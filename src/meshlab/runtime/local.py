@@ -350,9 +350,13 @@ class LocalRuntime:
 def run_prepare_steps(lab: Lab, lab_dir: Path) -> None:
     """Run the lab's `prepare` commands in LAB_DIR (for example: make certificates),
     before preflight, since the configs may refer to what they produce."""
+    # The course's own tools first on PATH, so a step (or a script it runs) that calls
+    # `meshlab` or `python` gets the course's, even when its virtualenv is not activated.
+    tools = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": os.pathsep.join([tools, os.environ.get("PATH", os.defpath)])}
     for command in lab.prepare:
         argv = [_python_or(command[0]), *command[1:]]
-        proc = subprocess.run(argv, cwd=lab_dir, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(argv, cwd=lab_dir, env=env, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             raise ServiceFailed(
                 f"the prepare step `{' '.join(command)}` of lab {lab.slug} failed (exit {proc.returncode})",
