@@ -30,7 +30,9 @@ events = []
 
 def save_next():
     time.sleep(0.5)  # a later mtime than the first look
-    (lab_dir / "envoy.yaml").write_text(saves.pop(0))
+    draft = lab_dir / "envoy.yaml.draft"  # saved whole, as editors do: write, then rename
+    draft.write_text(saves.pop(0))
+    draft.replace(lab_dir / "envoy.yaml")
 
 def on_result(result, restarted):
     pids = {name: s["pid"] for name, s in json.loads((Path(result.run_dir) / "state.json").read_text())["services"].items()}

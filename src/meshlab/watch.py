@@ -36,11 +36,23 @@ def _fingerprint(files: list[Path]) -> tuple:
     return tuple(stamps)
 
 
+def _settled(files: list[Path], quiet: float) -> tuple:
+    """The fingerprint once the files stopped changing for QUIET seconds: an editor may
+    write a file in several steps, and half a file is not the learner's config."""
+    current = _fingerprint(files)
+    while True:
+        time.sleep(quiet)
+        later = _fingerprint(files)
+        if later == current:
+            return current
+        current = later
+
+
 def watch(course: Course, lab: Lab, lab_dir: Path, *,
           on_result: Callable[[LabResult, list[str]], None],
           on_error: Callable[[MeshlabError], None],
           on_waiting: Callable[[list[Path]], None],
-          poll_interval: float = 0.3, max_rounds: int | None = None) -> None:
+          poll_interval: float = 0.3, quiet: float = 0.2, max_rounds: int | None = None) -> None:
     """Run until interrupted (or MAX_ROUNDS checks, for tests)."""
     lab_dir = Path(lab_dir).resolve()
     run_dir = run_dir_for(course, lab, lab_dir)
@@ -54,11 +66,10 @@ def watch(course: Course, lab: Lab, lab_dir: Path, *,
     seen = None
     try:
         while max_rounds is None or rounds < max_rounds:
-            current = _fingerprint(files)
-            if current == seen:
+            if _fingerprint(files) == seen:
                 time.sleep(poll_interval)
                 continue
-            seen = current
+            seen = _settled(files, quiet)
             rounds += 1
             try:
                 preflight.prepare_and_check(lab, lab_dir)

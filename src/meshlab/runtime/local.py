@@ -132,6 +132,9 @@ class LocalRuntime:
         argv = self._argv(spec)
         log_path = self.run_dir / f"{name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
+        # The address file of a previous start must be gone before Envoy can write the new
+        # one: removed any later, a fast Envoy's fresh file could be the one removed.
+        self._admin_address_file(name).unlink(missing_ok=True)
         with open(log_path, "ab") as log:
             log.write(f"--- meshlab: starting {name} at {time.strftime('%H:%M:%S')}\n".encode())
             log.flush()
@@ -274,8 +277,6 @@ class LocalRuntime:
     def _wait_ready(self, spec: ServiceSpec, service: ServiceState) -> None:
         deadline = time.monotonic() + spec.ready_timeout
         delay = 0.005
-        if spec.kind == "envoy":
-            self._admin_address_file(spec.name).unlink(missing_ok=True)
         while True:
             popen = self._popen.get(spec.name)
             if popen is not None and popen.poll() is not None:
