@@ -19,13 +19,12 @@ pytestmark = pytest.mark.lab_runs
 
 
 def processes_in(folder: Path) -> list[psutil.Process]:
+    """Live processes whose working directory is FOLDER (psutil fills `.info` with
+    their cmdline, read in the same pass: a process may exit right after)."""
     found = []
-    for proc in psutil.process_iter(["pid", "cwd", "status"]):
-        try:
-            if proc.info["cwd"] == str(folder) and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+    for proc in psutil.process_iter(["pid", "cwd", "status", "cmdline"]):
+        if proc.info["cwd"] == str(folder) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
     return found
 
 
@@ -40,7 +39,7 @@ def start_check(folder: Path, state_dir: Path) -> subprocess.Popen:
 
 
 def lab_is_up(folder: Path) -> bool:
-    names = " ".join(" ".join(p.cmdline()) for p in processes_in(folder))
+    names = " ".join(" ".join(p.info["cmdline"] or []) for p in processes_in(folder))
     return "envoy" in names and "meshlab.apps.hello" in names
 
 
@@ -75,8 +74,12 @@ def test_a_checker_killed_with_sigkill_leaves_nothing_and_is_exit_2(lab_copy, st
     folder = lab_copy(1)
     cli = start_check(folder, state_dir)
     assert wait_until(lambda: lab_is_up(folder), timeout=30), "the lab never came up"
-    pytest_process = next(p for p in psutil.Process(cli.pid).children(recursive=True)
-                          if "pytest" in " ".join(p.cmdline()))
+    def is_pytest(child: psutil.Process) -> bool:
+        try:
+            return "pytest" in " ".join(child.cmdline())
+        except psutil.Error:
+            return False
+    pytest_process = next(p for p in psutil.Process(cli.pid).children(recursive=True) if is_pytest(p))
     pytest_process.kill()
     assert cli.wait(timeout=30) == 2
     assert b"did not run to completion" in cli.stdout.read()
