@@ -1,0 +1,119 @@
+"""The server's view of its proxies: who is connected, what each acknowledged, the
+last NACK per node. It feeds the admin view (`meshlab xds status`) and lets tests and
+benchmarks wait until every proxy runs a version.
+
+Streams run on the server's event loop; readers (the admin view, a test in another
+thread) may be anywhere, so every access holds one lock, and every change wakes whoever
+waits in `wait_for`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from meshlab.xds.bookkeeping import Nack
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """One ADS stream, as last reported by the stream itself."""
+
+    id: int
+    protocol: str                        # "sotw" or "delta"
+    peer: str
+    connected_at: float = field(default_factory=time.time)
+    node: str | None = None              # the node key (node id unless the cache says otherwise)
+    node_id: str | None = None
+    target_version: str | None = None    # the snapshot being pushed
+    synced_version: str | None = None    # the last snapshot the proxy acknowledged completely
+    synced_at: float | None = None       # time.monotonic() when it did
+    in_sync: bool = False
+    types: dict = field(default_factory=dict)  # short type name -> bookkeeping summary
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "protocol": self.protocol, "peer": self.peer, "node_id": self.node_id,
+                "connected_at": self.connected_at, "target_version": self.target_version,
+                "synced_version": self.synced_version, "in_sync": self.in_sync, "types": self.types}
+
+
+class StatusBoard:
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._streams: dict[int, StreamInfo] = {}
+        self._last_nack: dict[str, Nack] = {}
+        self._nack_count: dict[str, int] = {}
+
+    def opened(self, info: StreamInfo) -> None:
+        with self._changed:
+            self._streams[info.id] = info
+            self._changed.notify_all()
+
+    def update(self, stream_id: int, **fields: object) -> None:
+        with self._changed:
+            info = self._streams.get(stream_id)
+            if info is not None:
+                self._streams[stream_id] = replace(info, **fields)
+                self._changed.notify_all()
+
+    def closed(self, stream_id: int) -> None:
+        with self._changed:
+            self._streams.pop(stream_id, None)
+            self._changed.notify_all()
+
+    def nacked(self, nack: Nack) -> None:
+        with self._changed:
+            self._last_nack[nack.node] = nack
+            self._nack_count[nack.node] = self._nack_count.get(nack.node, 0) + 1
+            self._changed.notify_all()
+
+    # -- reading -----------------------------------------------------------------
+
+    def streams(self, node: str | None = None) -> list[StreamInfo]:
+        with self._changed:
+            return [s for s in self._streams.values() if node is None or s.node == node]
+
+    def last_nack(self, node: str) -> Nack | None:
+        with self._changed:
+            return self._last_nack.get(node)
+
+    def wait_for(self, predicate: Callable[["StatusBoard"], bool], timeout: float) -> bool:
+        """Wait until PREDICATE(board) holds (True) or TIMEOUT seconds pass (False)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    def synced(self, version: str, *, streams: int | None = None, node: str | None = None) -> bool:
+        """True when every stream (of NODE) is in sync at VERSION, and there are at
+        least STREAMS of them."""
+        chosen = self.streams(node)
+        if streams is not None and len(chosen) < streams:
+            return False
+        return bool(chosen) and all(s.in_sync and s.synced_version == version for s in chosen)
+
+    def to_json(self, snapshots: dict[str, object] | None = None) -> dict:
+        """Per node: its snapshot (version, resource counts, problems), its streams and
+        the last NACK with the proxy's message."""
+        with self._changed:
+            streams = list(self._streams.values())
+            nacks = dict(self._last_nack)
+            counts = dict(self._nack_count)
+        nodes: dict[str, dict] = {}
+        keys = {s.node for s in streams if s.node} | set(nacks) | set(snapshots or {})
+        for key in sorted(keys):
+            nack = nacks.get(key)
+            nodes[key] = {
+                "snapshot": (snapshots or {}).get(key),
+                "streams": [s.to_json() for s in streams if s.node == key],
+                "last_nack": nack.to_json() if nack else None,
+                "nacks": counts.get(key, 0),
+            }
+        waiting = [s.to_json() for s in streams if not s.node]
+        return {"time": time.time(), "nodes": nodes, "streams_without_node": waiting}

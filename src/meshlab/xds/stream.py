@@ -1,0 +1,339 @@
+"""The push engine of one ADS stream: what to send a proxy, and when.
+
+A stream follows the snapshot of its proxy's node. When the snapshot changes, the new
+one (the *target*) goes out make-before-break, in stages:
+
+1. `FIRST`: secrets, clusters and their endpoints. Clusters the target drops stay for
+   now (a route may still send traffic to them), under the target's version. The stage ends when the proxy has
+   acknowledged them *and* subscribed to the endpoints of every new EDS cluster and
+   acknowledged those too: only then can a route use the new clusters.
+2. `THEN`: listeners and routes (and any other type).
+3. `CLEANUP`: the clusters and secrets the target dropped are removed.
+
+A rejected response (NACK) stops the stages where they are: the proxy keeps serving
+what it had, and the next snapshot starts over. A stage whose proxy never subscribes
+to what it waits for moves on after `stage_timeout` seconds (with a warning).
+
+The state-of-the-world and delta protocols differ only in how a request changes a
+subscription and how a response is encoded; `SotwStream` and `DeltaStream` (modules
+`sotw` and `delta`) fill in those parts. Everything here runs on the server's event
+loop; only `notify` is called from other threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from google.protobuf.message import Message
+
+from meshlab.xds import types
+from meshlab.xds.bookkeeping import Nack, Sent, TypeState, Verdict
+from meshlab.xds.cache import SnapshotCache
+from meshlab.xds.snapshot import Resource, Snapshot
+from meshlab.xds.status import StatusBoard, StreamInfo
+
+log = logging.getLogger("meshlab.xds")
+
+FIRST, THEN, CLEANUP, DONE = 1, 2, 3, 4
+STAGE_NAMES = {FIRST: "clusters and endpoints", THEN: "listeners and routes", CLEANUP: "removals", DONE: "done"}
+
+
+@dataclass(frozen=True)
+class View:
+    """What the proxy should have of one type at this stage."""
+
+    label: str
+    resources: Mapping[str, Resource]
+    allow_removal: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A response to send: these resources (all of them, if FULL), these removals."""
+
+    label: str
+    updates: Mapping[str, Resource]
+    removals: frozenset[str] = frozenset()
+    full: bool = False
+
+    def record(self, nonce: str) -> Sent:
+        return Sent(nonce, self.label, {n: r.version for n, r in self.updates.items()}, self.removals, self.full)
+
+
+class ProtocolError(Exception):
+    """The proxy sent something the protocol does not allow (the stream is closed)."""
+
+
+def _send_order(type_url: str) -> tuple[int, str]:
+    return (types.FIRST.index(type_url), "") if types.goes_first(type_url) else (len(types.FIRST), type_url)
+
+
+class Stream:
+    protocol = "?"
+    _ids = itertools.count(1)
+
+    def __init__(self, cache: SnapshotCache, board: StatusBoard, *, peer: str, emit: Callable[[Message], None],
+                 loop: asyncio.AbstractEventLoop, stage_timeout: float = 5.0):
+        self.id = next(Stream._ids)
+        self.cache = cache
+        self.board = board
+        self.loop = loop
+        self.stage_timeout = stage_timeout
+        self._emit = emit
+        self.node: Message | None = None
+        self.key: str | None = None
+        self.types: dict[str, TypeState] = {}
+        self.target: Snapshot | None = None
+        self.stage = DONE
+        self.synced_version: str | None = None
+        self._known: dict[str, dict[str, Resource]] = {}   # per type: the content last sent per name
+        self._nonces = itertools.count(1)
+        self._timer: asyncio.TimerHandle | None = None
+        board.opened(StreamInfo(self.id, self.protocol, peer))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(#{self.id}, node={self.key!r})"
+
+    # -- what the cache sees (Watcher) -------------------------------------------
+
+    def behind(self, version: str) -> bool:
+        target = self.target
+        return self.synced_version != version or (target is not None and target.version != version)
+
+    def notify(self, snapshot: Snapshot) -> None:
+        """Called by the cache, from any thread: a new snapshot is there."""
+        self.loop.call_soon_threadsafe(self._refresh)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.key is not None:
+            self.cache.unwatch(self.key, self)
+            log.info("%s (%s) disconnected", self.key, self.protocol)
+        self.board.closed(self.id)
+
+    # -- requests ------------------------------------------------------------------
+
+    def receive(self, request: Message) -> None:
+        """Handle one request from the proxy: a reply to a response, a subscription, or both."""
+        identified = self.node is None
+        if identified:
+            self._identify(request)
+        type_url = request.type_url
+        if not type_url:
+            raise ProtocolError("a discovery request without type_url")
+        state = self.types.get(type_url) or self.types.setdefault(type_url, TypeState(type_url))
+        error = (request.error_detail.code, request.error_detail.message) if request.HasField("error_detail") else None
+        first = not state.subscribed
+        verdict = state.reply(request.response_nonce, error)
+        log.debug("%s -> %s %s nonce=%s", self.key, types.short(type_url), verdict.value, request.response_nonce)
+        if verdict is Verdict.NACK:
+            self._nacked(state, request, error)
+        self._subscribe(request, state, first=first)
+        if identified:
+            self._retarget(self.cache.snapshot(self.key))  # now that the stream knows what is asked
+        self.advance()
+
+    def _identify(self, request: Message) -> None:
+        if not request.HasField("node") or not request.node.id:
+            raise ProtocolError("the first request of a stream must carry the node (with its id)")
+        self.node = request.node
+        self.key = self.cache.node_key(request.node)
+        snapshot = self.cache.watch(self.key, self)
+        self.board.update(self.id, node=self.key, node_id=request.node.id)
+        if snapshot is None:
+            log.info("%s connected (%s); no snapshot for it yet (snapshots exist for: %s)",
+                     self.key, self.protocol, ", ".join(self.cache.keys()) or "no node")
+        else:
+            log.info("%s connected (%s); its snapshot is version %s", self.key, self.protocol, snapshot.version)
+
+    def _nacked(self, state: TypeState, request: Message, error: tuple[int, str]) -> None:
+        rejected = state.rejected
+        nack = Nack(node=self.key or "?", type_url=state.type_url, rejected_version=rejected.label if rejected else "?",
+                    kept_version=self._kept_version(request), nonce=request.response_nonce,
+                    code=error[0], message=error[1])
+        log.warning("%s rejected %s version %s (NACK): %s", nack.node, types.short(state.type_url),
+                    nack.rejected_version, " ".join(nack.message.split()))
+        self.board.nacked(nack)
+
+    # -- protocol-specific parts -------------------------------------------------
+
+    def _subscribe(self, request: Message, state: TypeState, *, first: bool) -> None:
+        raise NotImplementedError
+
+    def _kept_version(self, request: Message) -> str | None:
+        raise NotImplementedError
+
+    def _plan(self, state: TypeState, view: View) -> Plan | None:
+        raise NotImplementedError
+
+    def _encode(self, type_url: str, plan: Plan, nonce: str) -> Message:
+        raise NotImplementedError
+
+    # -- following the snapshot ----------------------------------------------------
+
+    def _refresh(self) -> None:
+        if self.key is not None:
+            self._retarget(self.cache.snapshot(self.key))
+
+    def _retarget(self, snapshot: Snapshot | None) -> None:
+        if snapshot is None or (self.target is not None and snapshot.version == self.target.version):
+            return
+        self.target = snapshot
+        self.stage = FIRST
+        self._arm_timer()
+        self.advance()
+
+    def advance(self) -> None:
+        """Send whatever the current stage allows, and move through the stages as far
+        as the proxy's acknowledgements permit."""
+        if self.target is None:
+            self._report()
+            return
+        while True:
+            for type_url in sorted(self.types, key=_send_order):
+                self._send_if_needed(self.types[type_url])
+            if self.stage < DONE and self._stage_complete():
+                self.stage += 1
+                self._arm_timer()
+                continue
+            break
+        self._report()
+
+    def _send_if_needed(self, state: TypeState) -> None:
+        if not state.subscribed or state.pending is not None:
+            return
+        view = self._view(state.type_url)
+        if view is None:
+            return
+        self._adopt_claim(state, view)
+        plan = self._plan(state, view)
+        if plan is None or state.rejects(plan.record("")):
+            return
+        nonce = str(next(self._nonces))
+        state.sent(plan.record(nonce))
+        known = self._known.setdefault(state.type_url, {})
+        if plan.full:
+            known.clear()
+        known.update(plan.updates)
+        for name in plan.removals:
+            known.pop(name, None)
+        log.debug("%s <- %s %s nonce=%s: %s%s", self.key, types.short(state.type_url), plan.label, nonce,
+                  ", ".join(plan.updates) or "(none)", f"; removed {', '.join(sorted(plan.removals))}" if plan.removals else "")
+        self._emit(self._encode(state.type_url, plan, nonce))
+
+    def _view(self, type_url: str) -> View | None:
+        """What the proxy should have of TYPE_URL now; None: nothing may be sent yet."""
+        target = self.target
+        if target is None or (not types.goes_first(type_url) and self.stage < THEN):
+            return None
+        resources: Mapping[str, Resource] = target.resources(type_url)
+        if type_url in types.REMOVED_LAST and self.stage < CLEANUP:
+            state = self.types.get(type_url)
+            known = self._known.get(type_url, {})
+            kept = {n: known[n] for n in (state.held() if state else ()) if n not in resources and n in known}
+            return View(target.version, {**resources, **kept}, allow_removal=False)
+        return View(target.version, resources, allow_removal=True)
+
+    def _adopt_claim(self, state: TypeState, view: View) -> None:
+        # A proxy reconnecting with the version we would send already has it. Not for
+        # the types removed last: at that version it may still hold removed ones.
+        if (state.acked is None and state.claimed_label is not None and state.claimed_label == view.label
+                and state.type_url not in types.REMOVED_LAST):
+            state.adopt(view.label, {n: r.version for n, r in view.resources.items() if state.in_scope(n)})
+
+    def _required(self, type_url: str) -> set[str]:
+        """Names of TYPE_URL the proxy must subscribe to before the stage may end:
+        the endpoints of the target's EDS clusters, the routes of its listeners."""
+        parent = {types.ENDPOINT: types.CLUSTER, types.ROUTE: types.LISTENER}.get(type_url)
+        parent_state = self.types.get(parent) if parent else None
+        if self.target is None or parent_state is None or not parent_state.subscribed:
+            return set()
+        return set(self.target.referenced(type_url) & self.target.resources(type_url).keys())
+
+    def _satisfied(self, type_url: str) -> bool:
+        view = self._view(type_url)
+        if view is None:
+            return False
+        state = self.types.get(type_url)
+        required = self._required(type_url)
+        if state is None or not state.subscribed:
+            return not required
+        if state.pending is not None or not all(state.in_scope(n) for n in required):
+            return False
+        self._adopt_claim(state, view)
+        return self._plan(state, view) is None
+
+    def _stage_types(self) -> set[str]:
+        candidates = set(self.types) | {types.ENDPOINT, types.ROUTE}
+        if self.stage == FIRST:
+            return {t for t in candidates if types.goes_first(t)}
+        return candidates
+
+    def _stage_complete(self) -> bool:
+        return all(self._satisfied(t) for t in self._stage_types())
+
+    def _blocked_by_nack(self) -> bool:
+        for state in self.types.values():
+            view = self._view(state.type_url)
+            if state.rejected is not None and view is not None:
+                plan = self._plan(state, view)
+                if plan is not None and state.rejects(plan.record("")):
+                    return True
+        return False
+
+    # -- stage timer -------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.stage < DONE and self.target is not None:
+            token = (self.target.version, self.stage)
+            self._timer = self.loop.call_later(self.stage_timeout, self._stage_timed_out, token)
+
+    def _stage_timed_out(self, token: tuple[str, int]) -> None:
+        self._timer = None
+        if self.target is None or (self.target.version, self.stage) != token or self._blocked_by_nack():
+            return
+        if any(state.pending is not None for state in self.types.values()):
+            self._arm_timer()  # still waiting for a reply: keep waiting
+            return
+        missing = {types.short(t): sorted(self._required(t) - (self.types[t].names if t in self.types else set()))
+                   for t in self._stage_types() if not self._satisfied(t)}
+        log.warning("%s: stage '%s' of version %s not complete after %.1f s (still missing: %s); moving on",
+                    self.key, STAGE_NAMES[self.stage], self.target.version, self.stage_timeout, missing)
+        self.stage += 1
+        self._arm_timer()
+        self.advance()
+
+    def _has_everything(self, target: Snapshot) -> bool:
+        """The proxy asked for every wildcard type the target has, and acknowledged all
+        it asked for (and the endpoints and routes its clusters and listeners need)."""
+        for type_url in set(target.type_urls) & types.WILDCARD:
+            state = self.types.get(type_url)
+            if state is None or not state.subscribed:
+                return False
+        subscribed = {t for t, state in self.types.items() if state.subscribed}
+        return all(self._satisfied(t) for t in subscribed | {types.ENDPOINT, types.ROUTE})
+
+    # -- reporting ---------------------------------------------------------------------
+
+    def _report(self) -> None:
+        target = self.target
+        in_sync = target is not None and self.stage == DONE and self._has_everything(target)
+        fields: dict[str, object] = {
+            "in_sync": in_sync,
+            "target_version": target.version if target else None,
+            "types": {types.short(t): s.to_json() for t, s in sorted(self.types.items(), key=lambda i: _send_order(i[0]))},
+        }
+        if in_sync and self.synced_version != target.version:
+            self.synced_version = target.version
+            fields.update(synced_version=target.version, synced_at=time.monotonic())
+            log.debug("%s runs version %s", self.key, target.version)
+        self.board.update(self.id, **fields)
