@@ -336,5 +336,8 @@ def audit(labs: tuple[str, ...], jobs: int, isolate: bool | None, as_json: bool)
     sys.exit(0 if all(row.ok for row in rows) else 1)
 
 
+from meshlab.cli_xds import xds  # noqa: E402 - commands of other modules, registered last
+main.add_command(xds)
+
 if __name__ == "__main__":
     main()

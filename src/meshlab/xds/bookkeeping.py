@@ -15,6 +15,7 @@ Only one response per type is in flight at a time: the next waits for the proxy'
 from __future__ import annotations
 
 import enum
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -48,12 +49,34 @@ class Nack:
     message: str
     at: float = field(default_factory=time.time)
 
+    @property
+    def summary(self) -> str:
+        return summarize(self.message)
+
     def to_json(self) -> dict:
         from meshlab.xds.types import short
 
         return {"node": self.node, "type": short(self.type_url), "type_url": self.type_url,
                 "rejected_version": self.rejected_version, "kept_version": self.kept_version,
-                "nonce": self.nonce, "code": self.code, "message": self.message, "at": self.at}
+                "nonce": self.nonce, "code": self.code, "message": self.message, "summary": self.summary,
+                "at": self.at}
+
+
+_PGV_STEP = re.compile(r"(\w+)ValidationError\.(\w+(?:\[\d+\])?)")
+
+
+def summarize(message: str, limit: int = 300) -> str:
+    """Envoy's NACK message in one line: without the dump of the rejected resource it
+    often starts with, and a chain of validation errors as one field path:
+    `ClusterLoadAssignment.Endpoints[0]...PortValue: value must be less than or equal to 65535`."""
+    if "goo.gle/debugproto" in message and "\n: " in message:
+        message = message.rsplit("\n: ", 1)[1]
+    message = " ".join(message.split())
+    steps = _PGV_STEP.findall(message)
+    if "Proto constraint validation failed" in message and steps:
+        reason = message.rsplit(": ", 1)[-1].rstrip(")")
+        message = f"{steps[0][0]}.{'.'.join(field for _, field in steps)}: {reason}"
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 class Verdict(enum.Enum):

@@ -158,7 +158,7 @@ class Stream:
                     kept_version=self._kept_version(request), nonce=request.response_nonce,
                     code=error[0], message=error[1])
         log.warning("%s rejected %s version %s (NACK): %s", nack.node, types.short(state.type_url),
-                    nack.rejected_version, " ".join(nack.message.split()))
+                    nack.rejected_version, nack.summary)
         self.board.nacked(nack)
 
     # -- protocol-specific parts -------------------------------------------------
