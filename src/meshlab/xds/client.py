@@ -40,10 +40,14 @@ def _references(type_url: str, body: bytes) -> tuple[str, ...]:
 
 
 class AdsClient:
-    def __init__(self, node_id: str, *, delta: bool = False, cluster: str = "meshlab", reject: Reject | None = None):
+    def __init__(self, node_id: str, *, delta: bool = False, cluster: str = "meshlab", reject: Reject | None = None,
+                 follow: bool = True, record: bool = False):
         self.node = base_pb2.Node(id=node_id, cluster=cluster)
         self.delta = delta
         self.reject = reject
+        self.follow = follow          # ask for the endpoints and routes that clusters and listeners name
+        # With RECORD: (type URL, names sent, names removed) of every response, in order.
+        self.history: list[tuple[str, tuple[str, ...], tuple[str, ...]]] | None = [] if record else None
         self.names: dict[str, set[str]] = {types.ENDPOINT: set(), types.ROUTE: set()}
         self.version: dict[str, str] = {}          # accepted version per type (state of the world)
         self.resources: dict[str, dict[str, bytes]] = {}   # what it holds, per type and name
@@ -90,6 +94,11 @@ class AdsClient:
     def _on_response(self, response: Message) -> None:
         self.responses += 1
         type_url = response.type_url
+        if self.history is not None:
+            removed = tuple(response.removed_resources) if self.delta else ()
+            sent = (tuple(r.name for r in response.resources) if self.delta else
+                    tuple(types.name_of(types.message_class(type_url).FromString(r.value)) for r in response.resources))
+            self.history.append((type_url, sent, removed))
         self.nonce[type_url] = response.nonce
         error = self.reject(type_url, response) if self.reject else None
         if error is not None:
@@ -110,7 +119,7 @@ class AdsClient:
             self.version[type_url] = response.version_info
         self._request(type_url)  # the ACK
         dependent = _DEPENDENT.get(type_url)
-        if dependent is not None:
+        if dependent is not None and self.follow:
             wanted = {name for body in held.values() for name in _references(type_url, body)}
             added, removed = wanted - self.names[dependent], self.names[dependent] - wanted
             if added or removed:

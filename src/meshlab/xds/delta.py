@@ -32,7 +32,9 @@ class DeltaStream(Stream):
         state.subscribe(added - {"*"}, wildcard=wildcard, replace=False)
         state.unsubscribe(removed - {"*"})
         if first and request.initial_resource_versions:
+            # A reconnect: the proxy says what it has; only what differs is sent again.
             state.adopt(None, {n: v for n, v in request.initial_resource_versions.items() if state.in_scope(n)})
+            state.answered = True
 
     def _kept_version(self, request: Message) -> str | None:
         return None  # delta replies carry no version

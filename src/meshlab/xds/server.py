@@ -211,6 +211,11 @@ class ServerThread:
         self._started.set()
         await self._stopping.wait()
         await self.server.stop(grace=0.2)
+        # Let the streams' coroutines finish before the loop closes under them.
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
 
 def serve_in_thread(cache: SnapshotCache, **options: object) -> ServerThread:
