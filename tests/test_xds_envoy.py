@@ -157,3 +157,27 @@ def test_a_restarted_control_plane_is_reconnected_to_and_resynchronized(delta, b
             assert served_by(listener_port) == "two"
     finally:
         control_plane.stop()
+
+
+def test_a_chosen_version_is_not_trusted_across_restarts(backends, tmp_path):
+    """A control plane that labels its snapshots itself ("v1" for ever, or a counter
+    that restarts at 1) may give a new content an old label. After a restart, Envoy
+    claims that label; the server cannot know it named other content, so it sends the
+    snapshot again rather than trust the claim."""
+    listener_port, xds_port = free_port(), free_port()
+    cache = SnapshotCache()
+    cache.set_snapshot(NODE, to("one", backends, listener_port, version="v1"))
+    control_plane = serve_in_thread(cache, port=xds_port)
+    try:
+        with DynamicEnvoy(NODE, xds_port=xds_port, workdir=tmp_path) as envoy:
+            assert control_plane.board.wait_for(lambda b: b.synced("v1", streams=1), 10)
+            assert wait_for(lambda: served_by(listener_port) == "one", 5)
+            control_plane.stop()
+            assert wait_for(lambda: envoy.admin.stat("control_plane.connected_state") == 0, 5)
+            cache = SnapshotCache()
+            cache.set_snapshot(NODE, to("two", backends, listener_port, version="v1"))
+            control_plane = serve_in_thread(cache, port=xds_port)
+            assert control_plane.board.wait_for(lambda b: b.synced("v1", streams=1), 10)
+            assert wait_for(lambda: served_by(listener_port) == "two", 5)
+    finally:
+        control_plane.stop()

@@ -71,7 +71,7 @@ def render(document: dict) -> None:
         for stream in streams:
             state = "[green]in sync[/]" if stream["in_sync"] else "[yellow]applying[/]"
             console.print(f"  stream #{stream['id']} ({stream['protocol']}, {escape(stream['peer'])}): {state}, "
-                          f"runs {escape(str(stream['synced_version']))}")
+                          f"runs {escape(stream['synced_version'] or 'nothing yet')}")
             table = Table(box=None, padding=(0, 2), show_edge=False)
             for column in ("type", "acknowledged", "in flight", "subscribed", "ACKs", "NACKs"):
                 table.add_column(column)

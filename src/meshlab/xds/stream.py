@@ -241,9 +241,14 @@ class Stream:
         return View(target.version, resources, allow_removal=True)
 
     def _adopt_claim(self, state: TypeState, view: View) -> None:
-        # A proxy reconnecting with the version we would send already has it. Not for
-        # the types removed last: at that version it may still hold removed ones.
+        # A proxy reconnecting with the version we would send already has it, if that
+        # version is a digest of the content. A version someone chose may have named
+        # other content before this server started (a counter that restarted at 1, a
+        # constant): then everything is sent again, and the proxy skips what it has.
+        # Never for the types removed last: at that version it may still hold removed ones.
+        target = self.target
         if (state.acked is None and state.claimed_label is not None and state.claimed_label == view.label
+                and target is not None and target.version == target.content_version
                 and state.type_url not in types.REMOVED_LAST):
             state.adopt(view.label, {n: r.version for n, r in view.resources.items() if state.in_scope(n)})
 
