@@ -102,6 +102,7 @@ class TypeState:
         self.answered = False
         self.acks = 0
         self.nacks = 0
+        self.revision = 0   # counts changes, so that what is derived from this state can be cached
 
     # -- subscriptions -----------------------------------------------------------
 
@@ -111,12 +112,14 @@ class TypeState:
     def subscribe(self, names: set[str], *, wildcard: bool, replace: bool) -> None:
         """Take the proxy's subscription: the whole set (state of the world, REPLACE)
         or more names (delta). Names it no longer asks for are forgotten."""
+        self.revision += 1
         self.subscribed = True
         self.wildcard = wildcard
         self.names = set(names) if replace else self.names | names
         self._forget_unsubscribed()
 
     def unsubscribe(self, names: set[str]) -> None:
+        self.revision += 1
         self.names -= names
         self._forget_unsubscribed()
 
@@ -136,6 +139,7 @@ class TypeState:
     def sent(self, response: Sent) -> None:
         if self.pending is not None:
             raise RuntimeError(f"a response for {self.type_url} is already in flight ({self.pending.nonce})")
+        self.revision += 1
         self.pending = response
         self.answered = True
 
@@ -146,6 +150,7 @@ class TypeState:
         pending = self.pending
         if pending is None or nonce != pending.nonce:
             return Verdict.OTHER
+        self.revision += 1
         self.pending = None
         if error is not None:
             self.rejected = pending
@@ -168,6 +173,7 @@ class TypeState:
 
     def adopt(self, label: str | None, versions: Mapping[str, str]) -> None:
         """Take a reconnecting proxy's word that it has LABEL's resources (VERSIONS)."""
+        self.revision += 1
         self.acked = dict(versions)
         self.acked_label = label
         self.claimed_label = None

@@ -30,6 +30,11 @@ _DEPENDENT = {types.CLUSTER: types.ENDPOINT, types.LISTENER: types.ROUTE}
 
 
 @lru_cache(maxsize=4096)
+def _name(type_url: str, body: bytes) -> str:
+    return types.name_of(types.message_class(type_url).FromString(body))
+
+
+@lru_cache(maxsize=4096)
 def _references(type_url: str, body: bytes) -> tuple[str, ...]:
     """The names a cluster (EDS) or listener (RDS) resource asks for; parsed once."""
     message = types.message_class(type_url).FromString(body)
@@ -97,7 +102,7 @@ class AdsClient:
         if self.history is not None:
             removed = tuple(response.removed_resources) if self.delta else ()
             sent = (tuple(r.name for r in response.resources) if self.delta else
-                    tuple(types.name_of(types.message_class(type_url).FromString(r.value)) for r in response.resources))
+                    tuple(_name(type_url, r.value) for r in response.resources))
             self.history.append((type_url, sent, removed))
         self.nonce[type_url] = response.nonce
         error = self.reject(type_url, response) if self.reject else None
@@ -115,7 +120,7 @@ class AdsClient:
             if type_url in types.WILDCARD:
                 held.clear()
             for resource in response.resources:
-                held[types.name_of(types.message_class(type_url).FromString(resource.value))] = resource.value
+                held[_name(type_url, resource.value)] = resource.value
             self.version[type_url] = response.version_info
         self._request(type_url)  # the ACK
         dependent = _DEPENDENT.get(type_url)

@@ -36,7 +36,10 @@ def packed(message: Message) -> any_pb2.Any:
     return holder
 
 
-def http_listener(name: str, port: int, route_name: str, *, address: str = "127.0.0.1") -> listener_pb2.Listener:
+def http_listener(name: str, port: int, route_name: str, *, address: str = "127.0.0.1",
+                  bind: bool = True) -> listener_pb2.Listener:
+    """BIND=False: Envoy takes the listener without binding its port (many proxies on
+    one machine can then share a configuration)."""
     manager = hcm.HttpConnectionManager(
         stat_prefix=name,
         rds=hcm.Rds(route_config_name=route_name, config_source=ads()),
@@ -47,6 +50,7 @@ def http_listener(name: str, port: int, route_name: str, *, address: str = "127.
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port)),
         filter_chains=[listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
             name="envoy.filters.network.http_connection_manager", typed_config=packed(manager))])],
+        bind_to_port=None if bind else wrappers_pb2.BoolValue(value=False),
     )
 
 
@@ -79,10 +83,10 @@ def load_assignment(cluster: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2
 
 
 def mesh(*, listener_port: int, routes: Mapping[str, str], endpoints: Mapping[str, Iterable[Endpoint]],
-         listener: str = "ingress", route_name: str = "routes") -> list[Message]:
+         listener: str = "ingress", route_name: str = "routes", bind: bool = True) -> list[Message]:
     """One listener, one route configuration, and an EDS cluster with its endpoints per
     entry of ENDPOINTS (cluster -> [(address, port, weight)])."""
-    resources: list[Message] = [http_listener(listener, listener_port, route_name),
+    resources: list[Message] = [http_listener(listener, listener_port, route_name, bind=bind),
                                 route_configuration(route_name, routes)]
     for cluster, hosts in endpoints.items():
         resources += [eds_cluster(cluster), load_assignment(cluster, hosts)]

@@ -84,6 +84,7 @@ class Snapshot:
         if version is not None and not str(version):
             raise ValueError("a snapshot version must not be empty")
         self.version = str(version) if version is not None else self.content_version
+        self._provided: dict[str, frozenset[str]] = {}
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{types.short(t)}={len(r)}" for t, r in self._resources.items())
@@ -140,6 +141,13 @@ class Snapshot:
         if type_url == types.ENDPOINT:
             return frozenset(self.endpoint_references.values())
         return frozenset()
+
+    def provided_references(self, type_url: str) -> frozenset[str]:
+        """The names of TYPE_URL that are both asked for and in the snapshot."""
+        found = self._provided.get(type_url)
+        if found is None:
+            found = self._provided[type_url] = frozenset(self.referenced(type_url) & self.resources(type_url).keys())
+        return found
 
     def problems(self) -> list[str]:
         """What makes the snapshot inconsistent, in words; [] when it is consistent."""

@@ -3,7 +3,8 @@ the proxy wants of a type, each response carries a whole version of it.
 
 For listeners and clusters (wildcard types) a response is the complete set: what it
 leaves out, the proxy deletes. For routes, endpoints and secrets, a response carries
-the requested resources that exist; the proxy keeps the others it has.
+the requested resources that exist; the proxy keeps the others it has. A type whose
+resources did not change is not sent again when the snapshot's version changes.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ class SotwStream(Stream):
         if not state.wildcard and not scope:
             return None  # nothing the proxy asked for exists
         acked = state.acked
-        if (acked is not None and state.acked_label == view.label
-                and all(acked.get(n) == r.version for n, r in scope.items())
+        # The proxy has all of it already (perhaps under an older version: a type that
+        # did not change is not sent again, and keeps the version it came with).
+        if (acked is not None and all(acked.get(n) == r.version for n, r in scope.items())
                 and (not state.wildcard or acked.keys() == scope.keys())):
             return None
         return Plan(view.label, scope, full=state.wildcard)

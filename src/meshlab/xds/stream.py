@@ -69,6 +69,9 @@ class ProtocolError(Exception):
     """The proxy sent something the protocol does not allow (the stream is closed)."""
 
 
+_PARENT = {types.ENDPOINT: types.CLUSTER, types.ROUTE: types.LISTENER}
+
+
 def _send_order(type_url: str) -> tuple[int, str]:
     return (types.FIRST.index(type_url), "") if types.goes_first(type_url) else (len(types.FIRST), type_url)
 
@@ -92,9 +95,17 @@ class Stream:
         self.stage = DONE
         self.synced_version: str | None = None
         self._known: dict[str, dict[str, Resource]] = {}   # per type: the content last sent per name
+        self._kept: dict[str, dict[str, Resource]] = {}    # per type: what the target drops, kept until CLEANUP
+        self._cleanup = False
+        self._views: dict[tuple[str, bool], View] = {}     # per type (and keeping or not): the target's view
+        self._plans: dict[str, tuple] = {}                 # per type: (view, revision, plan) last computed
+        self._required_names: dict[str, frozenset[str]] = {}
+        self._order: list[str] = []                        # the types, in the order they are sent
         self._nonces = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
-        board.opened(StreamInfo(self.id, self.protocol, peer))
+        self._timer_token: tuple[str, int] | None = None
+        self._reported: tuple = ()
+        board.opened(StreamInfo(self.id, self.protocol, peer), describe=self.describe)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(#{self.id}, node={self.key!r})"
@@ -127,17 +138,21 @@ class Stream:
         type_url = request.type_url
         if not type_url:
             raise ProtocolError("a discovery request without type_url")
-        state = self.types.get(type_url) or self.types.setdefault(type_url, TypeState(type_url))
+        state = self.types.get(type_url)
+        if state is None:
+            state = self.types[type_url] = TypeState(type_url)
+            self._order = sorted(self.types, key=_send_order)
         error = (request.error_detail.code, request.error_detail.message) if request.HasField("error_detail") else None
         first = not state.subscribed
         verdict = state.reply(request.response_nonce, error)
-        log.debug("%s -> %s %s nonce=%s", self.key, types.short(type_url), verdict.value, request.response_nonce)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s -> %s %s nonce=%s", self.key, types.short(type_url), verdict.value, request.response_nonce)
         if verdict is Verdict.NACK:
             self._nacked(state, request, error)
         self._subscribe(request, state, first=first)
         if identified:
             self._retarget(self.cache.snapshot(self.key))  # now that the stream knows what is asked
-        self.advance()
+        self.advance(changed=type_url)
 
     def _identify(self, request: Message) -> None:
         if not request.HasField("node") or not request.node.id:
@@ -185,34 +200,50 @@ class Stream:
         if snapshot is None or (self.target is not None and snapshot.version == self.target.version):
             return
         self.target = snapshot
-        self.stage = FIRST
-        self._arm_timer()
+        # What the proxy holds of the types removed last, and the target drops, stays
+        # until the routes have moved: fixed now, for the whole transition.
+        self._kept = {}
+        self._cleanup = False   # whether the proxy holds any of them: else no CLEANUP stage
+        for type_url in types.REMOVED_LAST:
+            state, known = self.types.get(type_url), self._known.get(type_url, {})
+            dropped = (state.held() if state else set()) - snapshot.resources(type_url).keys()
+            self._kept[type_url] = {name: known[name] for name in dropped if name in known}
+            self._cleanup = self._cleanup or bool(dropped)
+        self._views = {}
+        self._required_names = {t: snapshot.provided_references(t) for t in (types.ENDPOINT, types.ROUTE)}
+        self._enter(FIRST)
         self.advance()
 
-    def advance(self) -> None:
+    def _enter(self, stage: int) -> None:
+        self.stage = stage
+
+    def advance(self, changed: str | None = None) -> None:
         """Send whatever the current stage allows, and move through the stages as far
-        as the proxy's acknowledgements permit."""
+        as the proxy's acknowledgements permit. CHANGED: the one type whose bookkeeping
+        changed (a request), if that is all that happened; else every type is looked at."""
         if self.target is None:
             self._report()
             return
+        look_at = set(self._order) if changed is None else {changed}
         while True:
-            for type_url in sorted(self.types, key=_send_order):
-                self._send_if_needed(self.types[type_url])
+            for type_url in self._order:
+                if type_url in look_at:
+                    self._send_if_needed(self.types[type_url])
             if self.stage < DONE and self._stage_complete():
-                self.stage += 1
-                self._arm_timer()
+                stage = self.stage + 1 if self.stage != THEN or self._cleanup else DONE
+                # The types whose view the new stage changes.
+                look_at = {t for t in self._order if (stage == THEN and not types.goes_first(t))
+                           or (stage == CLEANUP and t in types.REMOVED_LAST)}
+                self._enter(stage)
                 continue
             break
+        self._arm_timer()
         self._report()
 
     def _send_if_needed(self, state: TypeState) -> None:
         if not state.subscribed or state.pending is not None:
             return
-        view = self._view(state.type_url)
-        if view is None:
-            return
-        self._adopt_claim(state, view)
-        plan = self._plan(state, view)
+        view, plan = self._planned(state.type_url)
         if plan is None or state.rejects(plan.record("")):
             return
         nonce = str(next(self._nonces))
@@ -223,22 +254,45 @@ class Stream:
         known.update(plan.updates)
         for name in plan.removals:
             known.pop(name, None)
-        log.debug("%s <- %s %s nonce=%s: %s%s", self.key, types.short(state.type_url), plan.label, nonce,
-                  ", ".join(plan.updates) or "(none)", f"; removed {', '.join(sorted(plan.removals))}" if plan.removals else "")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s <- %s %s nonce=%s: %s%s", self.key, types.short(state.type_url), plan.label, nonce,
+                      ", ".join(plan.updates) or "(none)",
+                      f"; removed {', '.join(sorted(plan.removals))}" if plan.removals else "")
         self._emit(self._encode(state.type_url, plan, nonce))
 
+    def _planned(self, type_url: str) -> tuple[View | None, Plan | None]:
+        """The view of TYPE_URL now and the response it needs (None: none). Computed
+        again only when the view or the type's bookkeeping changed: an advance asks
+        several times, and most stages leave most views as they were."""
+        state = self.types.get(type_url)
+        view = self._view(type_url)
+        revision = state.revision if state is not None else -1
+        cached = self._plans.get(type_url)
+        if cached is not None and cached[0] is view and cached[1] == revision:
+            return view, cached[2]
+        plan = None
+        if view is not None and state is not None:
+            self._adopt_claim(state, view)
+            plan = self._plan(state, view)
+        self._plans[type_url] = (view, state.revision if state is not None else -1, plan)
+        return view, plan
+
     def _view(self, type_url: str) -> View | None:
-        """What the proxy should have of TYPE_URL now; None: nothing may be sent yet."""
+        """What the proxy should have of TYPE_URL now; None: nothing may be sent yet.
+        The same object for as long as it holds (a new target makes new ones)."""
         target = self.target
-        if target is None or (not types.goes_first(type_url) and self.stage < THEN):
+        if target is None or (self.stage < THEN and not types.goes_first(type_url)):
             return None
-        resources: Mapping[str, Resource] = target.resources(type_url)
-        if type_url in types.REMOVED_LAST and self.stage < CLEANUP:
-            state = self.types.get(type_url)
-            known = self._known.get(type_url, {})
-            kept = {n: known[n] for n in (state.held() if state else ()) if n not in resources and n in known}
-            return View(target.version, {**resources, **kept}, allow_removal=False)
-        return View(target.version, resources, allow_removal=True)
+        keeping = self._cleanup and self.stage < CLEANUP and type_url in types.REMOVED_LAST
+        view = self._views.get((type_url, keeping))
+        if view is None:
+            resources: Mapping[str, Resource] = target.resources(type_url)
+            if keeping:
+                view = View(target.version, {**resources, **self._kept.get(type_url, {})}, allow_removal=False)
+            else:
+                view = View(target.version, resources, allow_removal=True)
+            self._views[(type_url, keeping)] = view
+        return view
 
     def _adopt_claim(self, state: TypeState, view: View) -> None:
         # A proxy reconnecting with the version we would send already has it, if that
@@ -252,27 +306,26 @@ class Stream:
                 and state.type_url not in types.REMOVED_LAST):
             state.adopt(view.label, {n: r.version for n, r in view.resources.items() if state.in_scope(n)})
 
-    def _required(self, type_url: str) -> set[str]:
+    def _required(self, type_url: str) -> frozenset[str]:
         """Names of TYPE_URL the proxy must subscribe to before the stage may end:
         the endpoints of the target's EDS clusters, the routes of its listeners."""
-        parent = {types.ENDPOINT: types.CLUSTER, types.ROUTE: types.LISTENER}.get(type_url)
+        parent = _PARENT.get(type_url)
         parent_state = self.types.get(parent) if parent else None
-        if self.target is None or parent_state is None or not parent_state.subscribed:
-            return set()
-        return set(self.target.referenced(type_url) & self.target.resources(type_url).keys())
+        if parent_state is None or not parent_state.subscribed:
+            return frozenset()
+        return self._required_names.get(type_url, frozenset())
 
     def _satisfied(self, type_url: str) -> bool:
-        view = self._view(type_url)
+        view, plan = self._planned(type_url)
         if view is None:
             return False
         state = self.types.get(type_url)
         required = self._required(type_url)
         if state is None or not state.subscribed:
             return not required
-        if state.pending is not None or not all(state.in_scope(n) for n in required):
+        if state.pending is not None or (required and not all(state.in_scope(n) for n in required)):
             return False
-        self._adopt_claim(state, view)
-        return self._plan(state, view) is None
+        return plan is None
 
     def _stage_types(self) -> set[str]:
         candidates = set(self.types) | {types.ENDPOINT, types.ROUTE}
@@ -281,13 +334,15 @@ class Stream:
         return candidates
 
     def _stage_complete(self) -> bool:
-        return all(self._satisfied(t) for t in self._stage_types())
+        stage_types = self._stage_types()
+        if any(self.types[t].pending is not None for t in stage_types if t in self.types):
+            return False  # the common case, decided without computing anything
+        return all(self._satisfied(t) for t in stage_types)
 
     def _blocked_by_nack(self) -> bool:
         for state in self.types.values():
-            view = self._view(state.type_url)
-            if state.rejected is not None and view is not None:
-                plan = self._plan(state, view)
+            if state.rejected is not None:
+                _, plan = self._planned(state.type_url)
                 if plan is not None and state.rejects(plan.record("")):
                     return True
         return False
@@ -295,26 +350,27 @@ class Stream:
     # -- stage timer -------------------------------------------------------------------
 
     def _arm_timer(self) -> None:
+        """Time the stage the stream waits in (once per stage; none when done)."""
+        token = (self.target.version, self.stage) if self.target is not None and self.stage < DONE else None
+        if token == self._timer_token:
+            return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-        if self.stage < DONE and self.target is not None:
-            token = (self.target.version, self.stage)
-            self._timer = self.loop.call_later(self.stage_timeout, self._stage_timed_out, token)
+        self._timer_token = token
+        self._timer = self.loop.call_later(self.stage_timeout, self._stage_timed_out, token) if token else None
 
     def _stage_timed_out(self, token: tuple[str, int]) -> None:
-        self._timer = None
+        self._timer = self._timer_token = None
         if self.target is None or (self.target.version, self.stage) != token or self._blocked_by_nack():
             return
         if any(state.pending is not None for state in self.types.values()):
-            self._arm_timer()  # still waiting for a reply: keep waiting
+            self._arm_timer()  # still waiting for a reply: wait another round
             return
         missing = {types.short(t): sorted(self._required(t) - (self.types[t].names if t in self.types else set()))
                    for t in self._stage_types() if not self._satisfied(t)}
         log.warning("%s: stage '%s' of version %s not complete after %.1f s (still missing: %s); moving on",
                     self.key, STAGE_NAMES[self.stage], self.target.version, self.stage_timeout, missing)
-        self.stage += 1
-        self._arm_timer()
+        self._enter(self.stage + 1)
         self.advance()
 
     def _has_everything(self, target: Snapshot) -> bool:
@@ -332,13 +388,15 @@ class Stream:
     def _report(self) -> None:
         target = self.target
         in_sync = target is not None and self.stage == DONE and self._has_everything(target)
-        fields: dict[str, object] = {
-            "in_sync": in_sync,
-            "target_version": target.version if target else None,
-            "types": {types.short(t): s.to_json() for t, s in sorted(self.types.items(), key=lambda i: _send_order(i[0]))},
-        }
         if in_sync and self.synced_version != target.version:
             self.synced_version = target.version
-            fields.update(synced_version=target.version, synced_at=time.monotonic())
             log.debug("%s runs version %s", self.key, target.version)
-        self.board.update(self.id, **fields)
+        state = (in_sync, self.synced_version, target.version if target else None)
+        if state != self._reported:  # the board hears of changes only
+            self._reported = state
+            self.board.update(self.id, in_sync=in_sync, synced_version=self.synced_version,
+                              target_version=state[2], **({"synced_at": time.monotonic()} if in_sync else {}))
+
+    def describe(self) -> dict:
+        """What the proxy has of each type (for the admin view; on the server's loop)."""
+        return {types.short(t): self.types[t].to_json() for t in self._order}
