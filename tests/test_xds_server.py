@@ -300,3 +300,32 @@ def test_watch_file_reports_changes_not_saves(tmp_path: Path):
         return seen
 
     assert asyncio.run(scenario()) == ["a: 1\n", "a: 2\n"]
+
+
+def test_waking_many_streams_is_one_wake_up_of_the_loop():
+    from meshlab.xds.stream import Waker
+
+    class Loop:
+        def __init__(self):
+            self.scheduled = []
+
+        def call_soon_threadsafe(self, callback):
+            self.scheduled.append(callback)
+
+    class Stream:
+        def __init__(self, number):
+            self.id, self.refreshed = number, 0
+
+        def _refresh(self):
+            self.refreshed += 1
+
+    loop = Loop()
+    waker = Waker(loop)
+    streams = [Stream(i) for i in range(1000)]
+    for stream in streams + streams[:10]:
+        waker.wake(stream)
+    assert len(loop.scheduled) == 1
+    loop.scheduled.pop()()
+    assert [s.refreshed for s in streams] == [1] * 1000
+    waker.wake(streams[0])
+    assert len(loop.scheduled) == 1

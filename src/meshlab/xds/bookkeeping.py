@@ -112,6 +112,8 @@ class TypeState:
     def subscribe(self, names: set[str], *, wildcard: bool, replace: bool) -> None:
         """Take the proxy's subscription: the whole set (state of the world, REPLACE)
         or more names (delta). Names it no longer asks for are forgotten."""
+        if self.subscribed and wildcard == self.wildcard and (names == self.names if replace else names <= self.names):
+            return  # the same subscription again (every state-of-the-world reply repeats it)
         self.revision += 1
         self.subscribed = True
         self.wildcard = wildcard
@@ -119,6 +121,8 @@ class TypeState:
         self._forget_unsubscribed()
 
     def unsubscribe(self, names: set[str]) -> None:
+        if not names & self.names:
+            return
         self.revision += 1
         self.names -= names
         self._forget_unsubscribed()

@@ -33,7 +33,7 @@ from meshlab.xds.cache import SnapshotCache
 from meshlab.xds.delta import DeltaStream
 from meshlab.xds.sotw import SotwStream
 from meshlab.xds.status import StatusBoard
-from meshlab.xds.stream import ProtocolError, Stream
+from meshlab.xds.stream import ProtocolError, Stream, Waker
 
 log = logging.getLogger("meshlab.xds")
 
@@ -53,6 +53,7 @@ class XdsServer:
         self.board = StatusBoard()
         self._grpc: grpc.aio.Server | None = None
         self._admin: asyncio.AbstractServer | None = None
+        self._waker: Waker | None = None
 
     @property
     def address(self) -> str:
@@ -104,8 +105,11 @@ class XdsServer:
     async def _serve(self, stream_class: type[Stream], requests: AsyncIterator[Message],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
         outbox: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        if self._waker is None or self._waker.loop is not loop:
+            self._waker = Waker(loop)
         stream = stream_class(self.cache, self.board, peer=context.peer(), emit=outbox.put_nowait,
-                              loop=asyncio.get_running_loop(), stage_timeout=self.stage_timeout)
+                              loop=loop, waker=self._waker, stage_timeout=self.stage_timeout)
 
         async def read() -> None:
             try:

@@ -17,7 +17,7 @@ to what it waits for moves on after `stage_timeout` seconds (with a warning).
 The state-of-the-world and delta protocols differ only in how a request changes a
 subscription and how a response is encoded; `SotwStream` and `DeltaStream` (modules
 `sotw` and `delta`) fill in those parts. Everything here runs on the server's event
-loop; only `notify` is called from other threads.
+loop; only `notify` is called from other threads (through a `Waker`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -72,6 +73,31 @@ class ProtocolError(Exception):
 _PARENT = {types.ENDPOINT: types.CLUSTER, types.ROUTE: types.LISTENER}
 
 
+class Waker:
+    """Wakes streams on their event loop from any thread, many at a time: a snapshot set
+    for a thousand nodes is one wake-up of the loop, not a thousand."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pending: dict[int, "Stream"] = {}
+        self._scheduled = False
+
+    def wake(self, stream: "Stream") -> None:
+        with self._lock:
+            self._pending[stream.id] = stream
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self.loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            streams, self._pending, self._scheduled = self._pending, {}, False
+        for stream in streams.values():
+            stream._refresh()
+
+
 def _send_order(type_url: str) -> tuple[int, str]:
     return (types.FIRST.index(type_url), "") if types.goes_first(type_url) else (len(types.FIRST), type_url)
 
@@ -81,11 +107,12 @@ class Stream:
     _ids = itertools.count(1)
 
     def __init__(self, cache: SnapshotCache, board: StatusBoard, *, peer: str, emit: Callable[[Message], None],
-                 loop: asyncio.AbstractEventLoop, stage_timeout: float = 5.0):
+                 loop: asyncio.AbstractEventLoop, waker: "Waker | None" = None, stage_timeout: float = 5.0):
         self.id = next(Stream._ids)
         self.cache = cache
         self.board = board
         self.loop = loop
+        self.waker = waker or Waker(loop)
         self.stage_timeout = stage_timeout
         self._emit = emit
         self.node: Message | None = None
@@ -118,7 +145,7 @@ class Stream:
 
     def notify(self, snapshot: Snapshot) -> None:
         """Called by the cache, from any thread: a new snapshot is there."""
-        self.loop.call_soon_threadsafe(self._refresh)
+        self.waker.wake(self)
 
     def close(self) -> None:
         if self._timer is not None:
