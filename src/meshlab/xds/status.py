@@ -15,15 +15,17 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from copy import copy
+from dataclasses import dataclass, field
 from typing import Callable
 
 from meshlab.xds.bookkeeping import Nack
 
 
-@dataclass(frozen=True)
+@dataclass
 class StreamInfo:
-    """One ADS stream, as last reported by the stream itself."""
+    """One ADS stream, as last reported by the stream itself. The board changes its own
+    copy in place (under its lock) and hands out copies."""
 
     id: int
     protocol: str                        # "sotw" or "delta"
@@ -61,11 +63,13 @@ class StatusBoard:
 
     def update(self, stream_id: int, **fields: object) -> None:
         with self._changed:
-            old = self._streams.get(stream_id)
-            if old is None:
+            info = self._streams.get(stream_id)
+            if info is None:
                 return
-            new = self._streams[stream_id] = replace(old, **fields)
-            self._count(old, new)
+            self._count(info, None)
+            for name, value in fields.items():
+                setattr(info, name, value)
+            self._count(None, info)
             self._changed.notify_all()
 
     def closed(self, stream_id: int) -> None:
@@ -91,7 +95,7 @@ class StatusBoard:
 
     def streams(self, node: str | None = None) -> list[StreamInfo]:
         with self._changed:
-            return [s for s in self._streams.values() if node is None or s.node == node]
+            return [copy(s) for s in self._streams.values() if node is None or s.node == node]
 
     def last_nack(self, node: str) -> Nack | None:
         with self._changed:
@@ -125,7 +129,7 @@ class StatusBoard:
         each proxy has of each type) and the last NACK with the proxy's message. Call it
         on the server's event loop."""
         with self._changed:
-            streams = list(self._streams.values())
+            streams = [copy(s) for s in self._streams.values()]
             describe = dict(self._describe)
             nacks = dict(self._last_nack)
             counts = dict(self._nack_count)
