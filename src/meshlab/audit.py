@@ -63,5 +63,6 @@ def audit(course: Course, labs: list[Lab], *, jobs: int = 1, isolate: bool = Fal
     workers = max(1, jobs if isolate else 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(lambda task: grade(*task), tasks))
-    by_task = dict(zip(tasks, results))
-    return [AuditRow(lab, by_task[(lab, "starter")], by_task[(lab, "solution")]) for lab in labs]
+    # Keyed by slug: a Lab holds dicts (ports, env), so it cannot be a dict key itself.
+    by_task = {(lab.slug, which): result for (lab, which), result in zip(tasks, results)}
+    return [AuditRow(lab, by_task[(lab.slug, "starter")], by_task[(lab.slug, "solution")]) for lab in labs]
