@@ -110,12 +110,17 @@ def _progress(text: str) -> None:
         sys.stderr.flush()
 
 
-def with_envoys(count: int, rounds: int, delta: bool, workdir: Path) -> list[float]:
-    cache = SnapshotCache()
-    nodes = [f"envoy-{i}" for i in range(count)]
-    first = snapshot(0)
+def primed(nodes: list[str]) -> tuple[SnapshotCache, Snapshot]:
+    """A cache that gives every node round 0's snapshot, and that snapshot."""
+    cache, first = SnapshotCache(), snapshot(0)
     for node in nodes:
         cache.set_snapshot(node, first)
+    return cache, first
+
+
+def with_envoys(count: int, rounds: int, delta: bool, workdir: Path) -> list[float]:
+    nodes = [f"envoy-{i}" for i in range(count)]
+    cache, first = primed(nodes)
     with serve_in_thread(cache) as running:
         envoys = []
         try:
@@ -130,11 +135,8 @@ def with_envoys(count: int, rounds: int, delta: bool, workdir: Path) -> list[flo
 
 
 def with_simulated(count: int, rounds: int, delta: bool) -> list[float]:
-    cache = SnapshotCache()
     nodes = [f"sim-{i}" for i in range(count)]
-    first = snapshot(0)
-    for node in nodes:
-        cache.set_snapshot(node, first)
+    cache, first = primed(nodes)
     with serve_in_thread(cache) as running:
         argv = [sys.executable, __file__, "--serve-clients", str(count), "--port", str(running.port)]
         clients = processes.spawn(argv + (["--delta"] if delta else []), cwd=Path.cwd(), env=dict(os.environ),

@@ -5,6 +5,7 @@ reconnected to and resynchronized. Ports are ephemeral, every process is stopped
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -69,16 +70,24 @@ def to(backend: str, ports: dict[str, int], listener_port: int, *, version: str 
                                 endpoints={backend: [("127.0.0.1", ports[backend], 1)]}), version=version)
 
 
-@PROTOCOLS
-def test_listener_appears_and_an_update_applies_in_place(delta, backends, tmp_path):
+@contextlib.contextmanager
+def serving_one(backends: dict[str, int], workdir, *, delta: bool):
+    """A control plane and an Envoy that sends / to backend one: (cache, control plane,
+    Envoy, listener port), once traffic flows."""
     listener_port = free_port()
     cache = SnapshotCache()
     first = to("one", backends, listener_port)
     cache.set_snapshot(NODE, first)
     with serve_in_thread(cache) as control_plane, \
-            DynamicEnvoy(NODE, xds_port=control_plane.port, workdir=tmp_path, delta=delta) as envoy:
+            DynamicEnvoy(NODE, xds_port=control_plane.port, workdir=workdir, delta=delta) as envoy:
         assert control_plane.board.wait_for(lambda b: b.synced(first.version, streams=1), 10)
         assert wait_for(lambda: served_by(listener_port) == "one", 5)
+        yield cache, control_plane, envoy, listener_port
+
+
+@PROTOCOLS
+def test_listener_appears_and_an_update_applies_in_place(delta, backends, tmp_path):
+    with serving_one(backends, tmp_path, delta=delta) as (cache, control_plane, envoy, listener_port):
         dump = envoy.admin.config_dump()["configs"]
         listeners = next(c for c in dump if c["@type"].endswith("ListenersConfigDump"))
         assert "static_listeners" not in listeners and len(listeners["dynamic_listeners"]) == 1
@@ -98,19 +107,13 @@ def test_listener_appears_and_an_update_applies_in_place(delta, backends, tmp_pa
 
 @PROTOCOLS
 def test_a_nack_is_captured_while_traffic_stays_on_the_last_good_config(delta, backends, tmp_path):
-    listener_port = free_port()
-    cache = SnapshotCache()
-    good = to("one", backends, listener_port)
-    cache.set_snapshot(NODE, good)
-    broken = sample.mesh(listener_port=listener_port, routes={"/": "one"},
-                         endpoints={"one": [("127.0.0.1", backends["one"], 1)]})
-    route = next(r for r in broken if r.DESCRIPTOR.name == "RouteConfiguration")
-    route.virtual_hosts[0].routes[0].match.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex="(unclosed"))
-    bad = Snapshot(broken)
-    with serve_in_thread(cache) as control_plane, \
-            DynamicEnvoy(NODE, xds_port=control_plane.port, workdir=tmp_path, delta=delta) as envoy:
-        assert control_plane.board.wait_for(lambda b: b.synced(good.version, streams=1), 10)
-        assert wait_for(lambda: served_by(listener_port) == "one", 5)
+    with serving_one(backends, tmp_path, delta=delta) as (cache, control_plane, envoy, listener_port):
+        good = cache.snapshot(NODE)
+        broken = sample.mesh(listener_port=listener_port, routes={"/": "one"},
+                             endpoints={"one": [("127.0.0.1", backends["one"], 1)]})
+        route = next(r for r in broken if r.DESCRIPTOR.name == "RouteConfiguration")
+        route.virtual_hosts[0].routes[0].match.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex="(unclosed"))
+        bad = Snapshot(broken)
         cache.set_snapshot(NODE, bad)
         assert control_plane.board.wait_for(lambda b: b.last_nack(NODE) is not None, 5)
         nack = control_plane.board.last_nack(NODE)
