@@ -94,7 +94,8 @@ class XdsServer:
             await self._grpc.wait_for_termination()
 
     def status(self) -> dict:
-        """The admin view's document: snapshots, connected proxies, last NACKs."""
+        """The admin view's document: snapshots, connected proxies, last NACKs. Call it
+        on the server's event loop (it reads the streams' bookkeeping)."""
         snapshots = {}
         for key in self.cache.keys():
             snapshot = self.cache.snapshot(key)

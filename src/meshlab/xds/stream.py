@@ -4,11 +4,16 @@ A stream follows the snapshot of its proxy's node. When the snapshot changes, th
 one (the *target*) goes out make-before-break, in stages:
 
 1. `FIRST`: secrets, clusters and their endpoints. Clusters the target drops stay for
-   now (a route may still send traffic to them), under the target's version. The stage ends when the proxy has
-   acknowledged them *and* subscribed to the endpoints of every new EDS cluster and
-   acknowledged those too: only then can a route use the new clusters.
+   now, under the target's version (a route may still send traffic to them). The stage
+   ends when the proxy has acknowledged them *and* subscribed to the endpoints of every
+   new EDS cluster and acknowledged those too: only then can a route use them.
 2. `THEN`: listeners and routes (and any other type).
-3. `CLEANUP`: the clusters and secrets the target dropped are removed.
+3. `CLEANUP`: the clusters and secrets the target dropped are removed (skipped when
+   the proxy holds none).
+
+The work per event is kept small, since a server may follow thousands of streams:
+views are built once per target, plans are cached until the view or the type's
+bookkeeping changes, and a request makes only its own type be looked at again.
 
 A rejected response (NACK) stops the stages where they are: the proxy keeps serving
 what it had, and the next snapshot starts over. A stage whose proxy never subscribes
@@ -238,11 +243,8 @@ class Stream:
             self._cleanup = self._cleanup or bool(dropped)
         self._views = {}
         self._required_names = {t: snapshot.provided_references(t) for t in (types.ENDPOINT, types.ROUTE)}
-        self._enter(FIRST)
+        self.stage = FIRST
         self.advance()
-
-    def _enter(self, stage: int) -> None:
-        self.stage = stage
 
     def advance(self, changed: str | None = None) -> None:
         """Send whatever the current stage allows, and move through the stages as far
@@ -261,7 +263,7 @@ class Stream:
                 # The types whose view the new stage changes.
                 look_at = {t for t in self._order if (stage == THEN and not types.goes_first(t))
                            or (stage == CLEANUP and t in types.REMOVED_LAST)}
-                self._enter(stage)
+                self.stage = stage
                 continue
             break
         self._arm_timer()
@@ -397,7 +399,7 @@ class Stream:
                    for t in self._stage_types() if not self._satisfied(t)}
         log.warning("%s: stage '%s' of version %s not complete after %.1f s (still missing: %s); moving on",
                     self.key, STAGE_NAMES[self.stage], self.target.version, self.stage_timeout, missing)
-        self._enter(self.stage + 1)
+        self.stage += 1
         self.advance()
 
     def _has_everything(self, target: Snapshot) -> bool:
