@@ -104,6 +104,12 @@ def quick_backend(lab) -> str | None:
     return response.headers.get("x-served-by") if response.status_code == 200 else None
 
 
+def only_backend(lab, backend: str, answers: int = 6) -> bool:
+    """ANSWERS requests in a row to / all answered by BACKEND (a weighted mix of
+    backends, as round robin serves it, cannot do that)."""
+    return all(quick_backend(lab) == backend for _ in range(answers))
+
+
 # -- what the control plane reports -------------------------------------------------------
 
 def control_plane(lab) -> dict | None:
@@ -113,6 +119,10 @@ def control_plane(lab) -> dict | None:
     except (httpx.HTTPError, ValueError):
         return None
     return status.get("nodes", {}).get(NODE_ID) or {}
+
+
+def snapshot_version(lab) -> str | None:
+    return ((control_plane(lab) or {}).get("snapshot") or {}).get("version")
 
 
 def control_plane_summary(lab) -> str:
@@ -242,14 +252,20 @@ class Intent:
         return self.file.write(text + yaml.safe_dump(intent, sort_keys=False))
 
     def use(self, intent: dict, backend: str) -> bool:
-        """Make INTENT current and wait until / reaches BACKEND (True), or until the
+        """Make INTENT current and wait until / reaches only BACKEND (True), or until the
         control plane has settled on something else (False)."""
         current = yaml.safe_load(self.file.read()) if self.file.path.exists() else None
+        before = snapshot_version(self.lab)
         written = self.write(intent) if current != intent else 0.0
         elsewhere_since: list[float] = []
 
         def settled() -> bool:
-            if quick_backend(self.lab) == backend:
+            # The learner's intent may have sent / to a mix that includes BACKEND: wait
+            # until the control plane has a new snapshot (or had time to make one) ...
+            if written and snapshot_version(self.lab) == before and time.time() - written < 2.0:
+                return False
+            # ... and then several answers in a row must come from BACKEND alone.
+            if only_backend(self.lab, backend):
                 return True
             # Given up only when, well after the write, Envoy has acknowledged everything
             # the control plane sent, and that has stayed so for a while.
@@ -260,7 +276,7 @@ class Intent:
             return False
 
         wait_until(settled, PATIENCE_S)
-        return quick_backend(self.lab) == backend
+        return only_backend(self.lab, backend)
 
 
 @pytest.fixture(scope="module")
@@ -400,8 +416,7 @@ def test_change_applied_without_restart(lab, intent):
              hint="only the control plane changes: it pushes the new snapshot over the open stream")
     if not arrived:
         after = versions(xds_state(admin))
-        node = control_plane(lab) or {}
-        same = (node.get("snapshot") or {}).get("version") in before.values()
+        same = snapshot_version(lab) in before.values()
         fail(f"traffic to / still does not reach green {PATIENCE_S:.0f} s after intent.yaml sent it there",
              expected="Envoy applies the new snapshot (version changes) and / reaches green",
              received=f"Envoy's versions before {before}, now {after}; " + control_plane_summary(lab),
