@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO, Sequence
@@ -26,7 +28,16 @@ def spawn(argv: Sequence[str], *, cwd: Path, env: dict[str, str], stdout: IO, st
           die_with_parent: bool, death_signal: int = signal.SIGKILL) -> subprocess.Popen:
     """Start ARGV in a new session. With DIE_WITH_PARENT, the kernel sends DEATH_SIGNAL
     to it when the calling thread's process dies (Linux); call it from a thread that
-    lives as long as the service should (the main thread)."""
+    lives as long as the service should (the main thread).
+
+    Arming that signal runs Python code between fork and exec, which is unsafe in a
+    process running other threads (a gRPC server's threads make the child crash): there
+    util-linux's `setpriv --pdeathsig` arms it after the fork instead, when installed."""
+    setpriv = shutil.which("setpriv") if die_with_parent and threading.active_count() > 1 else None
+    if setpriv is not None:
+        return subprocess.Popen(
+            [setpriv, "--pdeathsig", signal.Signals(death_signal).name[3:], "--", *argv], cwd=cwd, env=env,
+            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True)
     parent = os.getpid()
 
     def arm_parent_death() -> None:
