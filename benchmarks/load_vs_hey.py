@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from meshlab.envoy import find_binary
+from meshlab.envoy import EnvoyProcess, find_binary
 from meshlab.load import Plan, run_builtin
 from meshlab.ports import free_port
 from meshlab.runtime import processes
@@ -120,9 +120,8 @@ def main() -> None:
                 started.append(processes.spawn(
                     [sys.executable, "-m", "meshlab.apps.hello", "--port", str(ports["app"])],
                     cwd=folder, env={}, stdout=log, stderr=log, die_with_parent=True))
-                started.append(processes.spawn(
-                    [str(find_binary().path), "-c", str(config), "--concurrency", "1", "-l", "error",
-                     "--use-dynamic-base-id"], cwd=folder, env={}, stdout=log, stderr=log, die_with_parent=True))
+            envoy = EnvoyProcess(config, workdir=folder).start()
+            started.append(envoy)
             base = f"http://127.0.0.1:{ports['listener']}"
             wait_for(base + "/")
             print(f"# {time.strftime('%Y-%m-%d')}: {platform.system()} {platform.release()}, "
@@ -145,8 +144,11 @@ def main() -> None:
                       f"built-in {ours_rps:8.0f} req/s p50 {ours_p50 * 1000:6.2f} ms | "
                       f"ratio {ours_rps / hey_rps:.2f}")
         finally:
-            for popen in reversed(started):
-                processes.terminate_group(popen.pid, popen.pid, popen=popen)
+            for service in reversed(started):
+                if isinstance(service, EnvoyProcess):
+                    service.stop()
+                else:
+                    processes.terminate_group(service.pid, service.pid, popen=service)
 
 
 if __name__ == "__main__":

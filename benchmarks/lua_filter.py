@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from meshlab.envoy import find_binary
+from meshlab.envoy import EnvoyProcess
 from meshlab.ports import free_port
 from meshlab.runtime.processes import spawn, terminate_group
 
@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LUA = (ROOT / "solutions" / "05-lua" / "bucket.lua").read_text()
 
 CONFIG = """
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
 static_resources:
   listeners:
   - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
@@ -75,15 +76,14 @@ def main() -> None:
     app_port = free_port()
     ports = {"plain": free_port(), "lua": free_port()}
     log = open(work / "log", "wb")
+    envoys: list[EnvoyProcess] = []
     procs = [spawn([sys.executable, "-m", "meshlab.apps.versioned", "--port", str(app_port), "--version", "v1"],
                    cwd=work, env={}, stdout=log, stderr=log, die_with_parent=True)]
     try:
         for name, port in ports.items():
             lua = LUA_FILTER.format(file=work / "bucket.lua") if name == "lua" else ""
             (work / f"{name}.yaml").write_text(CONFIG.format(port=port, app=app_port, lua=lua))
-            procs.append(spawn([str(find_binary().path), "-c", str(work / f"{name}.yaml"), "--use-dynamic-base-id",
-                                "--concurrency", "1", "-l", "error"], cwd=work, env={}, stdout=log, stderr=log,
-                               die_with_parent=True))
+            envoys.append(EnvoyProcess(work / f"{name}.yaml", workdir=work, name=name).start())
         for port in [app_port, *ports.values()]:
             _wait(f"http://127.0.0.1:{port}/")
         samples: dict[str, list[float]] = {"plain": [], "lua": []}
@@ -97,6 +97,8 @@ def main() -> None:
         for client in clients.values():
             client.close()
     finally:
+        for envoy in envoys:
+            envoy.stop()
         for proc in reversed(procs):
             terminate_group(proc.pid, proc.pid, popen=proc)
         log.close()

@@ -14,8 +14,6 @@ and from Envoy's own Lua counters; never from the Lua source.
 from __future__ import annotations
 
 import random
-import subprocess
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +22,9 @@ import httpx
 import pytest
 
 from meshlab import load
-from meshlab.envoy import find_binary
+from meshlab.envoy import EnvoyProcess
 from meshlab.grading import check, describe, fail
 from meshlab.ports import free_port
-from meshlab.runtime.processes import spawn, terminate_group
 
 pytestmark = pytest.mark.lab("05-lua")
 
@@ -261,6 +258,7 @@ def test_response_marked(lab, sample):
 # -- latency: information on the scorecard, never a verdict -----------------------
 
 _PLAIN_ENVOY = """
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
 static_resources:
   listeners:
   - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
@@ -285,38 +283,25 @@ static_resources:
 """
 
 
-def _plain_envoy(tmp: Path) -> tuple[subprocess.Popen, str]:
+def _plain_envoy(tmp: Path) -> tuple[EnvoyProcess, str]:
     """An Envoy like the learner's but without the Lua filter, on a free port."""
     port = free_port()
     config = tmp / "plain-envoy.yaml"
     config.write_text(_PLAIN_ENVOY.format(port=port))
-    log = open(tmp / "plain-envoy.log", "wb")
-    proc = spawn([str(find_binary().path), "-c", str(config), "--use-dynamic-base-id", "--concurrency", "1",
-                  "-l", "error"], cwd=tmp, env={}, stdout=log, stderr=log, die_with_parent=True)
-    log.close()
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1, trust_env=False)
-            return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.02)
-    terminate_group(proc.pid, proc.pid, popen=proc)
-    raise RuntimeError("the reference Envoy did not start")
+    return EnvoyProcess(config, workdir=tmp, name="plain-envoy").start(), f"http://127.0.0.1:{port}/"
 
 
 @check("The filter answers 200 requests in a row, each one marked (the latency it adds is shown as a note)",
        hint="every response through the filter must be 200 with x-envoy-lua-processed: true")
 def test_filter_latency(lab, tmp_path, record_property):
-    proc, plain_url = _plain_envoy(tmp_path)
+    plain, plain_url = _plain_envoy(tmp_path)
     options = dict(engine="builtin", requests=LATENCY_REQUESTS, concurrency=1, headers={"x-user-id": "alice"})
     try:
         # The load engine, one connection, back to back: the same route with and without the filter.
         with_lua = load.run(f"{ENVOY}/", count_header="x-envoy-lua-processed", **options)
         without = load.run(plain_url, **options)
     finally:
-        terminate_group(proc.pid, proc.pid, popen=proc)
+        plain.stop()
     p50, p99 = (with_lua.durations.percentile(p) * 1000 for p in (50, 99))
     q50, q99 = (without.durations.percentile(p) * 1000 for p in (50, 99))
     record_property("note", f"latency over {LATENCY_REQUESTS} requests (meshlab's load engine, information only): "

@@ -5,16 +5,12 @@ every try, with TLS 1.3 and TLS 1.2."""
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 
 from meshlab import certs, mtls
-from meshlab.envoy import Admin, find_binary
+from meshlab.envoy import EnvoyProcess
 from meshlab.ports import free_port
-from meshlab.runtime.processes import spawn, terminate_group
 
 ID_A = "spiffe://cluster.local/ns/default/sa/app-a"
 ID_B = "spiffe://cluster.local/ns/default/sa/app-b"
@@ -67,23 +63,8 @@ def server(tmp_path_factory):
     config = folder / "envoy.yaml"
     config.write_text(f"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ports['admin']}}}}}}}\n"
                       f"static_resources:\n  listeners:{listeners}")
-    log = open(folder / "envoy.log", "wb")
-    proc = spawn([str(find_binary().path), "-c", str(config), "--use-dynamic-base-id", "--concurrency", "1",
-                  "-l", "error"], cwd=folder, env={}, stdout=log, stderr=log, die_with_parent=True)
-    admin = Admin(f"http://127.0.0.1:{ports['admin']}")
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if admin.ready() == "LIVE":
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline and proc.poll() is None, (folder / "envoy.log").read_text()
-        time.sleep(0.02)
-    yield {"folder": folder, "ports": ports, "admin": admin}
-    admin.close()
-    terminate_group(proc.pid, proc.pid, popen=proc)
-    log.close()
+    with EnvoyProcess(config, workdir=folder) as envoy:
+        yield {"folder": folder, "ports": ports, "admin": envoy.admin}
 
 
 @pytest.mark.parametrize("client, reason", [

@@ -3,7 +3,6 @@ tests and benchmark do): children start reliably and still die with their parent
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

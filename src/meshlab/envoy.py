@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -68,6 +69,85 @@ def validate(binary: EnvoyBinary, config: Path, *, cwd: Path) -> tuple[bool, str
     )
     output = proc.stdout + proc.stderr
     return proc.returncode == 0 and " OK" in output, output
+
+
+class EnvoyProcess:
+    """One Envoy outside any lab (a test's, a benchmark's, a check's reference proxy):
+    started from CONFIG, killed with us if we die, stopped with the block.
+
+        with EnvoyProcess(config_path, workdir=tmp) as envoy:
+            envoy.admin.stats()
+
+    The config needs an `admin:` section; port 0 is fine, the real address is read
+    back from Envoy (`--admin-address-path`), so any number run side by side. Ready
+    means LIVE, or only an answering admin API with `live=False` (an Envoy waiting for
+    a control plane)."""
+
+    def __init__(self, config: Path, *, workdir: Path, name: str = "envoy", concurrency: int = 1,
+                 live: bool = True, ready_timeout: float = 15.0):
+        self.config = Path(config)
+        self.workdir = Path(workdir)
+        self.name = name
+        self.concurrency = concurrency
+        self.live = live
+        self.ready_timeout = ready_timeout
+        self.log_path = self.workdir / f"{name}.log"
+        self.admin: Admin | None = None
+        self._address_file = self.workdir / f"{name}.admin-address"
+        self._popen = None
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    def start(self) -> "EnvoyProcess":
+        from meshlab.errors import ServiceFailed
+        from meshlab.runtime import processes
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._address_file.unlink(missing_ok=True)
+        argv = [str(find_binary().path), "-c", str(self.config), "--concurrency", str(self.concurrency),
+                "--use-dynamic-base-id", "--admin-address-path", str(self._address_file),
+                "-l", "warning", "--component-log-level", "main:error"]
+        with open(self.log_path, "ab") as log:
+            self._popen = processes.spawn(argv, cwd=self.workdir, env=dict(os.environ), stdout=log, stderr=log,
+                                          die_with_parent=True)
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self._popen.poll() is not None:
+                raise ServiceFailed(f"Envoy {self.name} exited with code {self._popen.returncode}",
+                                    details=processes.tail(self.log_path, 15))
+            address = self._address_file.read_text().strip() if self._address_file.is_file() else ""
+            if address:
+                try:
+                    state = httpx.get(f"http://{address}/ready", timeout=1.0, trust_env=False).text.strip()
+                    if state == "LIVE" or not self.live:
+                        self.admin = Admin(f"http://{address}")
+                        return self
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.01)
+        self.stop()
+        raise ServiceFailed(f"Envoy {self.name} did not start within {self.ready_timeout:.0f} s",
+                            details=processes.tail(self.log_path, 15))
+
+    def alive(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def stop(self) -> None:
+        from meshlab.runtime import processes
+
+        if self.admin is not None:
+            self.admin.close()
+            self.admin = None
+        if self.alive():
+            processes.terminate_group(self._popen.pid, self._popen.pid, popen=self._popen)
+
+    def __enter__(self) -> "EnvoyProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class Admin:

@@ -11,15 +11,9 @@ number of these run side by side, next to the labs. The process dies with ours.
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
-import httpx
-
-from meshlab.envoy import Admin, find_binary
-from meshlab.errors import ServiceFailed
-from meshlab.runtime import processes
+from meshlab.envoy import EnvoyProcess
 
 XDS_CLUSTER = "xds"
 
@@ -60,63 +54,17 @@ def dynamic_bootstrap(node_id: str, xds_port: int, *, delta: bool = False, node_
     }
 
 
-class DynamicEnvoy:
+class DynamicEnvoy(EnvoyProcess):
+    """An Envoy started from `dynamic_bootstrap`; ready once its admin API answers (its
+    listeners come later, from the control plane)."""
+
     def __init__(self, node_id: str, *, xds_port: int, workdir: Path, delta: bool = False,
                  concurrency: int = 1, ready_timeout: float = 15.0):
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        bootstrap = workdir / f"{node_id}.json"
+        bootstrap.write_text(json.dumps(dynamic_bootstrap(node_id, xds_port, delta=delta), indent=2))
+        super().__init__(bootstrap, workdir=workdir, name=node_id, concurrency=concurrency, live=False,
+                         ready_timeout=ready_timeout)
         self.node_id = node_id
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.bootstrap = self.workdir / f"{node_id}.json"
-        self.bootstrap.write_text(json.dumps(dynamic_bootstrap(node_id, xds_port, delta=delta), indent=2))
-        self.log_path = self.workdir / f"{node_id}.log"
-        self._address_file = self.workdir / f"{node_id}.admin-address"
-        self.concurrency = concurrency
-        self.ready_timeout = ready_timeout
-        self.admin: Admin | None = None
-        self._popen = None
-
-    @property
-    def pid(self) -> int:
-        return self._popen.pid
-
-    def start(self) -> "DynamicEnvoy":
-        self._address_file.unlink(missing_ok=True)
-        argv = [str(find_binary().path), "-c", str(self.bootstrap), "--concurrency", str(self.concurrency),
-                "--disable-hot-restart", "--admin-address-path", str(self._address_file),
-                "-l", "warning", "--component-log-level", "main:error"]
-        with open(self.log_path, "ab") as log:
-            self._popen = processes.spawn(argv, cwd=self.workdir, env=dict(os.environ), stdout=log, stderr=log,
-                                          die_with_parent=True)
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self._popen.poll() is not None:
-                raise ServiceFailed(f"Envoy {self.node_id} exited with code {self._popen.returncode}",
-                                    details=processes.tail(self.log_path, 15))
-            address = self._address_file.read_text().strip() if self._address_file.is_file() else ""
-            if address:
-                try:
-                    httpx.get(f"http://{address}/ready", timeout=1.0, trust_env=False)
-                    self.admin = Admin(f"http://{address}")
-                    return self
-                except httpx.HTTPError:
-                    pass
-            time.sleep(0.01)
-        self.stop()
-        raise ServiceFailed(f"Envoy {self.node_id} did not start within {self.ready_timeout:.0f} s",
-                            details=processes.tail(self.log_path, 15))
-
-    def alive(self) -> bool:
-        return self._popen is not None and self._popen.poll() is None
-
-    def stop(self) -> None:
-        if self.admin is not None:
-            self.admin.close()
-            self.admin = None
-        if self._popen is not None and self._popen.poll() is None:
-            processes.terminate_group(self._popen.pid, self._popen.pid, popen=self._popen)
-
-    def __enter__(self) -> "DynamicEnvoy":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.bootstrap = bootstrap
