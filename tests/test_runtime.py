@@ -50,8 +50,14 @@ def demo(tmp_path: Path):
               .replace("port_value: 9901", f"port_value: {admin}"))
     (folder / "envoy.yaml").write_text(config)
     lab = load_course(tmp_path).labs[0]
-    return {"root": tmp_path, "lab": lab, "dir": folder, "run": tmp_path / "run",
+    demo = {"root": tmp_path, "lab": lab, "dir": folder, "run": tmp_path / "run", "owners": [],
             "ports": {"app": app, "listener": listener, "admin": admin}}
+    yield demo
+    # Whatever a test leaves, even one that failed half-way, does not outlive it.
+    for owner in demo["owners"]:
+        owner.kill()
+        owner.wait()
+    stop_run(demo["run"])
 
 
 def pids(run_dir: Path) -> dict[str, int]:
@@ -75,6 +81,7 @@ if sys.argv[3] != "detached":
 def start_owner(demo, mode: str) -> tuple[subprocess.Popen, dict[str, int]]:
     child = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT, str(demo["root"]), str(demo["run"]), mode],
                              stdout=subprocess.PIPE, text=True)
+    demo["owners"].append(child)
     started = json.loads(child.stdout.readline())
     return child, started
 
