@@ -28,14 +28,29 @@ def processes_in(folder: Path) -> list[psutil.Process]:
     return found
 
 
-def start_check(folder: Path, state_dir: Path) -> subprocess.Popen:
+@pytest.fixture
+def started():
+    """CLIs a test started: their process groups are killed at the end, pass or fail."""
+    clis: list[subprocess.Popen] = []
+    yield clis
+    for cli in clis:
+        try:
+            os.killpg(cli.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        cli.wait()
+
+
+def start_check(folder: Path, state_dir: Path, started: list) -> subprocess.Popen:
     args = [sys.executable, "-m", "meshlab", "check", "1", "--path", str(folder), "--json"]
     if CAN_ISOLATE:
         args.append("--isolate")
     env = {**os.environ, "MESHLAB_ROOT": str(ROOT), "MESHLAB_STATE_DIR": str(state_dir)}
     # A session of its own, like a terminal's foreground job, so Ctrl-C can reach the group.
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    cli = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           start_new_session=True)
+    started.append(cli)
+    return cli
 
 
 def lab_is_up(folder: Path) -> bool:
@@ -52,27 +67,27 @@ def test_nothing_is_left_after_a_check(meshlab, lab_copy, base):
     assert processes_in(folder) == []
 
 
-def test_ctrl_c_stops_the_lab_and_exits_130(lab_copy, state_dir):
+def test_ctrl_c_stops_the_lab_and_exits_130(lab_copy, state_dir, started):
     folder = lab_copy(1)
-    cli = start_check(folder, state_dir)
+    cli = start_check(folder, state_dir, started)
     assert wait_until(lambda: lab_is_up(folder), timeout=30), "the lab never came up"
     os.killpg(cli.pid, signal.SIGINT)
     assert cli.wait(timeout=30) == 130
     assert wait_until(lambda: processes_in(folder) == [], timeout=5), processes_in(folder)
 
 
-def test_a_cli_killed_with_sigkill_leaves_nothing(lab_copy, state_dir):
+def test_a_cli_killed_with_sigkill_leaves_nothing(lab_copy, state_dir, started):
     folder = lab_copy(1)
-    cli = start_check(folder, state_dir)
+    cli = start_check(folder, state_dir, started)
     assert wait_until(lambda: lab_is_up(folder), timeout=30), "the lab never came up"
     cli.kill()  # the CLI alone, with no chance to clean up
     cli.wait()
     assert wait_until(lambda: processes_in(folder) == [], timeout=5), processes_in(folder)
 
 
-def test_a_checker_killed_with_sigkill_leaves_nothing_and_is_exit_2(lab_copy, state_dir):
+def test_a_checker_killed_with_sigkill_leaves_nothing_and_is_exit_2(lab_copy, state_dir, started):
     folder = lab_copy(1)
-    cli = start_check(folder, state_dir)
+    cli = start_check(folder, state_dir, started)
     assert wait_until(lambda: lab_is_up(folder), timeout=30), "the lab never came up"
     def is_pytest(child: psutil.Process) -> bool:
         try:
