@@ -21,8 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from meshlab import isolation, workspace
-from meshlab.course import Course, Lab, load_course
+# Wide output for every CLI run, in-process ones included: rich reads COLUMNS when its
+# consoles are made, at the first import of meshlab.ui.
+os.environ["COLUMNS"] = "200"
+
+from meshlab import isolation, workspace  # noqa: E402
+from meshlab.course import Course, Lab, load_course  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CAN_ISOLATE = isolation.available()
@@ -90,6 +94,27 @@ def meshlab(state_dir: Path):
         proc = subprocess.run([sys.executable, "-m", "meshlab", *args], cwd=cwd, env=environment,
                               capture_output=True, text=True, timeout=timeout)
         return Run(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+@pytest.fixture
+def cli(state_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run the CLI in this process, through click's runner: `cli("list", "--json")` -> Run.
+    For commands that start no lab: no interpreter start-up, so they cost milliseconds.
+    An exception that is not an exit is a traceback the learner would see: it fails."""
+    from click.testing import CliRunner
+
+    from meshlab.cli import main
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, input: str | None = None) -> Run:
+        monkeypatch.chdir(cwd)
+        environment = {"MESHLAB_ROOT": str(ROOT), "MESHLAB_STATE_DIR": str(state_dir), "COLUMNS": "200",
+                       **(env or {})}
+        result = CliRunner().invoke(main, list(args), prog_name="meshlab", env=environment, input=input)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return Run(result.exit_code, result.stdout, result.stderr)
 
     return run
 

@@ -14,6 +14,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshlab import certs
 
+
+@pytest.fixture
+def meshlab(cli):
+    """`meshlab certs` starts no lab: run it in this process (see the `cli` fixture)."""
+    return cli
+
 ID_A = "spiffe://cluster.local/ns/default/sa/app-a"
 
 

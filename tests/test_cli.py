@@ -1,5 +1,8 @@
 """The meshlab command as a learner meets it: help everywhere, exit codes that mean
-something, and a clear message (never a traceback) for every broken input."""
+something, and a clear message (never a traceback) for every broken input.
+
+Commands that start no lab run in this process (the `cli` fixture, click's runner);
+those that start one run as a real child process (the `meshlab` fixture)."""
 
 from __future__ import annotations
 
@@ -14,18 +17,46 @@ import pytest
 from meshlab import ports
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["list", "start", "stop", "status", "check", "watch", "hint", "reset", "doctor", "audit"]
 
 
-@pytest.mark.parametrize("command", [None, *COMMANDS])
-def test_every_command_has_help(meshlab, command):
-    result = meshlab(*([command] if command else []), "--help")
+def every_command(group=None, prefix=()):
+    """Every command and group of the CLI, as the words a user types."""
+    from meshlab.cli import main
+
+    group = group or main
+    for name, command in sorted(group.commands.items()):
+        yield (*prefix, name)
+        if hasattr(command, "commands"):
+            yield from every_command(command, (*prefix, name))
+
+
+def test_the_cli_has_its_command_groups():
+    assert {words[0] for words in every_command()} >= {
+        "list", "start", "stop", "status", "check", "watch", "hint", "reset", "doctor", "audit",
+        "certs", "load", "mtls", "xds"}
+
+
+@pytest.mark.parametrize("words", [(), *every_command()], ids=lambda words: " ".join(words) or "meshlab")
+def test_every_command_has_help(cli, words):
+    result = cli(*words, "--help")
     assert result.code == 0
     assert "Usage: meshlab" in result.stdout
 
 
-def test_unknown_lab_is_exit_2_with_the_known_labs(meshlab):
-    result = meshlab("check", "42")
+def test_the_real_command_starts_and_shows_help(meshlab):
+    result = meshlab("--help")
+    assert result.code == 0 and "Usage: meshlab" in result.stdout
+
+
+def test_xds_status_finds_the_labs_control_plane_in_its_manifest(cli, course):
+    port = next(s.ports["admin"] for s in course.find(6).services if "xds" in s.ports)
+    result = cli("xds", "status", "--lab", "6")
+    assert result.code == 2 and f"http://127.0.0.1:{port}" in result.stderr
+    assert "has no control plane" in cli("xds", "status", "--lab", "1").stderr
+
+
+def test_unknown_lab_is_exit_2_with_the_known_labs(cli):
+    result = cli("check", "42")
     assert result.code == 2
     assert "there is no lab '42'" in result.stderr and "01 (01-hello-mesh)" in result.stderr
     assert "Traceback" not in result.output
@@ -76,8 +107,8 @@ def test_a_missing_envoy_binary_is_exit_2(meshlab, lab_copy):
     assert "Traceback" not in result.output
 
 
-def test_a_missing_lab_folder_is_exit_2(meshlab, tmp_path):
-    result = meshlab("check", "1", "--path", str(tmp_path / "nope"))
+def test_a_missing_lab_folder_is_exit_2(cli, tmp_path):
+    result = cli("check", "1", "--path", str(tmp_path / "nope"))
     assert result.code == 2 and "is not a folder" in result.stderr
 
 
@@ -111,24 +142,24 @@ def test_a_busy_port_is_exit_2_naming_port_and_holder(meshlab, lab_copy):
     assert "Traceback" not in result.output
 
 
-def test_list_json_describes_the_labs(meshlab):
-    result = meshlab("list", "--json")
+def test_list_json_describes_the_labs(cli):
+    result = cli("list", "--json")
     assert result.code == 0
     labs = result.json()
     assert labs[0]["slug"] == "01-hello-mesh" and labs[0]["time_minutes"] == 45
 
 
-def test_hints_come_one_layer_at_a_time(meshlab, course):
+def test_hints_come_one_layer_at_a_time(cli, course):
     hints = course.find(1).hints
-    first = meshlab("hint", "1")
+    first = cli("hint", "1")
     assert first.code == 0 and "Hint 1/" in first.stdout and "Hint 2/" not in first.stdout
-    second = meshlab("hint", "1")
+    second = cli("hint", "1")
     assert "Hint 2/" in second.stdout
-    assert meshlab("list", "--json").json()[0]["hints_shown"] == 2
-    everything = meshlab("hint", "1", "--all")
+    assert cli("list", "--json").json()[0]["hints_shown"] == 2
+    everything = cli("hint", "1", "--all")
     assert f"Hint {len(hints)}/{len(hints)}" in everything.stdout
-    meshlab("hint", "1", "--reset")
-    assert meshlab("list", "--json").json()[0]["hints_shown"] == 0
+    cli("hint", "1", "--reset")
+    assert cli("list", "--json").json()[0]["hints_shown"] == 0
 
 
 @pytest.fixture
@@ -141,11 +172,11 @@ def clone(tmp_path: Path) -> Path:
     return dest
 
 
-def test_reset_restores_the_starter_and_backs_up_the_learners_file(meshlab, clone, state_dir):
+def test_reset_restores_the_starter_and_backs_up_the_learners_file(cli, clone, state_dir):
     learner_file = clone / "labs" / "01-hello-mesh" / "envoy.yaml"
     starter = learner_file.read_text()
     learner_file.write_text("# my work in progress\n")
-    result = meshlab("reset", "1", "--yes", env={"MESHLAB_ROOT": str(clone)}, cwd=clone)
+    result = cli("reset", "1", "--yes", env={"MESHLAB_ROOT": str(clone)}, cwd=clone)
     assert result.code == 0, result.output
     assert "Restored envoy.yaml" in result.stdout
     assert learner_file.read_text() == starter
@@ -153,15 +184,15 @@ def test_reset_restores_the_starter_and_backs_up_the_learners_file(meshlab, clon
     assert [b.read_text() for b in backups] == ["# my work in progress\n"]
 
 
-def test_reset_outside_git_says_why(meshlab, tmp_path):
+def test_reset_outside_git_says_why(cli, tmp_path):
     copy = tmp_path / "course"
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", ".venv", ".meshlab"))
-    result = meshlab("reset", "1", "--yes", env={"MESHLAB_ROOT": str(copy)}, cwd=copy)
+    result = cli("reset", "1", "--yes", env={"MESHLAB_ROOT": str(copy)}, cwd=copy)
     assert result.code == 2 and "inside a git clone" in result.stderr
 
 
-def test_doctor_finds_envoy_and_reports_json(meshlab):
-    result = meshlab("doctor", "--json")
+def test_doctor_finds_envoy_and_reports_json(cli):
+    result = cli("doctor", "--json")
     assert result.code == 0, result.output
     findings = {(f["group"], f["name"]): f for f in result.json()}
     envoy = findings[("core", "envoy")]
@@ -170,8 +201,8 @@ def test_doctor_finds_envoy_and_reports_json(meshlab):
     assert findings[("tools", "fortio")]["status"] in ("ok", "absent")
 
 
-def test_doctor_exits_2_without_envoy(meshlab):
-    result = meshlab("doctor", "--json", env={"MESHLAB_ENVOY": "/nonexistent/envoy"})
+def test_doctor_exits_2_without_envoy(cli):
+    result = cli("doctor", "--json", env={"MESHLAB_ENVOY": "/nonexistent/envoy"})
     assert result.code == 2
     envoy = next(f for f in result.json() if f["name"] == "envoy")
     assert envoy["status"] == "missing" and envoy["fix"]

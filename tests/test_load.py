@@ -22,6 +22,12 @@ from meshlab.errors import InputError, ToolMissing
 from meshlab.load.http1 import Connection, Target
 from meshlab.ports import free_port
 
+
+@pytest.fixture
+def meshlab(cli):
+    """`meshlab load` starts no lab: run it in this process (see the `cli` fixture)."""
+    return cli
+
 FORTIO_JSON = Path(__file__).parent / "fixtures" / "fortio" / "http-100-calls-v1.57.3.json"
 
 

@@ -12,6 +12,12 @@ from meshlab import certs, mtls
 from meshlab.envoy import EnvoyProcess
 from meshlab.ports import free_port
 
+
+@pytest.fixture
+def meshlab(cli):
+    """`meshlab mtls` starts no lab: run it in this process (see the `cli` fixture)."""
+    return cli
+
 ID_A = "spiffe://cluster.local/ns/default/sa/app-a"
 ID_B = "spiffe://cluster.local/ns/default/sa/app-b"
 

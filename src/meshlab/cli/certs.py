@@ -41,7 +41,7 @@ def certs_group() -> None:
 @click.option("--ttl", default="365d", show_default=True, help=_TTL_HELP)
 @click.option("--force", is_flag=True, help="Replace a CA already in --out (its SVIDs stop being trusted).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def make_ca(out: str, trust_domain: str, ttl: str, force: bool, as_json: bool) -> None:
+def ca_command(out: str, trust_domain: str, ttl: str, force: bool, as_json: bool) -> None:
     """Make a CA: a key (ca_key.pem, mode 0600) and a self-signed certificate (ca.pem)."""
     authority = certs.create_ca(Path(out), trust_domain=trust_domain, ttl=certs.parse_duration(ttl), force=force)
     cert = authority.certificate
@@ -63,7 +63,7 @@ def make_ca(out: str, trust_domain: str, ttl: str, force: bool, as_json: bool) -
               help="Folder for svid.pem (leaf + CA), svid_key.pem (0600) and svid_bundle.pem (the CA).")
 @click.option("--ttl", default="24h", show_default=True, help=_TTL_HELP + " Never past the CA's own end.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def issue(ca_dir: str, spiffe_id: str, out: str, ttl: str, as_json: bool) -> None:
+def issue_command(ca_dir: str, spiffe_id: str, out: str, ttl: str, as_json: bool) -> None:
     """Issue an X.509-SVID: exactly one URI SAN (the SPIFFE ID), not a CA, digitalSignature."""
     lifetime = certs.parse_duration(ttl)
     certs.parse_spiffe_id(spiffe_id)  # a bad ID is reported before the CA is even read
@@ -88,7 +88,7 @@ def issue(ca_dir: str, spiffe_id: str, out: str, ttl: str, as_json: bool) -> Non
 @click.option("--ca", "ca", type=click.Path(), help="A CA folder or certificate: does FILE chain to it?")
 @click.option("--valid-for", help="Also require that it stays valid this long (like 1h).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def inspect_cmd(file: str, ca: str | None, valid_for: str | None, as_json: bool) -> None:
+def inspect_command(file: str, ca: str | None, valid_for: str | None, as_json: bool) -> None:
     """Show a certificate as an SVID: SPIFFE ID, trust domain, issuer, validity, time left.
 
     Exit 0 for a valid SVID (chaining to --ca, valid for --valid-for, when given),

@@ -1,95 +1,24 @@
-"""The `meshlab` command. Argument handling and rendering only; the work is elsewhere.
-
-Exit codes: 0 success; 1 a check (or an audited lab) failed; 2 the input or the
-environment is broken (the message says what, where and how to fix it); 130 Ctrl-C.
-"""
+"""The learner's commands: list, start, stop, status, check, watch, hint, reset."""
 
 from __future__ import annotations
 
 import json
-import signal
 import sys
-from pathlib import Path
 
 import click
 
-from meshlab import __version__, progress, ui, workspace
-from meshlab.course import Course, Lab, load_course
+from meshlab import progress, ui, workspace
+from meshlab.cli.options import JSON, LAB, lab_dir_for, open_course
 from meshlab.errors import MeshlabError
 
-LAB = click.argument("lab", metavar="LAB")
-JSON = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
 
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-class _Cli(click.Group):
-    """Turns meshlab's own errors into a message and exit 2, and Ctrl-C into 130."""
-
-    def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
-        # `kill PID` must clean up like Ctrl-C does: unwind, so every `finally` stops
-        # the processes it started.
-        signal.signal(signal.SIGTERM, _interrupt)
-        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-            signal.signal(signal.SIGINT, _interrupt)  # started in the background by a shell
-        try:
-            return super().invoke(ctx)
-        except MeshlabError as error:
-            ui.show_error(error)
-            sys.exit(error.exit_code)
-        except KeyboardInterrupt:
-            ui.errors.print("interrupted; the lab's processes were stopped")
-            sys.exit(130)
-
-
-@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="meshlab")
-def main() -> None:
-    """meshlab: service-mesh internals, hands on, graded against real Envoy.
-
-    \b
-    A typical round:
-      meshlab list                 the labs and your progress
-      meshlab start 1              run lab 1's services in the background
-      $EDITOR labs/01-hello-mesh/envoy.yaml
-      meshlab check 1              grade your files (or: meshlab watch 1)
-      meshlab hint 1               one more hint each time
-      meshlab stop 1
-    """
-
-
-def _course() -> Course:
-    from meshlab.runtime import stop_orphaned_runs
-
-    course = load_course()
-    # A checker or watcher killed outright could not stop its services: do it now.
-    for run in stop_orphaned_runs(course.state_dir / "runs"):
-        ui.errors.print(f"[dim]stopped the leftovers of {run}, whose owner had died[/]")
-    return course
-
-
-def _lab_dir(course: Course, lab: Lab, path: str | None, solution: bool) -> Path:
-    if path and solution:
-        raise click.UsageError("--path and --solution exclude each other")
-    if solution:
-        return workspace.solution_tree(course, lab, course.state_dir / "graded" / f"{lab.slug}-solution")
-    if path:
-        folder = Path(path).resolve()
-        if not folder.is_dir():
-            raise MeshlabError(f"--path {path} is not a folder", fix="give the folder that holds the lab's files")
-        return folder
-    return lab.workspace
-
-
-@main.command("list")
+@click.command("list")
 @JSON
-def list_labs(as_json: bool) -> None:
+def list_command(as_json: bool) -> None:
     """The labs in course order, with your progress and time estimates."""
     from meshlab.runtime import read_state
 
-    course = _course()
+    course = open_course()
     done = progress.load(course)
     running = {lab.slug for lab in course.labs
                if read_state(course.state_dir / "runs" / lab.slug) is not None}
@@ -102,9 +31,9 @@ def list_labs(as_json: bool) -> None:
     ui.show_labs(course, done, running)
 
 
-@main.command()
+@click.command("start")
 @LAB
-def start(lab: str) -> None:
+def start_command(lab: str) -> None:
     """Start LAB's services in the background and show how to reach them.
 
     If the lab is already running, only the services whose files changed restart.
@@ -113,7 +42,7 @@ def start(lab: str) -> None:
     from meshlab.runtime import LocalRuntime
     from meshlab.session import run_dir_for
 
-    course = _course()
+    course = open_course()
     spec = course.find(lab)
     platform.require(spec.requires, lab_ref=f"lab {spec.number:02d}")
     preflight.prepare_and_check(spec, spec.workspace)
@@ -139,16 +68,16 @@ def start(lab: str) -> None:
                      f"Stop with [bold]meshlab stop {spec.number}[/].")
 
 
-@main.command()
+@click.command("stop")
 @click.argument("lab", metavar="[LAB]", required=False)
 @click.option("--service", metavar="NAME",
               help="Stop only this service of LAB (for example the app); `meshlab start LAB` brings it back.")
-def stop(lab: str | None, service: str | None) -> None:
+def stop_command(lab: str | None, service: str | None) -> None:
     """Stop LAB's services (every running lab when LAB is omitted)."""
     from meshlab.runtime import LocalRuntime, stop_run
     from meshlab.session import run_dir_for
 
-    course = _course()
+    course = open_course()
     runs = course.state_dir / "runs"
     if service is not None:
         if lab is None:
@@ -177,14 +106,14 @@ def stop(lab: str | None, service: str | None) -> None:
         ui.console.print(f"Stopped {name}: {', '.join(services)}")
 
 
-@main.command()
+@click.command("status")
 @JSON
-def status(as_json: bool) -> None:
+def status_command(as_json: bool) -> None:
     """What meshlab is running now: labs, services, PIDs and ports."""
     from meshlab.runtime import read_state
     from meshlab.runtime.processes import alive
 
-    course = _course()
+    course = open_course()
     runs = course.state_dir / "runs"
     report = []
     for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
@@ -208,14 +137,14 @@ def status(as_json: bool) -> None:
             ui.console.print(f"  {s['name']:<10} {state}  pid {s['pid']:<7} {ports}")
 
 
-@main.command()
+@click.command("check")
 @LAB
 @click.option("--path", type=click.Path(), help="Grade the lab files in this folder instead of labs/NN-slug.")
 @click.option("--solution", is_flag=True, help="Grade the course's solution (solutions/NN-slug).")
 @click.option("--isolate", is_flag=True,
               help="Run in a private network namespace (fixed ports never collide; needs Linux namespaces).")
 @JSON
-def check(lab: str, path: str | None, solution: bool, isolate: bool, as_json: bool) -> None:
+def check_command(lab: str, path: str | None, solution: bool, isolate: bool, as_json: bool) -> None:
     """Grade LAB against real Envoy: a scorecard of checks, EXPECTED / RECEIVED, hints.
 
     Exit 0 when every check passes, 1 when one fails, 2 when the lab files or the
@@ -224,9 +153,9 @@ def check(lab: str, path: str | None, solution: bool, isolate: bool, as_json: bo
     from meshlab import isolation
     from meshlab.checking import run_checks
 
-    course = _course()
+    course = open_course()
     spec = course.find(lab)
-    lab_dir = _lab_dir(course, spec, path, solution)
+    lab_dir = lab_dir_for(course, spec, path, solution)
     if isolate and not isolation.available():
         raise MeshlabError("--isolate needs network namespaces, which this machine does not allow",
                            fix="run without --isolate, or as root / with unprivileged user namespaces")
@@ -242,19 +171,19 @@ def check(lab: str, path: str | None, solution: bool, isolate: bool, as_json: bo
     sys.exit(result.exit_code)
 
 
-@main.command()
+@click.command("watch")
 @LAB
 @click.option("--path", type=click.Path(), help="Watch the lab files in this folder instead of labs/NN-slug.")
-def watch(lab: str, path: str | None) -> None:
+def watch_command(lab: str, path: str | None) -> None:
     """Re-check LAB every time you save one of its files (Ctrl-C to stop).
 
     Services keep running between saves; only those whose files changed restart.
     """
     from meshlab.watch import watch as run_watch
 
-    course = _course()
+    course = open_course()
     spec = course.find(lab)
-    lab_dir = _lab_dir(course, spec, path, False)
+    lab_dir = lab_dir_for(course, spec, path, False)
 
     def on_result(result, restarted):
         ui.console.rule(f"restarted: {', '.join(restarted)}" if restarted else "checked")
@@ -269,13 +198,13 @@ def watch(lab: str, path: str | None) -> None:
     run_watch(course, spec, lab_dir, on_result=on_result, on_error=ui.show_error, on_waiting=on_waiting)
 
 
-@main.command()
+@click.command("hint")
 @LAB
 @click.option("--all", "show_all", is_flag=True, help="Show every hint at once.")
 @click.option("--reset", "reset_count", is_flag=True, help="Start again from the first hint.")
-def hint(lab: str, show_all: bool, reset_count: bool) -> None:
+def hint_command(lab: str, show_all: bool, reset_count: bool) -> None:
     """The next hint for LAB (hints come in layers, from a nudge to the answer's shape)."""
-    course = _course()
+    course = open_course()
     spec = course.find(lab)
     if reset_count:
         progress.reset_hints(course, spec)
@@ -295,12 +224,12 @@ def hint(lab: str, show_all: bool, reset_count: bool) -> None:
         ui.console.print(f"[dim](run `meshlab hint {spec.number}` again for the next one)[/]")
 
 
-@main.command()
+@click.command("reset")
 @LAB
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def reset(lab: str, yes: bool) -> None:
+def reset_command(lab: str, yes: bool) -> None:
     """Restore LAB's starter files; your current files are kept in a backup folder."""
-    course = _course()
+    course = open_course()
     spec = course.find(lab)
     files = ", ".join(spec.edit)
     if not yes and not click.confirm(f"Restore the starter of {files} in {ui.relative(spec.workspace)}?"):
@@ -309,69 +238,5 @@ def reset(lab: str, yes: bool) -> None:
     ui.console.print(f"Restored {', '.join(restored) or 'nothing'}. Your previous files: {ui.relative(backup)}/")
 
 
-@main.command()
-@JSON
-def doctor(as_json: bool) -> None:
-    """Check this machine: Python, Envoy, ports the labs need, kernel features, tools."""
-    from meshlab.doctor import diagnose, healthy
-
-    try:
-        course, course_error = _course(), None
-    except MeshlabError as error:
-        course, course_error = None, error
-    findings = diagnose(course, course_error)
-    if as_json:
-        click.echo(json.dumps([f.to_json() for f in findings], indent=2))
-    else:
-        ui.show_findings(findings)
-    sys.exit(0 if healthy(findings) else 2)
-
-
-@main.command()
-@click.argument("labs", nargs=-1, metavar="[LAB]...")
-@click.option("--jobs", "-j", type=int, default=1, show_default=True,
-              help="Labs graded at once (needs isolation: labs share fixed ports).")
-@click.option("--isolate/--no-isolate", default=None,
-              help="Grade each run in its own network namespace [default: when available].")
-@JSON
-def audit(labs: tuple[str, ...], jobs: int, isolate: bool | None, as_json: bool) -> None:
-    """Prove the course: each starter must fail its checks, each solution pass them."""
-    from meshlab import isolation
-    from meshlab.audit import audit as run_audit
-
-    course = _course()
-    chosen = [course.find(ref) for ref in labs] if labs else list(course.labs)
-    if isolate is None:
-        isolate = isolation.available()
-    elif isolate and not isolation.available():
-        raise MeshlabError("--isolate needs network namespaces, which this machine does not allow",
-                           fix="run with --no-isolate (one lab at a time, on the real ports)")
-    if as_json:
-        rows = run_audit(course, chosen, jobs=jobs, isolate=isolate)
-        click.echo(json.dumps([{
-            "lab": row.lab.slug, "ok": row.ok, "problems": row.problems,
-            "starter": row.starter.to_json(), "solution": row.solution.to_json(),
-        } for row in rows], indent=2))
-    else:
-        with ui.audit_progress(2 * len(chosen)) as on_done:
-            rows = run_audit(course, chosen, jobs=jobs, isolate=isolate, on_done=on_done)
-        ui.show_audit(rows)
-        for row in rows:
-            for which, result in (("starter", row.starter), ("solution", row.solution)):
-                if result.status == "error" and result.error:
-                    ui.show_error(result.error, title=f"{row.lab.slug} {which}")
-    sys.exit(0 if all(row.ok for row in rows) else 1)
-
-
-from meshlab.cli_certs import certs_group  # noqa: E402 - commands in their own modules, registered here
-from meshlab.cli_load import load_command  # noqa: E402
-from meshlab.cli_mtls import mtls_group  # noqa: E402
-from meshlab.cli_xds import xds  # noqa: E402
-
-main.add_command(load_command)
-main.add_command(certs_group)
-main.add_command(mtls_group)
-main.add_command(xds)
-
-if __name__ == "__main__":
-    main()
+COMMANDS = (list_command, start_command, stop_command, status_command, check_command, watch_command,
+            hint_command, reset_command)

@@ -39,7 +39,7 @@ def mtls_group() -> None:
 @click.option("--admin", help="The server Envoy's admin URL, to read its ssl counters (like http://127.0.0.1:9902).")
 @click.option("--path", "url_path", default="/", show_default=True, help="The HTTP path to request once in.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def probe(address: str, svid: str | None, versions: tuple[str, ...], admin: str | None, url_path: str,
+def probe_command(address: str, svid: str | None, versions: tuple[str, ...], admin: str | None, url_path: str,
           as_json: bool) -> None:
     """Connect to HOST:PORT as a TLS client and report the verdict.
 

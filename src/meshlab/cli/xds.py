@@ -1,55 +1,86 @@
 """`meshlab xds`: look into a control plane built on meshlab.xds (lab 06 and later).
 
-    meshlab xds status                 # the control plane of lab 06 (admin view on :18001)
+    meshlab xds status                 # the control plane of the course's lab that has one
+    meshlab xds status --lab 6         # the one of that lab
     meshlab xds status --admin URL     # any other one
+
+A lab's control plane is the service that declares both an `xds` and an `admin` port in
+its manifest; its admin view answers on that admin port.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import click
 import httpx
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from meshlab.errors import EnvironmentProblem
+from meshlab.course import Course, Lab
+from meshlab.errors import EnvironmentProblem, InputError
+from meshlab.ui import console
 from meshlab.xds.bookkeeping import summarize
 
-LAB06_ADMIN = "http://127.0.0.1:18001"
-console = Console(highlight=False)
+
+def control_plane_admin(lab: Lab) -> int | None:
+    """The admin port of LAB's control plane: a service with both an `xds` and an `admin` port."""
+    for service in lab.services:
+        if service.kind != "envoy" and {"xds", "admin"} <= set(service.ports):
+            return service.ports["admin"]
+    return None
 
 
-@click.group()
-def xds() -> None:
+def _admin_url(course: Course, lab_ref: str | None) -> str:
+    labs = [course.find(lab_ref)] if lab_ref else list(course.labs)
+    found = [(lab, port) for lab in labs if (port := control_plane_admin(lab)) is not None]
+    if not found:
+        where = f"lab {labs[0].number:02d}" if lab_ref else "no lab of the course"
+        raise InputError(f"{where} has no control plane (a service with an xds and an admin port)",
+                         fix="give the control plane's admin URL with --admin")
+    if len(found) > 1:
+        from meshlab.runtime import read_state
+
+        running = [(lab, port) for lab, port in found
+                   if read_state(course.state_dir / "runs" / lab.slug) is not None]
+        found = running or found
+    return f"http://127.0.0.1:{found[0][1]}"
+
+
+@click.group("xds")
+def xds_group() -> None:
     """Inspect an xDS control plane built on meshlab.xds."""
 
 
-@xds.command()
-@click.option("--admin", "url", default=LAB06_ADMIN, show_default=True, metavar="URL",
-              help="The control plane's admin view.")
+@xds_group.command("status")
+@click.option("--admin", "url", metavar="URL", help="The control plane's admin view [default: the lab's].")
+@click.option("--lab", "lab_ref", metavar="LAB", help="The lab whose control plane to ask [default: the running one].")
 @click.option("--json", "as_json", is_flag=True, help="Print the admin view's JSON as it is.")
-def status(url: str, as_json: bool) -> None:
+def status_command(url: str | None, lab_ref: str | None, as_json: bool) -> None:
     """Connected proxies, the version each acknowledged per resource type, the last NACK.
 
     Exit 0 when every connected proxy runs its node's snapshot, 1 when one does not
     (still applying it, or it rejected it), 2 when no control plane answers.
     """
+    from meshlab.cli.options import open_course
+
+    if url is None:
+        url = _admin_url(open_course(), lab_ref)
     try:
         document = httpx.get(url.rstrip("/") + "/status", timeout=5.0, trust_env=False).json()
     except (httpx.HTTPError, ValueError) as error:
         raise EnvironmentProblem(f"no control plane admin view answers at {url}",
                                  details=f"  {type(error).__name__}: {error}",
-                                 fix="start lab 6 (`meshlab start 6`), or give your control plane's admin "
-                                     "URL with --admin") from None
+                                 fix="start the lab (`meshlab start LAB`), or give your control plane's "
+                                     "admin URL with --admin") from None
     if as_json:
         click.echo(json.dumps(document, indent=2))
     else:
         render(document)
     streams = [s for node in document.get("nodes", {}).values() for s in node.get("streams", [])]
-    raise SystemExit(0 if all(s.get("in_sync") for s in streams) else 1)
+    sys.exit(0 if all(s.get("in_sync") for s in streams) else 1)
 
 
 def render(document: dict) -> None:

@@ -1,0 +1,69 @@
+"""The course as a whole on this machine: `meshlab doctor` and `meshlab audit`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from meshlab import ui
+from meshlab.cli.options import JSON, open_course
+from meshlab.errors import MeshlabError
+
+
+@click.command("doctor")
+@JSON
+def doctor_command(as_json: bool) -> None:
+    """Check this machine: Python, Envoy, ports the labs need, kernel features, tools."""
+    from meshlab.doctor import diagnose, healthy
+
+    try:
+        course, course_error = open_course(), None
+    except MeshlabError as error:
+        course, course_error = None, error
+    findings = diagnose(course, course_error)
+    if as_json:
+        click.echo(json.dumps([f.to_json() for f in findings], indent=2))
+    else:
+        ui.show_findings(findings)
+    sys.exit(0 if healthy(findings) else 2)
+
+
+@click.command("audit")
+@click.argument("labs", nargs=-1, metavar="[LAB]...")
+@click.option("--jobs", "-j", type=int, default=1, show_default=True,
+              help="Labs graded at once (needs isolation: labs share fixed ports).")
+@click.option("--isolate/--no-isolate", default=None,
+              help="Grade each run in its own network namespace [default: when available].")
+@JSON
+def audit_command(labs: tuple[str, ...], jobs: int, isolate: bool | None, as_json: bool) -> None:
+    """Prove the course: each starter must fail its checks, each solution pass them."""
+    from meshlab import isolation
+    from meshlab.audit import audit as run_audit
+
+    course = open_course()
+    chosen = [course.find(ref) for ref in labs] if labs else list(course.labs)
+    if isolate is None:
+        isolate = isolation.available()
+    elif isolate and not isolation.available():
+        raise MeshlabError("--isolate needs network namespaces, which this machine does not allow",
+                           fix="run with --no-isolate (one lab at a time, on the real ports)")
+    if as_json:
+        rows = run_audit(course, chosen, jobs=jobs, isolate=isolate)
+        click.echo(json.dumps([{
+            "lab": row.lab.slug, "ok": row.ok, "problems": row.problems,
+            "starter": row.starter.to_json(), "solution": row.solution.to_json(),
+        } for row in rows], indent=2))
+    else:
+        with ui.audit_progress(2 * len(chosen)) as on_done:
+            rows = run_audit(course, chosen, jobs=jobs, isolate=isolate, on_done=on_done)
+        ui.show_audit(rows)
+        for row in rows:
+            for which, result in (("starter", row.starter), ("solution", row.solution)):
+                if result.status == "error" and result.error:
+                    ui.show_error(result.error, title=f"{row.lab.slug} {which}")
+    sys.exit(0 if all(row.ok for row in rows) else 1)
+
+
+COMMANDS = (doctor_command, audit_command)

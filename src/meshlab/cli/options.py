@@ -1,0 +1,39 @@
+"""What the command modules share: the LAB argument, --json, and finding the course."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from meshlab import ui, workspace
+from meshlab.course import Course, Lab, load_course
+from meshlab.errors import MeshlabError
+
+LAB = click.argument("lab", metavar="LAB")
+JSON = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
+
+
+def open_course() -> Course:
+    """The course, after stopping the leftovers of runs whose owner died."""
+    from meshlab.runtime import stop_orphaned_runs
+
+    course = load_course()
+    # A checker or watcher killed outright could not stop its services: do it now.
+    for run in stop_orphaned_runs(course.state_dir / "runs"):
+        ui.errors.print(f"[dim]stopped the leftovers of {run}, whose owner had died[/]")
+    return course
+
+
+def lab_dir_for(course: Course, lab: Lab, path: str | None, solution: bool) -> Path:
+    """The folder to grade: the learner's workspace, --path DIR, or the solution laid over the starter."""
+    if path and solution:
+        raise click.UsageError("--path and --solution exclude each other")
+    if solution:
+        return workspace.solution_tree(course, lab, course.state_dir / "graded" / f"{lab.slug}-solution")
+    if path:
+        folder = Path(path).resolve()
+        if not folder.is_dir():
+            raise MeshlabError(f"--path {path} is not a folder", fix="give the folder that holds the lab's files")
+        return folder
+    return lab.workspace
