@@ -194,18 +194,23 @@ def test_reset_outside_git_says_why(cli, tmp_path):
 def test_doctor_finds_envoy_and_reports_json(cli):
     result = cli("doctor", "--json")
     assert result.code == 0, result.output
-    findings = {(f["group"], f["name"]): f for f in result.json()}
+    report = result.json()
+    findings = {(f["group"], f["name"]): f for f in report["findings"]}
     envoy = findings[("core", "envoy")]
     assert envoy["status"] == "ok" and envoy["detail"].startswith("1.40.0 at ")
     assert ("ports", "127.0.0.1:10000") in findings
     assert findings[("tools", "fortio")]["status"] in ("ok", "absent")
+    assert report["verdict"].startswith("ready for labs 01-") and all(lab["ready"] for lab in report["labs"])
 
 
 def test_doctor_exits_2_without_envoy(cli):
     result = cli("doctor", "--json", env={"MESHLAB_ENVOY": "/nonexistent/envoy"})
     assert result.code == 2
-    envoy = next(f for f in result.json() if f["name"] == "envoy")
+    report = result.json()
+    envoy = next(f for f in report["findings"] if f["name"] == "envoy")
     assert envoy["status"] == "missing" and envoy["fix"]
+    assert not any(lab["ready"] for lab in report["labs"])
+    assert report["verdict"].startswith("not ready for any lab")
 
 
 @pytest.mark.xdist_group("host-ports")

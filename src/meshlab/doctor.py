@@ -1,4 +1,10 @@
-"""`meshlab doctor`: can this machine run the course, and what is missing?"""
+"""`meshlab doctor`: can this machine run the course, and what is missing?
+
+The findings cover the core (Python, Envoy), the ports the labs bind, and the tools and
+kernel features the course's labs require (plus the optional tools meshlab uses when
+present). From them comes the verdict an instructor wants before a workshop: which labs
+are ready on this machine and, for each one that is not, what is missing and its fix.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,10 @@ import sys
 from dataclasses import asdict, dataclass
 
 from meshlab import __version__, ports
-from meshlab.course import Course
+from meshlab.course import Course, Lab
 from meshlab.envoy import PINNED_VERSION, find_binary
 from meshlab.errors import MeshlabError
-from meshlab.platform import FEATURES, OPTIONAL_TOOLS, install_hint
+from meshlab.platform import FEATURES, GENERAL_TOOLS, install_hint
 from meshlab.runtime import read_state
 
 
@@ -37,15 +43,83 @@ def diagnose(course: Course | None, course_error: MeshlabError | None = None) ->
     found.append(_envoy())
     if course is not None:
         found.extend(_ports(course))
-    for feature in FEATURES.values():
+    required = _required(course)
+    # Namespaces serve every lab (isolated audits); other features only the labs that require them.
+    for name in ("netns", *sorted(n for n in required if n in FEATURES and n != "netns")):
+        feature = FEATURES[name]
         ok, detail = feature.probe()
-        found.append(Finding("features", feature.name, "ok" if ok else "absent",
-                             f"{feature.description}: {detail}"))
-    for tool in OPTIONAL_TOOLS:
+        status = "ok" if ok else ("missing" if name in required else "absent")
+        found.append(Finding("features", feature.name, status, f"{feature.description}: {detail}",
+                             None if ok else "run as root, or on a Linux machine that allows it"))
+    tools = sorted(n for n in required if n not in FEATURES)
+    for tool in [*tools, *(t for t in GENERAL_TOOLS if t not in tools)]:
         path = shutil.which(tool)
-        found.append(Finding("tools", tool, "ok" if path else "absent", path or "not installed",
-                             None if path else install_hint(tool)))
+        status = "ok" if path else ("missing" if tool in required else "absent")
+        found.append(Finding("tools", tool, status, path or "not installed", None if path else install_hint(tool)))
     return found
+
+
+def _required(course: Course | None) -> dict[str, list[str]]:
+    """Each tool or feature some lab requires, with the labs that require it."""
+    needed: dict[str, list[str]] = {}
+    for lab in course.labs if course else ():
+        for name in lab.requires:
+            needed.setdefault(name, []).append(f"{lab.number:02d}")
+    return needed
+
+
+@dataclass
+class LabReadiness:
+    """Whether one lab can run on this machine, and if not, what stops it."""
+
+    lab: Lab
+    missing: list[Finding]
+
+    @property
+    def ready(self) -> bool:
+        return not self.missing
+
+    def to_json(self) -> dict:
+        return {"number": self.lab.number, "slug": self.lab.slug, "ready": self.ready,
+                "missing": [{"what": f.name, "detail": f.detail, "fix": f.fix} for f in self.missing]}
+
+
+def readiness(course: Course, findings: list[Finding]) -> list[LabReadiness]:
+    """Per lab: the core findings that fail everything, then its own requirements and ports."""
+    core = [f for f in findings if f.group == "core" and f.status == "missing"]
+    by_name = {f.name: f for f in findings if f.group in ("features", "tools")}
+    busy = {f.name: f for f in findings if f.group == "ports" and f.fix}  # held by something not meshlab's
+    rows = []
+    for lab in course.labs:
+        missing = list(core)
+        missing += [by_name[name] for name in lab.requires if by_name.get(name) and by_name[name].status != "ok"]
+        missing += [busy[f"127.0.0.1:{port}"] for _, _, port in lab.ports() if f"127.0.0.1:{port}" in busy]
+        rows.append(LabReadiness(lab, missing))
+    return rows
+
+
+def verdict(rows: list[LabReadiness]) -> str:
+    """One line: `ready for labs 01-06, 09 on this machine`, and which are not."""
+    ready = [row.lab.number for row in rows if row.ready]
+    not_ready = [row.lab.number for row in rows if not row.ready]
+    if not rows:
+        return "the course has no labs"
+    if not ready:
+        return f"not ready for any lab on this machine ({_ranges(not_ready)} need what is listed below)"
+    line = f"ready for labs {_ranges(ready)} on this machine"
+    return line + (f"; not for {_ranges(not_ready)} (see below)" if not_ready else "")
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] -> '01-03, 05'."""
+    parts, start = [], None
+    for index, number in enumerate(numbers):
+        if start is None:
+            start = number
+        if index + 1 == len(numbers) or numbers[index + 1] != number + 1:
+            parts.append(f"{start:02d}" if start == number else f"{start:02d}-{number:02d}")
+            start = None
+    return ", ".join(parts)
 
 
 def _envoy() -> Finding:

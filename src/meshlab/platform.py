@@ -33,8 +33,9 @@ _INSTALL = {
     "fortio": "optional: meshlab's built-in load engine is used without it (fortio releases: github.com/fortio/fortio)",
 }
 
-OPTIONAL_TOOLS = ("curl", "openssl", "fortio", "hey", "wrk", "redis-server", "prometheus", "clang", "rustc",
-                  "docker", "iptables", "ip", "unshare")
+# Tools meshlab uses for any lab when they are there (doctor lists them); a lab's own
+# needs are in its manifest's `requires`.
+GENERAL_TOOLS = ("curl", "openssl", "fortio", "hey", "wrk", "docker", "unshare")
 
 
 def install_hint(tool: str) -> str:

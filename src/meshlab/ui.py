@@ -156,8 +156,18 @@ def show_audit(rows: list) -> None:
         solution = (f"passes {row.solution.passed}/{len(row.solution.checks)}" if row.solution.status == "pass"
                     else row.solution.status)
         verdict = "[green]ok[/]" if row.ok else "[red]" + escape("; ".join(row.problems)) + "[/]"
-        table.add_row(f"{row.lab.number:02d} {escape(row.lab.slug)}", starter, solution, verdict)
+        table.add_row(escape(row.lab.slug), starter, solution, verdict)
     console.print(table)
+
+
+def show_readiness(summary: str, labs: list) -> None:
+    """doctor's verdict, then what stops each lab that is not ready."""
+    ready = all(row.ready for row in labs)
+    console.print(f"[bold {'green' if ready else 'yellow'}]{escape(summary[:1].upper() + summary[1:])}.[/]")
+    for row in labs:
+        for finding in row.missing:
+            console.print(f"  lab {row.lab.number:02d} ({escape(row.lab.slug)}): {escape(finding.name)} "
+                          f"{escape(finding.detail)}" + (f"\n    [dim]fix: {escape(finding.fix)}[/]" if finding.fix else ""))
 
 
 def show_findings(findings: list) -> None:

@@ -15,19 +15,29 @@ from meshlab.errors import MeshlabError
 @click.command("doctor")
 @JSON
 def doctor_command(as_json: bool) -> None:
-    """Check this machine: Python, Envoy, ports the labs need, kernel features, tools."""
-    from meshlab.doctor import diagnose, healthy
+    """Which labs this machine is ready for, and what is missing for the others.
+
+    Checks Python, Envoy, the ports the labs bind, and the tools and kernel features the
+    labs require. Exit 0 when every lab is ready, 1 when some lab is not (the verdict
+    names it, with the fix), 2 when nothing can run (no Envoy, no course).
+    """
+    from meshlab.doctor import diagnose, healthy, readiness, verdict
 
     try:
         course, course_error = open_course(), None
     except MeshlabError as error:
         course, course_error = None, error
     findings = diagnose(course, course_error)
+    labs = readiness(course, findings) if course else []
+    summary = verdict(labs) if course else "the course cannot be loaded"
     if as_json:
-        click.echo(json.dumps([f.to_json() for f in findings], indent=2))
+        click.echo(json.dumps({"verdict": summary, "labs": [row.to_json() for row in labs],
+                               "findings": [f.to_json() for f in findings]}, indent=2))
     else:
         ui.show_findings(findings)
-    sys.exit(0 if healthy(findings) else 2)
+        ui.show_readiness(summary, labs)
+    core_ok = healthy([f for f in findings if f.group == "core"])
+    sys.exit(2 if not core_ok else 0 if all(row.ready for row in labs) else 1)
 
 
 @click.command("audit")

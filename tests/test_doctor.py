@@ -1,0 +1,54 @@
+"""`meshlab doctor` gives an instructor a verdict: which labs this machine is ready for,
+and for each lab that is not, what is missing and how to get it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from meshlab import doctor
+from meshlab.course import load_course
+
+
+@pytest.fixture
+def course_copy(tmp_path: Path) -> Path:
+    dest = tmp_path / "course"
+    shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(".git", ".venv", ".meshlab", "__pycache__"))
+    return dest
+
+
+def require(course_root: Path, slug: str, name: str) -> None:
+    manifest = course_root / "labs" / slug / "lab.yaml"
+    manifest.write_text(manifest.read_text() + f"requires: [{name}]\n")
+
+
+def test_a_lab_needing_a_missing_tool_is_named_with_its_fix(cli, course_copy):
+    require(course_copy, "02-canary", "no-such-tool-here")
+    result = cli("doctor", "--json", env={"MESHLAB_ROOT": str(course_copy)}, cwd=course_copy)
+    assert result.code == 1, result.output
+    report = result.json()
+    last = len(report["labs"])
+    assert report["verdict"] == f"ready for labs 01, 03-{last:02d} on this machine; not for 02 (see below)"
+    (lab02,) = [lab for lab in report["labs"] if not lab["ready"]]
+    assert lab02["slug"] == "02-canary"
+    assert lab02["missing"] == [{"what": "no-such-tool-here", "detail": "not installed",
+                                 "fix": "install `no-such-tool-here` with your package manager and make sure "
+                                        "it is on PATH"}]
+    text = cli("doctor", env={"MESHLAB_ROOT": str(course_copy)}, cwd=course_copy)
+    assert "not for 02" in text.stdout and "lab 02 (02-canary): no-such-tool-here" in text.stdout
+
+
+def test_only_the_features_the_course_requires_are_listed(course_copy):
+    findings = doctor.diagnose(load_course(course_copy))
+    assert {f.name for f in findings if f.group == "features"} == {"netns"}
+    require(course_copy, "03-resilience", "bpf")
+    findings = doctor.diagnose(load_course(course_copy))
+    assert {f.name for f in findings if f.group == "features"} == {"netns", "bpf"}
+
+
+@pytest.mark.parametrize("numbers, text", [([1, 2, 3], "01-03"), ([1, 3, 4, 6], "01, 03-04, 06"), ([7], "07")])
+def test_lab_numbers_read_as_ranges(numbers, text):
+    assert doctor._ranges(numbers) == text
