@@ -63,3 +63,39 @@ def test_audit_grades_the_committed_starter_not_the_learners_edits(meshlab, clon
     result = meshlab("audit", "1", "--json", env={"MESHLAB_ROOT": str(clone)}, cwd=clone)
     assert result.code == 0, result.output
     assert result.json()[0]["starter"]["status"] == "fail"
+
+
+def test_audit_names_the_commit_and_warns_of_an_uncommitted_starter(meshlab, clone):
+    head = subprocess.run(["git", "-C", str(clone), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    starter = clone / "labs" / "01-hello-mesh" / "envoy.yaml"
+    starter.write_text(starter.read_text() + "# an instructor's note, not committed yet\n")
+    result = meshlab("audit", "1", "--json", env={"MESHLAB_ROOT": str(clone)}, cwd=clone)
+    (row,) = result.json()
+    assert row["graded"] == f"commit {head}"
+    assert row["ok"] and result.code == 0
+    assert row["warnings"] == [f"the starter has uncommitted changes (labs/01-hello-mesh/envoy.yaml); the audit "
+                               f"grades commit {head}: commit them, or audit with --working-tree to grade the "
+                               "files as they are"]
+    text = meshlab("audit", "1", env={"MESHLAB_ROOT": str(clone)}, cwd=clone)
+    assert f"Starters graded from: commit {head}." in text.stdout and "warning: 01-hello-mesh" in text.stdout
+
+
+def test_audit_of_the_working_tree_grades_the_edited_starter(meshlab, clone):
+    # The instructor's edit (here: a starter that already solves the lab) is what gets graded.
+    shutil.copy(clone / "solutions" / "01-hello-mesh" / "envoy.yaml", clone / "labs" / "01-hello-mesh" / "envoy.yaml")
+    result = meshlab("audit", "1", "--working-tree", "--json", env={"MESHLAB_ROOT": str(clone)}, cwd=clone)
+    (row,) = result.json()
+    assert row["graded"] == "working tree" and row["warnings"] == []
+    assert result.code == 1 and "the starter passes every check" in row["problems"][0]
+
+
+def test_a_failing_solution_is_shown_with_its_failing_checks(meshlab, clone):
+    solution = clone / "solutions" / "01-hello-mesh" / "envoy.yaml"
+    solution.write_text(solution.read_text().replace("key: x-my-injected-header,", "key: x-my-injected-headers,"))
+    result = meshlab("audit", "1", env={"MESHLAB_ROOT": str(clone)}, cwd=clone)
+    assert result.code == 1
+    assert "01-hello-mesh: the solution's scorecard" in result.stdout
+    assert "✘ Envoy adds x-my-injected-header: envoy-was-here to the app's response" in result.stdout
+    assert "EXPECTED" in result.stdout and "RECEIVED" in result.stdout
+    assert "the solution is graded with uncommitted changes (solutions/01-hello-mesh/envoy.yaml)" in result.stdout

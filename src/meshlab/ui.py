@@ -158,6 +158,12 @@ def show_audit(rows: list) -> None:
         verdict = "[green]ok[/]" if row.ok else "[red]" + escape("; ".join(row.problems)) + "[/]"
         table.add_row(escape(row.lab.slug), starter, solution, verdict)
     console.print(table)
+    graded = sorted({row.graded for row in rows})
+    if graded:
+        console.print(f"[dim]Starters graded from: {escape(', '.join(graded))}.[/]")
+    for row in rows:
+        for warning in row.warnings:
+            console.print(f"[yellow]warning:[/] {escape(row.lab.slug)}: {escape(warning)}")
 
 
 def show_readiness(summary: str, labs: list) -> None:

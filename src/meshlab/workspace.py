@@ -29,6 +29,27 @@ def _git_tree(course: Course, folder: Path) -> bytes | None:
     return proc.stdout if proc.returncode == 0 and proc.stdout else None
 
 
+def _git(course: Course, *args: str) -> str | None:
+    """The output of `git ARGS` at the course root, or None outside a git checkout."""
+    if shutil.which("git") is None:
+        return None
+    proc = subprocess.run(["git", "-C", str(course.root), *args], capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def committed_revision(course: Course) -> str | None:
+    """The short commit id the starters are read from (HEAD), or None outside git."""
+    out = _git(course, "rev-parse", "--short", "HEAD")
+    return out.strip() if out else None
+
+
+def uncommitted(course: Course, folder: Path) -> list[str]:
+    """Files under FOLDER that differ from HEAD (changed, added or deleted), relative to the root."""
+    out = _git(course, "status", "--porcelain", "--untracked-files=all", "--",
+               str(folder.resolve().relative_to(course.root)))
+    return sorted(line[3:].strip() for line in (out or "").splitlines() if line.strip())
+
+
 def _fresh(dest: Path) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
@@ -36,10 +57,11 @@ def _fresh(dest: Path) -> Path:
     return dest
 
 
-def pristine_starter(course: Course, lab: Lab, dest: Path) -> Path:
-    """Write LAB's committed starter into DEST (the working tree outside git)."""
+def pristine_starter(course: Course, lab: Lab, dest: Path, *, working_tree: bool = False) -> Path:
+    """Write LAB's committed starter into DEST (the working tree outside git, or when
+    WORKING_TREE asks for the files as they are now)."""
     _fresh(dest)
-    archive = _git_tree(course, lab.workspace)
+    archive = None if working_tree else _git_tree(course, lab.workspace)
     if archive is None:
         shutil.copytree(lab.workspace, dest, dirs_exist_ok=True)
         return dest

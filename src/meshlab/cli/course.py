@@ -46,9 +46,16 @@ def doctor_command(as_json: bool) -> None:
               help="Labs graded at once (needs isolation: labs share fixed ports).")
 @click.option("--isolate/--no-isolate", default=None,
               help="Grade each run in its own network namespace [default: when available].")
+@click.option("--working-tree", is_flag=True,
+              help="Grade the starters as they are in labs/, not as last committed (after adapting a lab).")
 @JSON
-def audit_command(labs: tuple[str, ...], jobs: int, isolate: bool | None, as_json: bool) -> None:
-    """Prove the course: each starter must fail its checks, each solution pass them."""
+def audit_command(labs: tuple[str, ...], jobs: int, isolate: bool | None, working_tree: bool, as_json: bool) -> None:
+    """Prove the course: each starter must fail its checks, each solution pass them.
+
+    Starters are read from the last commit (a learner's edits never count), and the
+    audit says which commit and warns about starters changed since. Exit 0 when every
+    lab proves itself, 1 when one does not (its failing checks are shown).
+    """
     from meshlab import isolation
     from meshlab.audit import audit as run_audit
 
@@ -60,19 +67,19 @@ def audit_command(labs: tuple[str, ...], jobs: int, isolate: bool | None, as_jso
         raise MeshlabError("--isolate needs network namespaces, which this machine does not allow",
                            fix="run with --no-isolate (one lab at a time, on the real ports)")
     if as_json:
-        rows = run_audit(course, chosen, jobs=jobs, isolate=isolate)
-        click.echo(json.dumps([{
-            "lab": row.lab.slug, "ok": row.ok, "problems": row.problems,
-            "starter": row.starter.to_json(), "solution": row.solution.to_json(),
-        } for row in rows], indent=2))
+        rows = run_audit(course, chosen, jobs=jobs, isolate=isolate, working_tree=working_tree)
+        click.echo(json.dumps([row.to_json() for row in rows], indent=2))
     else:
         with ui.audit_progress(2 * len(chosen)) as on_done:
-            rows = run_audit(course, chosen, jobs=jobs, isolate=isolate, on_done=on_done)
+            rows = run_audit(course, chosen, jobs=jobs, isolate=isolate, working_tree=working_tree, on_done=on_done)
         ui.show_audit(rows)
         for row in rows:
             for which, result in (("starter", row.starter), ("solution", row.solution)):
                 if result.status == "error" and result.error:
                     ui.show_error(result.error, title=f"{row.lab.slug} {which}")
+            if row.solution.status == "fail":
+                ui.console.rule(f"{row.lab.slug}: the solution's scorecard")
+                ui.show_result(row.solution)
     sys.exit(0 if all(row.ok for row in rows) else 1)
 
 
