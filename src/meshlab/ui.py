@@ -156,7 +156,7 @@ def show_audit(rows: list) -> None:
         solution = (f"passes {row.solution.passed}/{len(row.solution.checks)}" if row.solution.status == "pass"
                     else row.solution.status)
         verdict = "[green]ok[/]" if row.ok else "[red]" + escape("; ".join(row.problems)) + "[/]"
-        table.add_row(f"{row.lab.number:02d} {escape(row.lab.slug)}", starter, solution, verdict)
+        table.add_row(escape(row.lab.slug), starter, solution, verdict)
     console.print(table)
 
 
