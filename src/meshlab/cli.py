@@ -367,11 +367,13 @@ from meshlab.cli_certs import certs_group  # noqa: E402 - commands in their own 
 from meshlab.cli_load import load_command  # noqa: E402
 from meshlab.cli_mtls import mtls_group  # noqa: E402
 from meshlab.cli_xds import xds  # noqa: E402
+from meshlab.cli_dev import dev  # noqa: E402
 
 main.add_command(load_command)
 main.add_command(certs_group)
 main.add_command(mtls_group)
 main.add_command(xds)
+main.add_command(dev)
 
 if __name__ == "__main__":
     main()
