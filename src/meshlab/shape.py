@@ -296,7 +296,7 @@ def manifest_text(lab: LabFiles) -> Iterator[Breach]:
 @rule("readme-title")
 def readme_title(lab: LabFiles) -> Iterator[Breach]:
     if lab.readme is None:
-        yield lab.readme_file, 1, "the lab has no README.md", f"write one from the template in docs/course-shape.md"
+        yield lab.readme_file, 1, "the lab has no README.md", "write one from the template in docs/course-shape.md"
         return
     first = lab.readme.lines[0] if lab.readme.lines else ""
     problem = lab.title_problem(first)
