@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,15 @@ def copy(tmp_path: Path) -> Copy:
     (root / "course.yaml").write_text(f"title: A copy\nlabs:\n  - {SLUG}\n")
     _number_todos_as_the_readme(made)
     return made
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_kept():
+    # The CLI turns SIGTERM into Ctrl-C for its own process; in-process, give pytest's back.
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for number, handler in saved.items():
+        signal.signal(number, handler)
 
 
 def invoke(root: Path, *args: str):

@@ -97,7 +97,7 @@ class Heading:
 
 @dataclass(frozen=True)
 class Block:
-    """A top-level Markdown block: a heading, paragraph, code block..."""
+    """A Markdown block: a top-level heading, paragraph, list..., or a code block anywhere."""
 
     kind: str        # h1-h6 for headings, else markdown-it's token type: paragraph, fence, code_block...
     line: int        # where the block starts
@@ -116,7 +116,8 @@ class Markdown:
         self.blocks: list[Block] = []
         tokens = MarkdownIt("commonmark").parse(_blank_front_matter(self.text))
         for index, token in enumerate(tokens):
-            if token.level != 0 or token.nesting == -1 or not token.map:
+            nested = token.level != 0 and token.type not in ("fence", "code_block")  # code counts anywhere
+            if nested or token.nesting == -1 or not token.map:
                 continue
             start = token.map[0] + 1
             if token.nesting == 1:
@@ -128,7 +129,7 @@ class Markdown:
                 first = start + 1 if token.type == "fence" else start
                 self.blocks.append(Block(token.type, start, token.content, first, token.map[1]))
 
-    @property
+    @cached_property
     def headings(self) -> list[Heading]:
         return [Heading(int(b.kind[1]), b.text, b.line) for b in self.blocks if re.fullmatch(r"h[1-6]", b.kind)]
 
@@ -413,7 +414,7 @@ def todo_step(lab: LabFiles) -> Iterator[Breach]:
 @rule("hints-one-source")
 def hints_one_source(lab: LabFiles) -> Iterator[Breach]:
     span = lab.readme.section("Hints") if lab.readme else None
-    if span is not None and not re.search(rf"`meshlab hint 0*{lab.lab.number}`", lab.readme.lines_of(span)):
+    if span is not None and not re.search(rf"meshlab hint 0*{lab.lab.number}\b", lab.readme.lines_of(span)):
         yield (lab.readme_file, span[0], f"the Hints section does not point to `meshlab hint {lab.lab.number}`",
                f"say that `meshlab hint {lab.lab.number}` gives the hints one layer at a time")
     places: list[tuple[Path, list[tuple[str, int]], str]] = []
