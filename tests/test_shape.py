@@ -250,7 +250,7 @@ def test_todo_whose_step_does_not_name_the_file(copy):
     step = int(re.search(r"TODO\(step (\d+)\)", copy.text(copy.starter)).group(1))
     readme = copy.text(copy.readme)
     start = readme.index(f"\n### {step}. ")
-    end = readme.index("\n### ", start + 1)
+    end = re.compile(r"\n##+ ").search(readme, start + 1).start()
     copy.readme.write_text(readme[:start] + readme[start:end].replace("envoy.yaml", "the config") + readme[end:])
     todos = [n for n, line in enumerate(copy.text(copy.starter).splitlines(), start=1) if "TODO" in line]
     findings = copy.findings()
