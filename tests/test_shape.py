@@ -395,6 +395,8 @@ def test_cli_passes_on_a_course_with_its_shape(copy):
     result = invoke(copy.root)
     assert result.exit_code == 0, result.output
     assert "the course has its shape" in result.output
+    document = json.loads(invoke(copy.root, "--json").stdout)
+    assert document == {"ok": True, "labs": 1, "rules": list(RULES), "findings": []}
 
 
 def test_cli_prints_findings_sorted_with_their_fix_and_exits_1(copy):
