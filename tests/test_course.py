@@ -84,3 +84,71 @@ def test_lab_folder_names_follow_the_pattern(tmp_path):
     make_course(tmp_path, GOOD_LAB, slug="demo")
     with pytest.raises(CourseError, match="must be named NN-words"):
         load_course(tmp_path)
+
+
+def test_a_manifest_without_format_is_format_1(tmp_path):
+    assert "format" not in GOOD_LAB
+    assert load_course(make_course(tmp_path, GOOD_LAB)).labs[0].title == "Demo"
+    (tmp_path / "explicit").mkdir()
+    make_course(tmp_path / "explicit", "format: 1\n" + GOOD_LAB)
+    assert load_course(tmp_path / "explicit").labs[0].title == "Demo"
+
+
+@pytest.mark.parametrize("value, message, fix", [
+    ("2", "written in manifest format 2; this meshlab reads format 1 only", "upgrade meshlab"),
+    ("one", "`format` must be 1, not 'one'", "format: 1"),
+    ("true", "`format` must be 1, not True", "format: 1"),
+])
+def test_a_format_other_than_1_is_refused_at_its_line(tmp_path, value, message, fix):
+    make_course(tmp_path, GOOD_LAB.replace("time: 1h15m", f"time: 1h15m\nformat: {value}"))
+    with pytest.raises(CourseError) as caught:
+        load_course(tmp_path)
+    assert message in caught.value.message and fix in caught.value.fix
+    assert caught.value.where.line == 4
+
+
+@pytest.mark.parametrize("change, path, kind, line", [
+    # The bug this guards against: an unquoted `: ` in a list item makes a mapping.
+    (("hints: [one, two]", "hints:\n  - one\n  - Step 2: the route comes first"), "`hints[1]`", "a mapping", 16),
+    (("hints: [one, two]", "hints: [one, two]\ntry:\n  - curl -H 'x-canary: true' http://127.0.0.1:18000/"),
+     "`try[0]`", "a mapping", 16),
+    (("title: Demo", "title: 2048"), "`title`", "a number", 1),
+    (("title: Demo", "title:"), "`title`", "nothing", 1),
+    (("summary: A demo lab.", "summary: {a: b}"), "`summary`", "a mapping", 2),
+    (("edit: [envoy.yaml]", "edit: [[envoy.yaml]]"), "`edit[0]`", "a list", 4),
+    (("edit: [envoy.yaml]", "edit: [envoy.yaml]\nrequires: [yes]"), "`requires[0]`", "true or false", 5),
+    (("edit: [envoy.yaml]", "edit: [envoy.yaml]\nprepare:\n  - [sh, make.sh, 3]"), "`prepare[0][2]`", "a number", 6),
+])
+def test_every_text_of_the_manifest_must_be_a_string(tmp_path, change, path, kind, line):
+    old, new = change
+    assert old in GOOD_LAB
+    make_course(tmp_path, GOOD_LAB.replace(old, new))
+    with pytest.raises(CourseError) as caught:
+        load_course(tmp_path)
+    assert caught.value.message.startswith(f"{path} must be text, but YAML read {kind}"), caught.value.message
+    assert caught.value.where.line == line, caught.value.where
+    assert "quote" in caught.value.fix
+
+
+def test_a_prepare_command_must_be_a_list(tmp_path):
+    make_course(tmp_path, GOOD_LAB.replace("edit: [envoy.yaml]", "edit: [envoy.yaml]\nprepare:\n  - sh make.sh"))
+    with pytest.raises(CourseError, match=r"`prepare\[0\]` must be a list") as caught:
+        load_course(tmp_path)
+    assert caught.value.where.line == 6
+
+
+def test_text_problems_lists_every_one_in_file_order(tmp_path):
+    from meshlab import yamlfile
+    from meshlab.course import text_problems
+
+    broken = GOOD_LAB.replace("hints: [one, two]", "hints:\n  - a: b\n  - fine\n  - c: d").replace(
+        "summary: A demo lab.", "summary: 3")
+    manifest = make_course(tmp_path, broken) / "labs" / "01-demo" / "lab.yaml"
+    problems = text_problems(yamlfile.load(manifest))
+    assert [(p.message.split()[0], p.where.line) for p in problems] == [
+        ("`summary`", 2), ("`hints[0]`", 15), ("`hints[2]`", 17)]
+
+
+def test_the_real_course_declares_its_manifest_format(course):
+    for lab in course.labs:
+        assert (lab.workspace / "lab.yaml").read_text().startswith("format: 1\n"), lab.slug

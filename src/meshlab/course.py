@@ -7,6 +7,8 @@ the hints and the time estimate. Nothing about a particular lab lives in the eng
 
 A lab manifest, annotated:
 
+    format: 1                        # the manifest format; first line. A meshlab reads
+                                     # only the formats it knows and says to upgrade
     title: Hello Mesh
     summary: A static Envoy sidecar in front of one Python app.
     time: 45m
@@ -26,6 +28,11 @@ A lab manifest, annotated:
         # ready: admin                # (Envoy) up is enough; default: wait for LIVE
     try: ["curl -i http://127.0.0.1:10000/"]   # what `meshlab start` suggests
     hints: ["first layer", "second layer", "third layer"]
+
+Every text (title, summary, each entry of edit, requires, try and hints, each argument
+of prepare) must be a YAML string. A text holding an unquoted `: ` is read by YAML as
+a mapping; the loader refuses it with its line instead of showing it to a learner as
+`{'Step 1': '...'}`. Quote such a text, or write it as a folded block (`>-`).
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ from meshlab.errors import CourseError, UnknownLab
 
 COURSE_FILE = "course.yaml"
 LAB_FILE = "lab.yaml"
+# The manifest format this meshlab reads. A manifest without `format` is format 1 (the
+# course linter asks for the key); a later format means a later meshlab.
+MANIFEST_FORMAT = 1
 SERVICE_KINDS = ("envoy", "python", "command")
 
 
@@ -161,7 +171,7 @@ def load_course(root: Path | None = None) -> Course:
 
 
 _SLUG = re.compile(r"^(\d{2})-[a-z0-9]+(?:-[a-z0-9]+)*$")
-_LAB_KEYS = {"title", "summary", "time", "edit", "services", "hints", "requires", "prepare", "try", "checks"}
+_LAB_KEYS = {"format", "title", "summary", "time", "edit", "services", "hints", "requires", "prepare", "try", "checks"}
 _SERVICE_KEYS = {*SERVICE_KINDS, "args", "ports", "after", "env", "concurrency", "inputs", "ready_timeout", "ready"}
 
 
@@ -177,9 +187,12 @@ def load_lab(root: Path, slug: str, *, course_doc: yamlfile.YamlDoc | None = Non
         raise CourseError(f"lab {slug} has no {LAB_FILE} at {manifest}", where=where)
     doc = yamlfile.load(manifest)
     data = _mapping(doc, (), _LAB_KEYS)
+    _check_format(doc, data)
     for required in ("title", "services"):
         if required not in data:
             raise CourseError(f"{LAB_FILE} of {slug} lacks `{required}`", where=doc.location(()))
+    for problem in text_problems(doc):
+        raise problem
 
     services = tuple(_service(doc, name, body) for name, body in _mapping(doc, ("services",)).items())
     names = {s.name for s in services}
@@ -200,19 +213,72 @@ def load_lab(root: Path, slug: str, *, course_doc: yamlfile.YamlDoc | None = Non
     return Lab(
         number=int(match.group(1)),
         slug=slug,
-        title=str(data["title"]),
-        summary=str(data.get("summary", "")),
+        title=data["title"],
+        summary=data.get("summary") or "",
         time_minutes=_minutes(doc, data.get("time", "30m")),
         edit=_strings(doc, ("edit",)),
         services=services,
         hints=_strings(doc, ("hints",)),
         requires=_strings(doc, ("requires",)),
-        prepare=tuple(tuple(str(a) for a in cmd) for cmd in _list(doc, ("prepare",))),
+        prepare=tuple(_strings(doc, ("prepare", i)) for i in range(len(_list(doc, ("prepare",))))),
         try_commands=_strings(doc, ("try",)),
         checks=root / checks,
         workspace=workspace,
         solution=root / "solutions" / slug,
     )
+
+
+def _check_format(doc: yamlfile.YamlDoc, data: dict) -> None:
+    value = data.get("format", MANIFEST_FORMAT)
+    if value == MANIFEST_FORMAT and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if isinstance(value, int) and not isinstance(value, bool) and value > MANIFEST_FORMAT:
+        raise CourseError(f"{doc.file.name} is written in manifest format {value}; this meshlab reads format "
+                          f"{MANIFEST_FORMAT} only", where=doc.location(("format",)),
+                          fix="upgrade meshlab (`pip install -U -e .` in the course checkout, after `git pull`)")
+    raise CourseError(f"`format` must be {MANIFEST_FORMAT}, not {value!r}", where=doc.location(("format",)),
+                      fix=f"write `format: {MANIFEST_FORMAT}` as the first line")
+
+
+# The manifest's texts: shown to learners or used as file names, so never anything
+# but strings. (path, is a list of texts)
+_TEXTS = ((("title",), False), (("summary",), False), (("edit",), True), (("requires",), True),
+          (("try",), True), (("hints",), True))
+
+
+def text_problems(doc: yamlfile.YamlDoc) -> list[CourseError]:
+    """Every text of a lab manifest that YAML did not read as a string, in file order.
+
+    The loader raises the first; the course linter reports them all."""
+    slots: list[tuple[tuple, Any]] = []
+    for path, is_list in _TEXTS:
+        value = doc.get(path)
+        if value is None and path != ("title",):
+            continue
+        if is_list and isinstance(value, list):
+            slots += [(path + (i,), item) for i, item in enumerate(value)]
+        elif not is_list:
+            slots.append((path, value))
+    commands = doc.get(("prepare",))
+    if isinstance(commands, list):
+        for i, command in enumerate(commands):
+            if isinstance(command, list):
+                slots += [(("prepare", i, j), arg) for j, arg in enumerate(command)]
+    problems = [_not_text(doc, path, value) for path, value in slots if not isinstance(value, str)]
+    return sorted(problems, key=lambda p: (p.where.line or 0, p.where.column or 0))
+
+
+def _not_text(doc: yamlfile.YamlDoc, path: tuple, value: Any) -> CourseError:
+    where = doc.location(path)
+    name = f"`{yamlfile.format_path(path)}`"
+    if isinstance(value, dict):
+        return CourseError(f"{name} must be text, but YAML read a mapping: an unquoted `: ` in it makes "
+                           f"`key: value` of it", where=where,
+                           fix="quote the text (\"...\" or '...'), or write it as a folded block (`>-`)")
+    kind = {list: "a list", bool: "true or false", int: "a number", float: "a number",
+            type(None): "nothing"}.get(type(value), f"a {type(value).__name__}")
+    return CourseError(f"{name} must be text, but YAML read {kind} ({value!r})", where=where,
+                       fix="quote the text (\"...\" or '...')")
 
 
 def _service(doc: yamlfile.YamlDoc, name: str, body: Any) -> ServiceSpec:
@@ -289,7 +355,11 @@ def _list(doc: yamlfile.YamlDoc, path: tuple) -> list:
 
 
 def _strings(doc: yamlfile.YamlDoc, path: tuple) -> tuple[str, ...]:
-    return tuple(str(v) for v in _list(doc, path))
+    values = _list(doc, path)
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise _not_text(doc, path + (index,), value)
+    return tuple(values)
 
 
 def _minutes(doc: yamlfile.YamlDoc, value: Any) -> int:

@@ -74,10 +74,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from meshlab.cli import certs, course, labs, load, mtls, xds
+    from meshlab.cli import certs, course, dev, labs, load, mtls, xds
 
     for command in (*labs.COMMANDS, *course.COMMANDS, load.load_command, certs.certs_group, mtls.mtls_group,
-                    xds.xds_group):
+                    xds.xds_group, dev.dev_group):
         main.add_command(command)
 
 
