@@ -1,5 +1,5 @@
-"""Lab 06 — your xDS control plane. The TODOs (steps 1-5) are yours; the README walks
-through them, and `meshlab check 6` tells you what is still missing.
+"""Lab 06 — your xDS control plane. Steps 1-5 are yours, each marked where it goes; the
+README walks through them, and `meshlab check 6` tells you what is still missing.
 
 It reads the intent (intent.yaml: a listener port, routes, services with weighted
 endpoints), translates it into Envoy's four resource types, and serves them to Envoy
