@@ -184,11 +184,38 @@ def test_reset_restores_the_starter_and_backs_up_the_learners_file(cli, clone, s
     assert [b.read_text() for b in backups] == ["# my work in progress\n"]
 
 
-def test_reset_outside_git_says_why(cli, tmp_path):
+def test_reset_works_in_a_course_downloaded_without_git(cli, tmp_path, state_dir):
     copy = tmp_path / "course"
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", ".venv", ".meshlab"))
-    result = cli("reset", "1", "--yes", env={"MESHLAB_ROOT": str(copy)}, cwd=copy)
-    assert result.code == 2 and "inside a git clone" in result.stderr
+    env = {"MESHLAB_ROOT": str(copy)}
+    learner_file = copy / "labs" / "01-hello-mesh" / "envoy.yaml"
+    starter = learner_file.read_text()
+    assert cli("list", env=env, cwd=copy).code == 0  # the learner's first command, before any edit
+    learner_file.write_text("# my work in progress\n")
+    result = cli("reset", "1", "--yes", env=env, cwd=copy)
+    assert result.code == 0, result.output
+    assert learner_file.read_text() == starter
+    assert [b.read_text() for b in (state_dir / "backups" / "01-hello-mesh").glob("*/envoy.yaml")] == [
+        "# my work in progress\n"]
+    # The kept copy is the starter's, not the learner's later edits.
+    learner_file.write_text("# edited again\n")
+    cli("list", env=env, cwd=copy)
+    cli("reset", "1", "--yes", env=env, cwd=copy)
+    assert learner_file.read_text() == starter
+
+
+def test_reset_without_git_or_a_kept_copy_says_why(tmp_path, state_dir, monkeypatch):
+    from meshlab import workspace
+    from meshlab.course import load_course
+    from meshlab.errors import MeshlabError
+
+    copy = tmp_path / "course"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", ".venv", ".meshlab"))
+    monkeypatch.setenv("MESHLAB_STATE_DIR", str(state_dir))
+    course = load_course(copy)
+    with pytest.raises(MeshlabError) as raised:
+        workspace.reset(course, course.find(1))  # no meshlab command ran before: no copy was kept
+    assert "not a git clone" in raised.value.message and "fresh download" in raised.value.fix
 
 
 def test_doctor_finds_envoy_and_reports_json(cli):

@@ -4,6 +4,10 @@ The starter of a lab is what the course committed under `labs/NN-slug` (read wit
 so a learner's edits never leak into an audit); a solution is that starter with the
 files of `solutions/NN-slug` laid over it, so a solution folder holds only the files
 the learner would change.
+
+A course downloaded as an archive has no git: there, the first meshlab command keeps a
+copy of every lab's starter files in `.meshlab/starters/` before the learner edits
+anything, and `meshlab reset` restores from that copy.
 """
 
 from __future__ import annotations
@@ -87,17 +91,50 @@ def solution_tree(course: Course, lab: Lab, dest: Path, *, starter: Path | None 
     return dest
 
 
+def in_git(course: Course) -> bool:
+    """Whether the course is a git checkout (a clone or a worktree), without running git."""
+    return any((folder / ".git").exists() for folder in (course.root, *course.root.parents))
+
+
+def starter_copy(course: Course, lab: Lab) -> Path:
+    return course.state_dir / "starters" / lab.slug
+
+
+def keep_starter_copies(course: Course) -> None:
+    """Outside git, copy each lab's starter files the first time meshlab sees the course,
+    so `meshlab reset` can restore them later."""
+    if in_git(course):
+        return
+    for lab in course.labs:
+        dest = starter_copy(course, lab)
+        if dest.is_dir():
+            continue
+        staging = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        for name in lab.edit:
+            if (lab.workspace / name).is_file():
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(lab.workspace / name, staging / name)
+        staging.mkdir(parents=True, exist_ok=True)
+        staging.rename(dest)  # complete or absent, never half a copy
+
+
 def reset(course: Course, lab: Lab) -> tuple[Path, list[str]]:
     """Restore the starter versions of the learner's files; the current ones are kept
     in a backup folder. Returns (backup folder, restored files)."""
-    archive = _git_tree(course, lab.workspace)
-    if archive is None:
-        raise MeshlabError(
-            f"cannot find the committed starter of lab {lab.slug}",
-            fix="meshlab reset reads the starter from git; run it inside a git clone of the course")
-    backup = course.state_dir / "backups" / lab.slug / time.strftime("%Y%m%d-%H%M%S")
     staging = course.state_dir / "graded" / f"{lab.slug}-reset"
-    pristine_starter(course, lab, staging)
+    if _git_tree(course, lab.workspace) is not None:
+        pristine_starter(course, lab, staging)
+    elif starter_copy(course, lab).is_dir():
+        _fresh(staging)
+        shutil.copytree(starter_copy(course, lab), staging, dirs_exist_ok=True)
+    else:
+        raise MeshlabError(
+            f"cannot find the starter of lab {lab.slug}: this copy of the course is not a git clone, and "
+            f"meshlab kept no copy of the starter (it keeps one the first time it runs, in "
+            f"{starter_copy(course, lab)})",
+            fix="take the lab's files from a fresh download or a git clone of the course")
+    backup = course.state_dir / "backups" / lab.slug / time.strftime("%Y%m%d-%H%M%S")
     restored = []
     for name in lab.edit:
         current, original = lab.workspace / name, staging / name

@@ -19,6 +19,7 @@ def open_course() -> Course:
     from meshlab.runtime import stop_orphaned_runs
 
     course = load_course()
+    workspace.keep_starter_copies(course)  # outside git, the only way `reset` can work later
     # A checker or watcher killed outright could not stop its services: do it now.
     for run in stop_orphaned_runs(course.state_dir / "runs"):
         ui.errors.print(f"[dim]stopped the leftovers of {run}, whose owner had died[/]")
