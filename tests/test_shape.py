@@ -67,16 +67,6 @@ class Copy:
         return file.relative_to(self.root).as_posix()
 
 
-def _number_todos_as_the_readme(copy: Copy) -> None:
-    # Lab 01's starter numbers its TODOs one step off from its README until issue 8's
-    # course fixes land; the copy numbers them after the README's step that edits
-    # envoy.yaml, so the baseline passes whichever way the lab is numbered.
-    text = copy.text(copy.readme)
-    steps = re.split(r"^### ", text.split("\n## Steps", 1)[1].split("\n## ", 1)[0], flags=re.M)[1:]
-    editing = next(int(s.split(".", 1)[0]) for s in steps if "envoy.yaml" in s)
-    copy.starter.write_text(re.sub(r"TODO\(step \d+\)", f"TODO(step {editing})", copy.text(copy.starter)))
-
-
 @pytest.fixture
 def copy(tmp_path: Path) -> Copy:
     root = tmp_path / "course"
@@ -88,7 +78,6 @@ def copy(tmp_path: Path) -> Copy:
     made.deck.parent.mkdir()
     shutil.copy(ROOT / made.rel(made.deck), made.deck)
     (root / "course.yaml").write_text(f"title: A copy\nlabs:\n  - {SLUG}\n")
-    _number_todos_as_the_readme(made)
     return made
 
 
@@ -252,7 +241,8 @@ def test_todo_whose_step_does_not_name_the_file(copy):
     start = readme.index(f"\n### {step}. ")
     end = re.compile(r"\n##+ ").search(readme, start + 1).start()
     copy.readme.write_text(readme[:start] + readme[start:end].replace("envoy.yaml", "the config") + readme[end:])
-    todos = [n for n, line in enumerate(copy.text(copy.starter).splitlines(), start=1) if "TODO" in line]
+    todos = [n for n, line in enumerate(copy.text(copy.starter).splitlines(), start=1)
+             if f"TODO(step {step})" in line]
     findings = copy.findings()
     assert [(f.rule, f.path(copy.root), f.line) for f in findings] == [
         ("todo-step", "labs/01-hello-mesh/envoy.yaml", n) for n in todos]
@@ -381,6 +371,31 @@ def test_time_not_in_minutes(copy):
     assert [(f.rule, f.path(copy.root), f.line) for f in findings] == [
         ("time-minutes", "labs/01-hello-mesh/lab.yaml", copy.line_of(copy.manifest, "^time:"))]
     assert findings[0].fix == "write `time: 45m`"
+
+
+def test_a_port_changed_in_the_manifest_leaves_no_text_naming_the_old_one(copy):
+    # The instructor moves the listener off 10000 in lab.yaml, the starter and the solution...
+    copy.replace(copy.manifest, "listener: 10000", "listener: 10010")
+    copy.replace(copy.manifest, "127.0.0.1:10000/", "127.0.0.1:10010/")
+    copy.starter.write_text(copy.text(copy.starter).replace("10000", "10010"))
+    solution = copy.solution / "envoy.yaml"
+    solution.write_text(solution.read_text().replace("10000", "10010"))
+    found = copy.found()
+    # ...and every line of the README and the deck that still names 10000 is pointed at.
+    stale = {(copy.rel(file), number) for file in (copy.readme, copy.deck)
+             for number, line in enumerate(copy.text(file).splitlines(), 1) if "10000" in line}
+    flagged = {(path, line) for rule, path, line in found if rule in ("ports-declared", "readme-header")}
+    header_start = copy.line_of(copy.readme, r"^\*\*Time:\*\*")
+    assert stale - flagged <= {(copy.rel(copy.readme), header_start + 1)}  # the header paragraph, flagged once
+    assert ("readme-header", copy.rel(copy.readme), header_start) in found
+    assert {rule for rule, _, _ in found} == {"ports-declared", "readme-header"}
+    hint_line = copy.line_of(copy.manifest, "port_value 10000")
+    assert ("ports-declared", copy.rel(copy.manifest), hint_line) in found  # a hint naming the old port
+
+
+def test_ephemeral_ports_in_shown_output_are_not_the_labs(copy):
+    copy.append(copy.readme, "  stream #1 (sotw, ipv4:127.0.0.1:42778): in sync")
+    assert copy.found() == []
 
 
 def test_every_rule_has_a_test_here():

@@ -527,6 +527,35 @@ def time_minutes(lab: LabFiles) -> Iterator[Breach]:
                f"`time: {data['time']}` is not written in minutes", f"write `time: {lab.lab.time_minutes}m`")
 
 
+EPHEMERAL_PORTS = 32768  # Linux's default ip_local_port_range starts here
+# Where a text names a port on this machine: 127.0.0.1:N or localhost:N, a bare :N
+# ("Envoy on :10000"), Envoy's `port_value: N`, "port N", or a `--port N` argument.
+_PORT_MENTION = re.compile(
+    r"\b(?:127\.0\.0\.1|localhost):(\d{2,5})\b"
+    r"|(?<![^\s(`]):(\d{4,5})\b"
+    r"|\bport(?:_value)?:?\s*(\d{2,5})\b"
+    r"|--(?:[a-z]+-)?port[= ]\"?(\d{2,5})\b")
+
+
+@rule("ports-declared")
+def ports_declared(lab: LabFiles) -> Iterator[Breach]:
+    declared = {port for _, _, port in lab.lab.ports()}
+    shown = ", ".join(str(p) for p in sorted(declared)) or "none"
+    files = [lab.readme_file, lab.deck_file, lab.manifest_file,
+             *(lab.lab.workspace / name for name in lab.lab.edit),
+             *(lab.lab.solution / name for name in lab.lab.edit)]
+    for file in dict.fromkeys(files):
+        if not file.is_file():
+            continue
+        for number, line in enumerate(file.read_text(errors="replace").splitlines(), 1):
+            for match in _PORT_MENTION.finditer(line):
+                port = int(next(group for group in match.groups() if group))
+                # An ephemeral port (a client's end of a connection, in shown output) is no lab's.
+                if port not in declared and port < EPHEMERAL_PORTS:
+                    yield (file, number, f"names port {port}, which lab.yaml does not declare (its ports: {shown})",
+                           "write one of the lab's ports here, or declare this one in lab.yaml's `ports`")
+
+
 # --- repeated text -----------------------------------------------------------------
 
 def _fold(text: str, first_line: int) -> tuple[str, list[int]]:
