@@ -74,8 +74,10 @@ def compile_once(rustc: str, folder: Path, command: list[str], output: Path, inp
     if cached.is_file():
         shutil.copyfile(cached, output)
     else:
-        done = subprocess.run([rustc, *FLAGS, *command, "-o", str(output)], cwd=folder, capture_output=True,
-                              text=True)
+        # Paths in panic messages relative to the lab folder, wherever it was built.
+        remap = f"--remap-path-prefix={folder}{os.sep}="
+        done = subprocess.run([rustc, *FLAGS, remap, *command, "-o", str(output)], cwd=folder,
+                              capture_output=True, text=True)
         if done.returncode != 0:
             sys.stderr.write(done.stderr)
             return False
