@@ -363,7 +363,8 @@ def test_loaded_without_panic(lab):
         fail("Envoy did not create a V8 Wasm VM", expected="wasm.envoy.wasm.runtime.v8.created >= 1",
              received=", ".join(f"{k}: {v}" for k, v in created.items()) or "no such stat",
              hint="keep the envoy.filters.http.wasm filter of envoy.yaml, with runtime envoy.wasm.runtime.v8")
-    log = lab.runtime.log_path("envoy").read_text(errors="replace")
+    # Since this Envoy started (the log keeps earlier runs, each after a start marker).
+    log = lab.runtime.log_path("envoy").read_text(errors="replace").rsplit("--- meshlab: starting envoy", 1)[-1]
     panics = [line for line in log.splitlines()
               if "panicked at" in line or re.search(r"Function: proxy_on_\w+ failed", line)]
     if panics:
