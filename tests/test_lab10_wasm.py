@@ -114,3 +114,27 @@ def test_a_compile_error_is_reported_at_its_line(grade):
     error = data["error"]
     assert error["kind"] == "input" and error["where"].endswith(f"filter.rs:{line}:{column}"), error
     assert "mismatched types" in error["details"] and "error[E0308]" in error["details"], error
+
+
+# -- the build ----------------------------------------------------------------------
+
+def test_an_unchanged_filter_is_not_compiled_again(tmp_path: Path, monkeypatch):
+    import subprocess
+    import sys
+
+    lab = tmp_path / "lab"
+    shutil.copytree(ROOT / "labs" / "10-wasm", lab, ignore=shutil.ignore_patterns("build"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))   # no shared cache: a real first build
+
+    def build() -> str:
+        done = subprocess.run([sys.executable, "build.py"], cwd=lab, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert build().startswith("built build/filter.wasm")
+    wasm = lab / "build" / "filter.wasm"
+    assert wasm.read_bytes()[:4] == b"\0asm" and b"proxy_abi_version_0_2_1" in wasm.read_bytes()
+    first = wasm.stat().st_mtime_ns
+    assert build() == "build/filter.wasm is up to date" and wasm.stat().st_mtime_ns == first
+    (lab / "filter.rs").write_text((lab / "filter.rs").read_text() + "\n// changed\n")
+    assert build().startswith("built build/filter.wasm") and wasm.stat().st_mtime_ns != first
