@@ -15,6 +15,7 @@ A compile error exits 1 with rustc's own message, which names FILE:LINE:COLUMN.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -46,10 +47,14 @@ def find_rustc() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def compiler_version(rustc: str) -> str:
+    return subprocess.run([rustc, "-vV"], capture_output=True, text=True).stdout
+
+
 def fingerprint(rustc: str, paths: list[Path]) -> str:
     digest = hashlib.sha256()
-    version = subprocess.run([rustc, "-vV"], capture_output=True, text=True).stdout
-    digest.update(version.encode() + " ".join(FLAGS).encode())
+    digest.update(compiler_version(rustc).encode() + " ".join(FLAGS).encode())
     for path in paths:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
