@@ -175,12 +175,11 @@ def fetch(body: Body, *, chunked: bool = True, timeout: float = 5.0) -> Reply:
     if chunked:
         headers += [("x-serve-chunks", ",".join(map(str, body.cuts))), ("x-serve-pause-ms", str(body.pause_ms))]
     connection = h11.Connection(h11.CLIENT)
-    reply = Reply()
+    reply, parts = Reply(), []
     try:
         with socket.create_connection(ENVOY, timeout=timeout) as sock:
             sock.sendall(connection.send(h11.Request(method="POST", target="/echo", headers=headers)))
             sock.sendall(connection.send(h11.Data(data=body.data)) + connection.send(h11.EndOfMessage()))
-            parts = []
             while True:
                 event = connection.next_event()
                 if event is h11.NEED_DATA:
@@ -203,7 +202,7 @@ def fetch(body: Body, *, chunked: bool = True, timeout: float = 5.0) -> Reply:
     except (h11.RemoteProtocolError, OSError) as error:
         reply.problem = f"{type(error).__name__}: {error}"
     finally:
-        reply.body = b"".join(parts) if "parts" in locals() else b""
+        reply.body = b"".join(parts)
     return reply
 
 
