@@ -76,7 +76,7 @@ def test_keeping_content_length(grade):
 
 def test_the_count_as_a_header_after_the_body_panics(grade):
     # The classic: headers are gone when the body callback runs; Envoy refuses the
-    # change (BadArgument), the helper panics like the crate's, and the VM is dead.
+    # change (BadArgument), the method panics like the crate's, and the VM is dead.
     code, checks, data = grade(10, files=rust(
         ('self.add_http_response_trailer("x-pii-masked", &count.to_string());',
          'self.set_http_response_header("x-pii-masked", Some(&count.to_string()));')))

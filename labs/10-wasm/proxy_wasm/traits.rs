@@ -1,5 +1,5 @@
 //! The contexts a filter implements. Every method has a default, so a filter writes
-//! only the callbacks it needs. The helpers (`get_...`, `set_...`) call into Envoy and
+//! only the callbacks it needs. The methods (`get_...`, `set_...`) call into Envoy and
 //! panic on a status a correct filter never gets, like the `proxy-wasm` crate's.
 
 use crate::hostcalls;

@@ -21,7 +21,7 @@ pub enum LogLevel {
 }
 
 /// A hostcall's result. Anything but Ok from a call that cannot fail in a correct
-/// filter makes the `traits` helpers panic, as the crate's do.
+/// filter makes the `traits` methods panic, as the crate's do.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
