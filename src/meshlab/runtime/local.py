@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -31,7 +32,7 @@ import httpx
 from meshlab import ports as portcheck
 from meshlab.course import Lab, ServiceSpec
 from meshlab.envoy import Admin, find_binary
-from meshlab.errors import PortBusy, ServiceFailed, ToolMissing
+from meshlab.errors import InputError, Location, PortBusy, ServiceFailed, ToolMissing
 from meshlab.platform import install_hint
 from meshlab.runtime import processes
 
@@ -359,11 +360,35 @@ def run_prepare_steps(lab: Lab, lab_dir: Path) -> None:
         argv = [_python_or(command[0]), *command[1:]]
         proc = subprocess.run(argv, cwd=lab_dir, env=env, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
+            output = (proc.stdout + proc.stderr).strip()
+            where = _learner_file_position(lab, lab_dir, output)
+            if where is not None:
+                # A compiler (or script) that names FILE:LINE of a file the learner edits:
+                # the learner's mistake, reported at that line with the tool's own words.
+                lines = output.splitlines()
+                shown = "\n".join(lines[:40]) + (f"\n  ... ({len(lines) - 40} more lines)" if len(lines) > 40 else "")
+                raise InputError(f"{where.file.name} does not build: `{' '.join(command)}` failed",
+                                 where=where, details=shown,
+                                 fix=f"fix {where.file.name} at line {where.line} (the message above is the tool's)")
             raise ServiceFailed(
                 f"the prepare step `{' '.join(command)}` of lab {lab.slug} failed (exit {proc.returncode})",
                 details="\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:]),
                 fix="run the step by hand in the lab folder to see the whole output",
             )
+
+
+def _learner_file_position(lab: Lab, lab_dir: Path, output: str) -> Location | None:
+    """The first FILE:LINE[:COLUMN] in OUTPUT that names a file the learner edits (the
+    form compilers use: `filter.rs:12:5: error ...`, `--> filter.rs:12:5`)."""
+    names = sorted(lab.edit, key=len, reverse=True)
+    if not names:
+        return None
+    pattern = re.compile(r"(?<![\w/.-])(?:[\w./-]*/)?(" + "|".join(re.escape(n) for n in names) + r"):(\d+)(?::(\d+))?")
+    match = pattern.search(output)
+    if match is None:
+        return None
+    column = int(match.group(3)) if match.group(3) else None
+    return Location(lab_dir / match.group(1), int(match.group(2)), column)
 
 
 def _python_or(program: str) -> str:
