@@ -275,8 +275,8 @@ def test_only_luhn_numbers(lab):
 
 
 @check("The trailer x-pii-masked counts what was masked",
-       hint="after masking, in the last body callback: add_http_response_trailer(\"x-pii-masked\", "
-            "&count.to_string()); the headers have left by then, a trailer has not")
+       hint="count what you masked and send the count as the trailer x-pii-masked from the last body "
+            "callback (a header can no longer change by then)")
 def test_count_trailer(battery):
     wrong = []
     for body, reply in zip(BATTERY, battery):
