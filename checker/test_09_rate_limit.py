@@ -45,6 +45,7 @@ REDIS_PORT = 16379
 DOMAIN = "ingress"
 USER_LIMIT, BATCH_LIMIT, REPORT_LIMIT = 5, 2, 3
 BURST = 24                     # requests of one user in the concurrent burst, half per Envoy
+ROUNDS = 3                     # bursts, each in its own second: a racy count rarely comes out exact thrice
 MARGIN_S = 0.03                # start this long after a second boundary
 WINDOW_BUDGET_S = 0.9          # and be done this long after it, or try again
 ATTEMPTS = 3
@@ -215,9 +216,10 @@ class Burst:
 
 
 @pytest.fixture(scope="module")
-def burst(lab) -> Burst:
-    """BURST requests of one user, half through each Envoy, all at once; what Envoy
-    counted, and (read at once, before the window's key can expire) what Redis holds."""
+def bursts(lab) -> list[Burst]:
+    """ROUNDS times, BURST requests of a new user, half through each Envoy, all at once;
+    what Envoy counted, and (read at once, before the window's key can expire) what Redis
+    holds."""
     envoys = [envoy for _ in range(BURST // 2) for envoy in ENVOYS]
     with Together(BURST) as together:
         together.warm(envoys)
@@ -228,16 +230,21 @@ def burst(lab) -> Burst:
             sent = together.send([(envoy, "/", user) for envoy in envoys])
             keys = redis_keys(user)
             return Burst(user, sent, moved(before, counters(lab)), keys)
-        return in_one_window(attempt)
+        return [in_one_window(attempt) for _ in range(ROUNDS)]
 
 
 @check(f"A user gets exactly {USER_LIMIT} requests per second across both Envoys together; the other "
        f"{BURST - USER_LIMIT} get 429 with x-envoy-ratelimited",
        hint=ENVOY_HINT)
-def test_global_limit(burst):
+def test_global_limit(bursts):
+    for number, burst in enumerate(bursts, 1):
+        judge_burst(burst, f"burst {number} of {ROUNDS}: ")
+
+
+def judge_burst(burst: Burst, which: str) -> None:
     passed, delta = burst.passed(), burst.delta
     asked = {envoy: delta[envoy]["ok"] + delta[envoy]["over_limit"] + delta[envoy]["error"] for envoy in ENVOYS}
-    received = (f"{statuses(burst.sent)} (envoy-a let {burst.passed('envoy-a')} through, envoy-b "
+    received = (f"{which}{statuses(burst.sent)} (envoy-a let {burst.passed('envoy-a')} through, envoy-b "
                 f"{burst.passed('envoy-b')}); {show(delta)}")
     expected = (f"{USER_LIMIT} x 200 and {BURST - USER_LIMIT} x 429 for {BURST} requests sent at once within "
                 f"one second, {BURST // 2} through each Envoy")
@@ -249,7 +256,7 @@ def test_global_limit(burst):
         fail("the rate-limit service did not answer every request in time", expected=expected, received=received,
              hint="ratelimit.error counts calls that failed or took longer than the filter's timeout (default "
                   "20 ms): set `timeout: 0.5s` on the filter, and read the services' logs")
-    if passed == BURST:
+    if passed == BURST and not burst.keys:
         fail(f"none of the {BURST} requests was limited", expected=expected, received=received,
              hint="the service answered OK every time: it found no limit for (\"user\", <id>). Do the Envoys "
                   "send the descriptor key `user` (limits.yaml's key)? " + MATCH_HINT)
@@ -274,7 +281,12 @@ def test_global_limit(burst):
 
 @check("Counts live in Redis: one key for the user in that second, counting every request, with an expiry",
        hint=COUNT_HINT)
-def test_counts_in_redis(burst):
+def test_counts_in_redis(bursts):
+    for burst in bursts:
+        judge_keys(burst)
+
+
+def judge_keys(burst: Burst) -> None:
     keys = burst.keys
     received = "; ".join(f"{k.name} = {k.value} (expires in {k.pttl_ms} ms)" for k in keys) or "no such key"
     expected = f"one key containing {burst.user!r}, value {BURST}, expiring within the window's unit"
