@@ -47,7 +47,7 @@ USER_LIMIT, BATCH_LIMIT, REPORT_LIMIT = 5, 2, 3
 BURST = 24                     # requests of one user in the concurrent burst, half per Envoy
 ROUNDS = 3                     # bursts, each in its own second: a racy count rarely comes out exact thrice
 MARGIN_S = 0.03                # start this long after a second boundary
-WINDOW_BUDGET_S = 0.9          # and be done this long after it, or try again
+WINDOW_BUDGET_S = 0.95         # and be done this long after it (answers came, so decisions fell in it)
 ATTEMPTS = 3
 FAST_S = 0.5                   # "answers quickly" without Redis (redis-py's default retries: ~3 s)
 COUNTERS = ("ok", "over_limit", "error", "failure_mode_allowed")
@@ -363,13 +363,13 @@ def test_descriptors_counted_separately(lab):
 def test_unmatched_not_limited(lab):
     def attempt(n: int) -> tuple[list[Sent], list[Sent]]:
         user = fresh("limited")
-        anonymous = [send(lab, "envoy-a", path) for _ in range(10) for path in ("/", "/other", "/reports")]
         limited = [send(lab, "envoy-a", "/", user) for _ in range(USER_LIMIT + 2)]
+        anonymous = [send(lab, "envoy-a", path) for _ in range(5) for path in ("/", "/other", "/reports")]
         return anonymous, limited
     before = counters(lab)
     anonymous, limited = in_one_window(attempt)
     delta = moved(before, counters(lab))
-    expected = (f"30 requests without x-user-id to /, /other and /reports: all 200; in the same second a user's "
+    expected = (f"15 requests without x-user-id to /, /other and /reports: all 200; in the same second a user's "
                 f"{USER_LIMIT + 2}: {USER_LIMIT} pass, 2 limited (the limiter works)")
     received = f"without x-user-id: {statuses(anonymous)}; the user: {statuses(limited)}; {show(delta)}"
     if by_outcome(limited) != (USER_LIMIT, 2):
