@@ -1,5 +1,6 @@
-"""Lab 09 — your rate-limit service. The TODOs (steps 3, 4 and 6) are yours; the README walks
-through them, and `meshlab check 9` tells you what is still missing.
+"""Lab 09 — your rate-limit service. The gaps marked TODO(step 3), TODO(step 4) and
+TODO(step 6) are yours; the README walks through them, and `meshlab check 9` tells you
+what is still missing.
 
 Envoy asks this service, for every request, whether it may pass: the request's
 descriptors arrive over gRPC (envoy.service.ratelimit.v3.RateLimitService), and the
