@@ -23,8 +23,8 @@ import grpc
 import redis
 import yaml
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.backoff import NoBackoff  # for step 6
+from redis.retry import Retry  # for step 6
 
 log = logging.getLogger("ratelimit")
 
