@@ -1,0 +1,517 @@
+"""Lab 09 — global rate limiting: two Envoy replicas ask the learner's rate-limit
+service, whose two replicas count in one Redis.
+
+The limits are limits.yaml's: each user 5 requests per second, the user `batch-job` 2,
+the path /report 3 for everyone together. envoy-a (:10000) asks ratelimit-a (:18081)
+and fails open; envoy-b (:10001) asks ratelimit-b (:18082) and fails closed.
+
+Checks decide from the HTTP statuses and headers Envoy returns, Envoy's own rate-limit
+counters (`cluster.<route's cluster>.ratelimit.ok / over_limit / error /
+failure_mode_allowed`), what reached the app (its journal) and the counters the service
+left in Redis (read with redis-py); never from the learner's files.
+
+Windows are one second long. A check that needs an exact count starts on a second
+boundary (plus a margin) and repeats with fresh users if the machine was too slow to
+finish within that second, so an exact count never depends on luck. Only the first
+check sends concurrently (both Envoys at once, to catch a count that is read and then
+written back); the others send one request at a time, so a racy counter fails only
+where a race is what is being checked.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, TypeVar
+
+import grpc
+import httpx
+import pytest
+import redis
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+
+from meshlab.grading import check, describe, fail
+
+pytestmark = pytest.mark.lab("09-rate-limit")
+
+ENVOYS = {"envoy-a": "http://127.0.0.1:10000", "envoy-b": "http://127.0.0.1:10001"}
+SERVICES = {"ratelimit-a": 18081, "ratelimit-b": 18082}
+REDIS_PORT = 16379
+DOMAIN = "ingress"
+USER_LIMIT, BATCH_LIMIT, REPORT_LIMIT = 5, 2, 3
+BURST = 24                     # requests of one user in the concurrent burst, half per Envoy
+ROUNDS = 3                     # bursts, each in its own second: a racy count rarely comes out exact thrice
+MARGIN_S = 0.03                # start this long after a second boundary
+WINDOW_BUDGET_S = 0.95         # and be done this long after it (answers came, so decisions fell in it)
+ATTEMPTS = 3
+FAST_S = 0.5                   # "answers quickly" without Redis (redis-py's default retries: ~3 s)
+COUNTERS = ("ok", "over_limit", "error", "failure_mode_allowed")
+
+ENVOY_HINT = ("both Envoys need the envoy.filters.http.ratelimit filter before the router (domain ingress, "
+              "rate_limit_service to their own service's cluster with http2_protocol_options) and the virtual "
+              "host's rate_limits: x-user-id as descriptor key `user`, :path as descriptor key `path`")
+MATCH_HINT = ("step 3: look up \"key_value\" first and \"key\" alone second at each level; the limit is the one "
+              "of the node the last entry reaches; no node means no limit")
+COUNT_HINT = ("step 4: count in Redis, atomically (a Lua script doing INCRBY and EXPIRE, or MULTI/EXEC), under "
+              "a key made of the domain, the descriptor's entries and the window's start")
+
+# The titles above are literals (the course linter reads them without importing this
+# module); they state these numbers, so keep them in step.
+assert (USER_LIMIT, BURST - USER_LIMIT, BATCH_LIMIT, REPORT_LIMIT, FAST_S) == (5, 19, 2, 3, 0.5)
+
+T = TypeVar("T")
+
+
+# -- traffic ------------------------------------------------------------------------------
+
+@dataclass
+class Sent:
+    envoy: str
+    path: str
+    user: str | None
+    response: httpx.Response
+
+    @property
+    def limited(self) -> bool:
+        return self.response.status_code == 429
+
+
+def send(lab, envoy: str, path: str = "/", user: str | None = None) -> Sent:
+    headers = {"x-user-id": user} if user is not None else {}
+    response = lab.get(ENVOYS[envoy] + path, headers=headers, hint=f"{envoy} listens on {ENVOYS[envoy]}")
+    return Sent(envoy, path, user, response)
+
+
+class Together:
+    """Requests sent at the same moment: one thread and one connection each, the
+    connections opened (and used once) beforehand, the threads released together."""
+
+    def __init__(self, count: int):
+        self.clients = [httpx.Client(timeout=10.0, trust_env=False) for _ in range(count)]
+
+    def __enter__(self) -> "Together":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for client in self.clients:
+            client.close()
+
+    def warm(self, envoys: list[str]) -> None:
+        for client, envoy in zip(self.clients, envoys):
+            self._get(client, envoy, "/", None)
+
+    def send(self, plan: list[tuple[str, str, str | None]]) -> list[Sent]:
+        gate = threading.Barrier(len(plan))
+
+        def one(index: int) -> Sent:
+            envoy, path, user = plan[index]
+            gate.wait()
+            return Sent(envoy, path, user, self._get(self.clients[index], envoy, path, user))
+
+        with ThreadPoolExecutor(len(plan)) as pool:
+            return list(pool.map(one, range(len(plan))))
+
+    @staticmethod
+    def _get(client: httpx.Client, envoy: str, path: str, user: str | None) -> httpx.Response:
+        headers = {"x-user-id": user} if user is not None else {}
+        try:
+            return client.get(ENVOYS[envoy] + path, headers=headers)
+        except httpx.HTTPError as error:
+            fail(f"a request to {envoy} failed", expected="an HTTP response",
+                 received=f"{type(error).__name__}: {error}", hint=ENVOY_HINT)
+
+
+def next_window() -> float:
+    """Sleep until just after the next second boundary; the boundary."""
+    now = time.time()
+    boundary = int(now) + 1
+    time.sleep(boundary + MARGIN_S - now)
+    return boundary
+
+
+def in_one_window(attempt: Callable[[int], T]) -> T:
+    """ATTEMPT(n)'s result, run from the start of a window and finished within it (with
+    fresh users on each try: a slow machine costs a retry, never a wrong count)."""
+    for n in range(ATTEMPTS):
+        boundary = next_window()
+        result = attempt(n)
+        if time.time() < boundary + WINDOW_BUDGET_S:
+            return result
+    too_slow()
+
+
+def too_slow() -> None:
+    fail(f"{ATTEMPTS} tries in a row did not fit in one second", expected=f"the requests done within "
+         f"{WINDOW_BUDGET_S} s", received="slower each time", hint="the service or the machine is very slow: "
+         "look at the services' logs; is the Envoys' timeout long enough?")
+
+
+def fresh(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:10]}"
+
+
+def statuses(sent: list[Sent]) -> str:
+    counts = Counter(s.response.status_code for s in sent)
+    return ", ".join(f"{n} x {code}" for code, n in sorted(counts.items()))
+
+
+# -- what Envoy counted ----------------------------------------------------------------------
+
+def counters(lab) -> dict[str, Counter]:
+    """Each Envoy's rate-limit counters, summed over clusters (Envoy counts them under the
+    cluster the route sends to, whatever its name)."""
+    out = {}
+    for envoy in ENVOYS:
+        totals: Counter = Counter()
+        for name, value in lab.envoy(envoy).stats(r"\.ratelimit\.").items():
+            kind = name.rsplit(".", 1)[-1]
+            if name.startswith("cluster.") and kind in COUNTERS:
+                totals[kind] += value
+        out[envoy] = totals
+    return out
+
+
+def moved(before: dict[str, Counter], after: dict[str, Counter]) -> dict[str, Counter]:
+    return {envoy: Counter({k: after[envoy][k] - before[envoy][k] for k in COUNTERS}) for envoy in ENVOYS}
+
+
+def show(delta: dict[str, Counter]) -> str:
+    return "; ".join(f"{envoy}: " + ", ".join(f"ratelimit.{k} +{delta[envoy][k]}" for k in COUNTERS)
+                     for envoy in ENVOYS)
+
+
+# -- what the service left in Redis -------------------------------------------------------------
+
+@dataclass
+class Key:
+    name: str
+    value: str | None
+    pttl_ms: int
+
+
+def redis_keys(containing: str) -> list[Key]:
+    client = redis.Redis(port=REDIS_PORT, socket_timeout=2, decode_responses=True)
+    try:
+        names = sorted(client.scan_iter(match=f"*{containing}*", count=1000))
+        return [Key(n, client.get(n), client.pttl(n)) for n in names]
+    except redis.RedisError as error:
+        fail("Redis does not answer", expected=f"Redis on 127.0.0.1:{REDIS_PORT}",
+             received=str(error), hint="the lab starts Redis: look at its log in the lab's run folder")
+    finally:
+        client.close()
+
+
+# -- 1. the global limit ------------------------------------------------------------------------
+
+@dataclass
+class Burst:
+    user: str
+    sent: list[Sent]
+    delta: dict[str, Counter]
+    keys: list[Key] = field(default_factory=list)
+
+    def passed(self, envoy: str | None = None) -> int:
+        return sum(1 for s in self.sent if s.response.status_code == 200 and envoy in (None, s.envoy))
+
+
+@pytest.fixture(scope="module")
+def bursts(lab) -> list[Burst]:
+    """ROUNDS times, BURST requests of a new user, half through each Envoy, all at once;
+    what Envoy counted, and (read at once, before the window's key can expire) what Redis
+    holds."""
+    envoys = [envoy for _ in range(BURST // 2) for envoy in ENVOYS]
+    with Together(BURST) as together:
+        together.warm(envoys)
+
+        def attempt(n: int) -> Burst:
+            user = fresh("burst")
+            before = counters(lab)
+            sent = together.send([(envoy, "/", user) for envoy in envoys])
+            keys = redis_keys(user)
+            return Burst(user, sent, moved(before, counters(lab)), keys)
+        return [in_one_window(attempt) for _ in range(ROUNDS)]
+
+
+@check("A user gets exactly 5 requests per second across both Envoys together; the other 19 get 429 with "
+       "x-envoy-ratelimited",
+       hint=ENVOY_HINT)
+def test_global_limit(bursts):
+    for number, burst in enumerate(bursts, 1):
+        judge_burst(burst, f"burst {number} of {ROUNDS}: ")
+
+
+def judge_burst(burst: Burst, which: str) -> None:
+    passed, delta = burst.passed(), burst.delta
+    asked = {envoy: delta[envoy]["ok"] + delta[envoy]["over_limit"] + delta[envoy]["error"] for envoy in ENVOYS}
+    received = (f"{which}{statuses(burst.sent)} (envoy-a let {burst.passed('envoy-a')} through, envoy-b "
+                f"{burst.passed('envoy-b')}); {show(delta)}")
+    expected = (f"{USER_LIMIT} x 200 and {BURST - USER_LIMIT} x 429 for {BURST} requests sent at once within "
+                f"one second, {BURST // 2} through each Envoy")
+    silent = [envoy for envoy in ENVOYS if asked[envoy] == 0]
+    if silent:
+        fail(f"{' and '.join(silent)} did not ask the rate-limit service about any request",
+             expected=expected, received=received, hint=ENVOY_HINT)
+    if any(delta[envoy]["error"] for envoy in ENVOYS):
+        fail("the rate-limit service did not answer every request in time", expected=expected, received=received,
+             hint="ratelimit.error counts calls that failed or took longer than the filter's timeout (default "
+                  "20 ms): set `timeout: 0.5s` on the filter, and read the services' logs")
+    if passed == BURST and not burst.keys:
+        fail(f"none of the {BURST} requests was limited", expected=expected, received=received,
+             hint="the service answered OK every time: it found no limit for (\"user\", <id>). Do the Envoys "
+                  "send the descriptor key `user` (limits.yaml's key)? " + MATCH_HINT)
+    if passed == 2 * USER_LIMIT and burst.passed("envoy-a") == burst.passed("envoy-b") == USER_LIMIT:
+        fail(f"each Envoy let {USER_LIMIT} through: {2 * USER_LIMIT} in all", expected=expected, received=received,
+             hint="each replica of the service keeps its own count: the count must live in Redis, shared by "
+                  "both replicas. " + COUNT_HINT)
+    if passed > USER_LIMIT:
+        fail(f"{passed} requests passed where {USER_LIMIT} may", expected=expected, received=received,
+             hint="requests that arrive together read the same count and are all admitted: reading the count "
+                  "and writing it back (GET, then SET) is not atomic. " + COUNT_HINT)
+    if passed < USER_LIMIT:
+        fail(f"only {passed} requests passed", expected=expected, received=received,
+             hint=f"a user may make {USER_LIMIT} requests per second: OVER_LIMIT only when the count after this "
+                  f"hit is above requests_per_unit")
+    unmarked = [s for s in burst.sent if s.limited and s.response.headers.get("x-envoy-ratelimited") != "true"]
+    others = [s for s in burst.sent if s.response.status_code not in (200, 429)]
+    if others or unmarked:
+        fail("some refusals were not Envoy's rate-limit 429", expected=expected + ", each 429 with "
+             "x-envoy-ratelimited: true", received=describe((others or unmarked)[0].response), hint=ENVOY_HINT)
+
+
+@check("Counts live in Redis: one key for the user in that second, counting every request, with an expiry",
+       hint=COUNT_HINT)
+def test_counts_in_redis(bursts):
+    for burst in bursts:
+        judge_keys(burst)
+
+
+def judge_keys(burst: Burst) -> None:
+    keys = burst.keys
+    received = "; ".join(f"{k.name} = {k.value} (expires in {k.pttl_ms} ms)" for k in keys) or "no such key"
+    expected = f"one key containing {burst.user!r}, value {BURST}, expiring within the window's unit"
+    if not keys:
+        fail(f"Redis holds no key for the burst's user {burst.user!r}", expected=expected, received=received,
+             hint="the service does not count in Redis (or not under a key naming the descriptor's value). "
+                  + COUNT_HINT)
+    if len(keys) > 1:
+        fail(f"Redis holds {len(keys)} keys for one user in one second", expected=expected, received=received,
+             hint="one counter per descriptor and window: the key holds the window's start (the time rounded "
+                  "down to the unit), not the time of each request")
+    key = keys[0]
+    if key.value != str(BURST):
+        fail(f"the count is {key.value}, not the {BURST} requests sent", expected=expected, received=received,
+             hint="every hit must be counted, over the limit or not; a count lower than the hits means "
+                  "concurrent updates were lost (GET then SET). " + COUNT_HINT)
+    if key.pttl_ms < 0:
+        fail("the key never expires", expected=expected, received=received,
+             hint="EXPIRE the key (for the unit's length) in the same step as the INCR: otherwise every "
+                  "user's every window stays in Redis forever, and a crash between two commands leaves one too")
+
+
+# -- 2. descriptors -----------------------------------------------------------------------------
+
+def by_outcome(sent: list[Sent]) -> tuple[int, int]:
+    return sum(1 for s in sent if s.response.status_code == 200), sum(1 for s in sent if s.limited)
+
+
+@check("Each user, the batch job (2/s) and /report (3/s for everyone) are counted separately", hint=MATCH_HINT)
+def test_descriptors_counted_separately(lab):
+    def attempt(n: int) -> dict[str, list[Sent]]:
+        first, second = fresh("first"), fresh("second")
+        groups: dict[str, list[Sent]] = {"first": [], "second": [], "batch-job": [], "report": []}
+        for _ in range(USER_LIMIT):
+            groups["first"].append(send(lab, "envoy-a", "/", first))
+            groups["second"].append(send(lab, "envoy-a", "/", second))
+        groups["first"].append(send(lab, "envoy-a", "/", first))
+        for _ in range(BATCH_LIMIT + 1):
+            groups["batch-job"].append(send(lab, "envoy-a", "/", "batch-job"))
+        for _ in range(REPORT_LIMIT + 1):
+            groups["report"].append(send(lab, "envoy-a", "/report", fresh("reader")))
+        return groups
+    groups = in_one_window(attempt)
+    want = {"first": (USER_LIMIT, 1), "second": (USER_LIMIT, 0), "batch-job": (BATCH_LIMIT, 1),
+            "report": (REPORT_LIMIT, 1)}
+    what = {"first": f"a user's {USER_LIMIT + 1} requests", "second": f"another user's {USER_LIMIT}",
+            "batch-job": f"batch-job's {BATCH_LIMIT + 1}", "report": f"{REPORT_LIMIT + 1} users' /report"}
+    expected = "; ".join(f"{what[g]}: {ok} pass, {no} limited" for g, (ok, no) in want.items())
+    got = {g: by_outcome(sent) for g, sent in groups.items()}
+    received = "; ".join(f"{what[g]}: {ok} pass, {no} limited" for g, (ok, no) in got.items())
+    wrong = [g for g in want if got[g] != want[g]]
+    if not wrong:
+        return
+    if all(no == 0 for _, no in got.values()):
+        hint = ("nothing was limited: the service found no limit for any descriptor. Do the Envoys send the "
+                "descriptor keys `user` and `path`, and does find_limit find them? " + MATCH_HINT)
+    elif wrong == ["batch-job"]:
+        hint = ("batch-job got the limit of `user` alone: the node \"user_batch-job\" (key and value) must win "
+                "over \"user\" (the key alone). " + MATCH_HINT)
+    elif "report" in wrong and got["report"][1] == 0:
+        hint = ("/report was not limited: it needs the descriptor (\"path\", \"/report\") from the :path "
+                "header (descriptor key `path`), and find_limit must find \"path_/report\". " + MATCH_HINT)
+    elif "second" in wrong:
+        hint = ("another user was limited by the first user's count: the Redis key must hold the descriptor's "
+                "entries, keys and values")
+    else:
+        hint = MATCH_HINT
+    fail(f"{', '.join(what[g] for g in wrong)} came out wrong", expected=expected, received=received, hint=hint)
+
+
+@check("Requests that match no limit (no x-user-id, a path without a limit) are never limited",
+       hint="a descriptor no node of limits.yaml matches has no limit: answer OK for it, count nothing")
+def test_unmatched_not_limited(lab):
+    def attempt(n: int) -> tuple[list[Sent], list[Sent]]:
+        user = fresh("limited")
+        limited = [send(lab, "envoy-a", "/", user) for _ in range(USER_LIMIT + 2)]
+        anonymous = [send(lab, "envoy-a", path) for _ in range(5) for path in ("/", "/other", "/reports")]
+        return anonymous, limited
+    before = counters(lab)
+    anonymous, limited = in_one_window(attempt)
+    delta = moved(before, counters(lab))
+    expected = (f"15 requests without x-user-id to /, /other and /reports: all 200; in the same second a user's "
+                f"{USER_LIMIT + 2}: {USER_LIMIT} pass, 2 limited (the limiter works)")
+    received = f"without x-user-id: {statuses(anonymous)}; the user: {statuses(limited)}; {show(delta)}"
+    if by_outcome(limited) != (USER_LIMIT, 2):
+        fail("the user's requests were not limited as specified, so this says nothing yet", expected=expected,
+             received=received, hint=ENVOY_HINT)
+    if any(s.response.status_code != 200 for s in anonymous):
+        fail("requests that match no limit were refused", expected=expected, received=received,
+             hint="a descriptor that reaches no node of limits.yaml, or stops at a node without a rate_limit, "
+                  "has no limit. " + MATCH_HINT)
+
+
+@check("The window resets: in the next second the same user gets 5 requests again",
+       hint="the key's window start must be the time rounded down to the unit (int(now // 1) for second), so a "
+            "new second is a new counter")
+def test_window_resets(lab):
+    for _ in range(ATTEMPTS):
+        user = fresh("resets")
+        first_second = next_window()
+        first = [send(lab, "envoy-a", "/", user) for _ in range(USER_LIMIT + 2)]
+        if time.time() > first_second + WINDOW_BUDGET_S:
+            continue
+        next_second = next_window()
+        second = [send(lab, "envoy-a", "/", user) for _ in range(USER_LIMIT + 2)]
+        if time.time() < next_second + WINDOW_BUDGET_S:
+            break
+    else:
+        too_slow()
+    expected = f"in each of two seconds in a row, {USER_LIMIT} pass and 2 are limited"
+    received = f"first second: {statuses(first)}; next second: {statuses(second)}"
+    if by_outcome(first) != (USER_LIMIT, 2):
+        fail("the user was not limited in the first second", expected=expected, received=received,
+             hint=ENVOY_HINT)
+    if by_outcome(second) != (USER_LIMIT, 2):
+        fail("the next second did not start a new count", expected=expected, received=received)
+
+
+@check("Responses tell the client its limit: x-ratelimit-limit, and x-ratelimit-remaining counting down",
+       hint="enable_x_ratelimit_headers: DRAFT_VERSION_03 on the filter, and the service's DescriptorStatus "
+            "with current_limit, limit_remaining and duration_until_reset")
+def test_ratelimit_headers(lab):
+    def attempt(n: int) -> dict[str, list[Sent]]:
+        return {envoy: [send(lab, envoy, "/", user) for _ in range(USER_LIMIT + 1)]
+                for envoy, user in (("envoy-a", fresh("headers")), ("envoy-b", fresh("headers")))}
+    sent = in_one_window(attempt)
+    countdown = [str(n) for n in range(USER_LIMIT - 1, -1, -1)] + ["0"]
+    expected = (f"x-ratelimit-limit: {USER_LIMIT}, {USER_LIMIT};w=1 and x-ratelimit-remaining "
+                f"{', '.join(countdown)} on a user's {USER_LIMIT + 1} requests, through each Envoy")
+    for envoy, responses in sent.items():
+        limits = [s.response.headers.get("x-ratelimit-limit") for s in responses]
+        remaining = [s.response.headers.get("x-ratelimit-remaining") for s in responses]
+        received = f"{envoy}: x-ratelimit-limit {limits[0]!r}, x-ratelimit-remaining {', '.join(map(str, remaining))}"
+        if any(limit is None or not limit.startswith(f"{USER_LIMIT}, {USER_LIMIT};w=1") for limit in limits) \
+                or remaining != countdown:
+            fail(f"{envoy}'s responses do not carry the limit as expected", expected=expected, received=received)
+
+
+# -- 3. when something is down ---------------------------------------------------------------------
+
+def ask_service(port: int, user: str) -> tuple[float, str]:
+    """Ask the service on PORT directly about USER: (seconds it took, what it answered)."""
+    request = rls_pb2.RateLimitRequest(domain=DOMAIN, descriptors=[ratelimit_pb2.RateLimitDescriptor(
+        entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key="user", value=user)])])
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=5)
+        except grpc.FutureTimeoutError:
+            fail(f"nothing answers gRPC on 127.0.0.1:{port}", expected="the rate-limit service",
+                 received="no connection within 5 s", hint="read the service's log in the lab's run folder")
+        started = time.monotonic()
+        try:
+            response = stub.ShouldRateLimit(request, timeout=5)
+            answer = "OK response, overall_code " + rls_pb2.RateLimitResponse.Code.Name(response.overall_code)
+        except grpc.RpcError as error:
+            answer = f"error {error.code().name}"
+        return time.monotonic() - started, answer
+
+
+@check("With Redis stopped, each service replica answers an error within 0.5 s",
+       hint="step 6: by default the Redis client tries again and again for about 3 s; without retries and "
+            "with short socket timeouts it fails at once, and the service answers an error")
+def test_fast_without_redis(lab):
+    for port in SERVICES.values():
+        ask_service(port, fresh("warm"))   # connections made, code paths warm: time only the failure
+    with lab.stopped("redis"):
+        answers = {name: ask_service(port, fresh("no-redis")) for name, port in SERVICES.items()}
+    received = "; ".join(f"{name}: {answer} after {took * 1000:.0f} ms" for name, (took, answer) in answers.items())
+    expected = f"an error (such as UNAVAILABLE) from each replica within {FAST_S * 1000:.0f} ms"
+    if any(answer.startswith("OK") for _, answer in answers.values()):
+        fail("a replica answered OK for a user it cannot count", expected=expected, received=received,
+             hint="without Redis the service cannot know the count: answer an error (context.abort) and let "
+                  "each Envoy's failure_mode_deny decide; if it answered OK without trying Redis, it found no "
+                  "limit for (\"user\", <id>): " + MATCH_HINT)
+    if any(took > FAST_S for took, _ in answers.values()):
+        fail("a replica took too long to notice that Redis is down", expected=expected, received=received)
+
+
+def through_both(lab) -> tuple[dict[str, list[Sent]], dict[str, Counter], list[dict]]:
+    """Three requests of a fresh user through each Envoy; what Envoy counted and what
+    reached the app."""
+    user = fresh("down")
+    since = lab.journal_position("app")
+    before = counters(lab)
+    sent = {envoy: [send(lab, envoy, "/", user) for _ in range(3)] for envoy in ENVOYS}
+    return sent, moved(before, counters(lab)), lab.journal("app", since=since)
+
+
+def failure_modes(sent: dict[str, list[Sent]], delta: dict[str, Counter], reached: list[dict], what: str) -> None:
+    expected = ("envoy-a: 3 x 200 (failed open: ratelimit.error +3, failure_mode_allowed +3); envoy-b: 3 x 500 "
+                "(failed closed: ratelimit.error +3), none of them reaching the app")
+    received = (f"envoy-a: {statuses(sent['envoy-a'])}; envoy-b: {statuses(sent['envoy-b'])}; {show(delta)}; "
+                f"{len(reached)} requests reached the app")
+    for envoy in ENVOYS:
+        if delta[envoy]["error"] != 3:
+            asked = delta[envoy]["ok"] + delta[envoy]["over_limit"]
+            fail(f"with {what} stopped, {envoy} did not count its calls as errors", expected=expected,
+                 received=received,
+                 hint=(f"{envoy} got answers anyway: the service answered without Redis (step 3 found no limit, "
+                       f"or the service does not count in Redis)" if asked else
+                       f"{envoy} does not ask a rate-limit service at all. " + ENVOY_HINT))
+    if [s.response.status_code for s in sent["envoy-a"]] != [200] * 3 or delta["envoy-a"]["failure_mode_allowed"] != 3:
+        fail(f"with {what} stopped, envoy-a did not fail open", expected=expected, received=received,
+             hint="envoy-a: failure_mode_deny: false (the default) lets requests through when the service fails")
+    if [s.response.status_code for s in sent["envoy-b"]] != [500] * 3 or len(reached) != 3:
+        fail(f"with {what} stopped, envoy-b did not fail closed", expected=expected, received=received,
+             hint="envoy-b: failure_mode_deny: true refuses requests (500) when the service fails")
+
+
+@check("With Redis stopped, envoy-a fails open (200) and envoy-b fails closed (500)",
+       hint="failure_mode_deny: false on envoy-a, true on envoy-b; and the service answers an error without Redis")
+def test_redis_down(lab):
+    with lab.stopped("redis"):
+        sent, delta, reached = through_both(lab)
+    failure_modes(sent, delta, reached, "Redis")
+
+
+@check("With the rate-limit service stopped, envoy-a fails open and envoy-b fails closed",
+       hint="failure_mode_deny: false on envoy-a, true on envoy-b")
+def test_service_down(lab):
+    with lab.stopped("ratelimit-a"), lab.stopped("ratelimit-b"):
+        sent, delta, reached = through_both(lab)
+    failure_modes(sent, delta, reached, "the service")
