@@ -366,12 +366,14 @@ def audit(labs: tuple[str, ...], jobs: int, isolate: bool | None, as_json: bool)
 from meshlab.cli_certs import certs_group  # noqa: E402 - commands in their own modules, registered here
 from meshlab.cli_load import load_command  # noqa: E402
 from meshlab.cli_mtls import mtls_group  # noqa: E402
+from meshlab.cli_traces import traces  # noqa: E402
 from meshlab.cli_xds import xds  # noqa: E402
 
 main.add_command(load_command)
 main.add_command(certs_group)
 main.add_command(mtls_group)
 main.add_command(xds)
+main.add_command(traces)
 
 if __name__ == "__main__":
     main()
