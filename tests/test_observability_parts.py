@@ -166,3 +166,34 @@ def test_a_scratch_folder_must_be_inside_the_lab(tmp_path: Path, folder: str):
     scratch_lab(tmp_path, f'"{folder}"')
     with pytest.raises(CourseError, match="must be a path inside the lab folder"):
         load_course(tmp_path)
+
+
+# -- meshlab traces ------------------------------------------------------------------------
+
+def test_traces_command_draws_a_waterfall_and_gives_json(trace_store, meshlab):
+    otlp, api = trace_store
+    trace = b"\x0c" * 16
+    with grpc.insecure_channel(f"127.0.0.1:{otlp}") as channel:
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+        stub.Export(export_request("ratings", [span(trace, b"\x03" * 8, b"\x02" * 8, start_ms=20, length_ms=2)]))
+        stub.Export(export_request("reviews", [span(trace, b"\x02" * 8, b"\x01" * 8, start_ms=10, length_ms=300,
+                                                    error=True)]))
+        stub.Export(export_request("productpage", [span(trace, b"\x01" * 8, start_ms=0, length_ms=320)]))
+    shown = meshlab("traces", "--store", api)
+    assert shown.code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith(f"trace {'0c' * 16}  3 spans, 320.0 ms, productpage, ratings, reviews")
+    rows = [line for line in lines if "ingress" in line]
+    # Each span under its parent, whatever the order the store received them in.
+    assert [row.split("ingress")[0].rstrip() for row in rows] == ["productpage", "  reviews", "    ratings"]
+    assert "300.0 ms" in rows[1] and "error 503" in rows[1]
+    as_json = meshlab("traces", "--store", api, "--json", "-n", "1")
+    assert as_json.code == 0 and [s["service"] for s in as_json.json()[0]["spans"]] == ["productpage", "reviews",
+                                                                                         "ratings"]
+
+
+def test_traces_command_without_a_store_is_exit_2(meshlab):
+    result = meshlab("traces", "--store", f"http://127.0.0.1:{ports.free_port()}")
+    assert result.code == 2 and "no trace store answers" in result.output and "meshlab start 8" in result.output
+    assert "Traceback" not in result.output
+    assert meshlab("traces", "--help").code == 0
