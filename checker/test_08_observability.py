@@ -42,7 +42,6 @@ TRACES = "http://127.0.0.1:16686"
 ENTRY = "http://127.0.0.1:10001"
 SERVICES = ("productpage", "reviews", "ratings")
 INBOUND = {"productpage": 10001, "reviews": 10002, "ratings": 10003}
-ADMIN = {"productpage": 9901, "reviews": 9902, "ratings": 9903}
 METRICS = {"productpage": 15091, "reviews": 15092, "ratings": 15093}
 PARENT = {"reviews": "productpage", "ratings": "reviews"}
 REVIEWS_DELAY_MS = 300.0          # --delay 0.3 in lab.yaml
@@ -109,20 +108,15 @@ def prometheus_counter(metric: str) -> dict[str, float]:
             for r in promql(f'{metric}{{envoy_cluster_name="local_app"}}')}
 
 
-def envoy_counter(service: str, name: str) -> int:
-    with http() as client:
-        text = client.get(f"http://127.0.0.1:{ADMIN[service]}/stats", params={"filter": f"^{name}$"}).text
-    for line in text.splitlines():
-        key, _, value = line.partition(": ")
-        if key == name:
-            return int(value)
-    return 0
+def sidecar(lab, service: str):
+    """The admin API of SERVICE's sidecar."""
+    return lab.envoy(f"sidecar-{service}")
 
 
-def wait_for_scrapes(timeout: float = 15.0) -> None:
+def wait_for_scrapes(lab, timeout: float = 15.0) -> None:
     """Until Prometheus holds, for every sidecar, the request counter and the request
     time histogram's count that Envoy reports now (histograms move at stats flushes)."""
-    wanted = {s: envoy_counter(s, "cluster.local_app.upstream_rq_total") for s in SERVICES}
+    wanted = {s: sidecar(lab, s).stat("cluster.local_app.upstream_rq_total") for s in SERVICES}
     deadline = time.monotonic() + timeout
     while True:
         counters = prometheus_counter("envoy_cluster_upstream_rq_total")
@@ -307,24 +301,25 @@ def send(path: str, requests: int, concurrency: int = 25) -> load.LoadResult:
 
 
 @lru_cache(maxsize=1)
-def known_traffic() -> float:
+def known_traffic(lab) -> float:
     """Send the signals' traffic once for the three checks; returns the instant
     (after Prometheus caught up) at which their queries are evaluated."""
     # Every series first (503s, 502s, 404s), scraped, so that the window's rates lose
     # nothing to the first-sample effect.
     send("/?phase=warm-up", REVIEWS_FAIL_EVERY * 2)
     send("/missing?phase=warm-up", 2)
-    wait_for_scrapes()
-    before = {name: envoy_counter("reviews", f"cluster.local_app.upstream_rq_{name}") for name in ("total", "5xx")}
+    wait_for_scrapes(lab)
+    reviews = sidecar(lab, "reviews")
+    before = {name: reviews.stat(f"cluster.local_app.upstream_rq_{name}") for name in ("total", "5xx")}
     send("/?phase=signals", SIGNAL_REQUESTS)
     send("/missing?phase=signals", MISSING_REQUESTS)
-    failed = envoy_counter("reviews", "cluster.local_app.upstream_rq_5xx") - before["5xx"]
-    answered = envoy_counter("reviews", "cluster.local_app.upstream_rq_total") - before["total"]
+    failed = reviews.stat("cluster.local_app.upstream_rq_5xx") - before["5xx"]
+    answered = reviews.stat("cluster.local_app.upstream_rq_total") - before["total"]
     # Exact by construction: of any 100 consecutive requests, reviews fails 20.
     if (answered, failed) != (SIGNAL_REQUESTS, SIGNAL_REQUESTS // REVIEWS_FAIL_EVERY):
         raise RuntimeError(f"reviews answered {answered} requests with {failed} 5xx, not {SIGNAL_REQUESTS} with "
                            f"{SIGNAL_REQUESTS // REVIEWS_FAIL_EVERY}: the lab's own apps misbehave")
-    wait_for_scrapes()
+    wait_for_scrapes(lab)
     return time.time()
 
 
@@ -388,7 +383,7 @@ def within(got: dict[str, float], want: dict[str, float], relative: float, absol
 @check("request_rate: the rate of each service's requests, as the counters say", hint=RATE_HINT)
 def test_request_rate(lab):
     query = query_of(lab, "request_rate", RATE_HINT)
-    at = known_traffic()
+    at = known_traffic(lab)
     got = by_service(promql(query, at), "request_rate", RATE_HINT)
     want = reference("request_rate", at)
     off = within(got, want, 0.10)
@@ -402,7 +397,7 @@ def test_request_rate(lab):
 @check("error_ratio: the share of 5xx answers, as the counters say (4xx are not errors)", hint=ERROR_HINT)
 def test_error_ratio(lab):
     query = query_of(lab, "error_ratio", ERROR_HINT)
-    at = known_traffic()
+    at = known_traffic(lab)
     got = by_service(promql(query, at), "error_ratio", ERROR_HINT)
     want = reference("error_ratio", at)
     if "ratings" not in got:
@@ -420,8 +415,8 @@ def test_error_ratio(lab):
 @check("p99_latency_ms: reviews' 0.3 s shows in its p99 and productpage's, not in ratings'", hint=P99_HINT)
 def test_p99_latency(lab, record_property):
     query = query_of(lab, "p99_latency_ms", P99_HINT)
-    at = known_traffic()
-    record_property("note", latency_note())
+    at = known_traffic(lab)
+    record_property("note", latency_note(lab))
     got = by_service(promql(query, at), "p99_latency_ms", P99_HINT)
     want = reference("p99_latency_ms", at)
     slow = [s for s in ("productpage", "reviews") if not got.get(s, math.nan) >= REVIEWS_DELAY_MS]
@@ -435,25 +430,22 @@ def test_p99_latency(lab, record_property):
                       f"{REVIEWS_DELAY_MS:.0f} ms before it answers; productpage waits for reviews; ratings is quick)",
              received=show(got, " ms", 4), hint=P99_HINT)
 
-def latency_note() -> str:
+def latency_note(lab) -> str:
     """Where the time goes, per hop: the sidecar's whole request (downstream_rq_time)
     against the app's answer (the cluster's upstream_rq_time), medians from Envoy."""
     parts = []
-    with http() as client:
-        for service in SERVICES:
-            stats = client.get(f"http://127.0.0.1:{ADMIN[service]}/stats",
-                               params={"format": "json", "filter": "(downstream|upstream)_rq_time$"}).json()
-            medians = {}
-            for entry in stats.get("stats", []):
-                histograms = entry.get("histograms") if isinstance(entry, dict) else None
-                if not histograms:
-                    continue
-                quantiles = histograms["supported_quantiles"]
-                for histogram in histograms["computed_quantiles"]:
-                    cumulative = histogram["values"][quantiles.index(50)].get("cumulative")
-                    medians[histogram["name"]] = cumulative
-            envoy = medians.get("http.inbound.downstream_rq_time")
-            app = medians.get("cluster.local_app.upstream_rq_time")
-            if envoy is not None and app is not None:
-                parts.append(f"{service}: the sidecar saw {envoy:g} ms, the app took {app:g} ms")
+    for service in SERVICES:
+        stats = sidecar(lab, service).get("/stats", format="json", filter="(downstream|upstream)_rq_time$").json()
+        medians = {}
+        for entry in stats.get("stats", []):
+            histograms = entry.get("histograms") if isinstance(entry, dict) else None
+            if not histograms:
+                continue
+            quantiles = histograms["supported_quantiles"]
+            for histogram in histograms["computed_quantiles"]:
+                medians[histogram["name"]] = histogram["values"][quantiles.index(50)].get("cumulative")
+        envoy = medians.get("http.inbound.downstream_rq_time")
+        app = medians.get("cluster.local_app.upstream_rq_time")
+        if envoy is not None and app is not None:
+            parts.append(f"{service}: the sidecar saw {envoy:g} ms, the app took {app:g} ms")
     return "median per request: " + "; ".join(parts)
