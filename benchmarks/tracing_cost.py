@@ -16,6 +16,8 @@ The route answers with a `direct_response`, so Envoy's own work is what is measu
   traced-void   as traced, but nothing listens where the spans go: Envoy's own cost,
                 without a receiver's CPU on the same machine
   scraped       no tracing, Prometheus scrapes /stats/prometheus every 1 s
+  baseline-2    the baseline again, a second Envoy: how far two identical variants
+                differ on this machine (the noise)
 
 Spans go to meshlab.apps.traces, which runs on the same machine (its CPU is part of
 what tracing costs here; traced-void leaves it out). Prints each variant's best requests/s and median p99 over
@@ -91,6 +93,7 @@ VARIANTS = {  # name: (tracing, runtime, scraped)
     "traced": (TRACING, "", False),
     "traced-void": (TRACING, "", False),
     "scraped": ("", "", True),
+    "baseline-2": ("", "", False),
 }
 PROMETHEUS = """
 global: {{scrape_interval: 1s}}
@@ -184,7 +187,8 @@ def main() -> None:
           f"built-in load engine, Envoy direct_response, --concurrency 1")
     print(f"{'variant':<12} {'req/s (best)':>13} {'p99 (median)':>13} {'req/s ratio':>12} {'p99 ratio':>10}")
     for name in VARIANTS:
-        print(f"{name:<12} {best_rps(name):>13,.0f} {p99(name):>10.2f} ms {best_rps(name) / best_rps('baseline'):>12.2f} "
+        ratio = best_rps(name) / best_rps("baseline")
+        print(f"{name:<12} {best_rps(name):>13,.0f} {p99(name):>10.2f} ms {ratio:>12.2f} "
               f"{p99(name) / p99('baseline'):>10.2f}")
     failed = {name: r.total - r.ok for name, rs in results.items() for r in rs if r.total != r.ok}
     print("spans sent, in export calls: " + ", ".join(f"{name} {sent:,} in {calls:,}"

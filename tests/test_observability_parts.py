@@ -35,8 +35,8 @@ def export_request(service: str, spans: list[trace_pb2.Span]) -> trace_service_p
     resource = resource_pb2.Resource(attributes=[
         common_pb2.KeyValue(key="service.name", value=common_pb2.AnyValue(string_value=service))])
     resource_spans = trace_pb2.ResourceSpans(resource=resource)
-    scopes = resource_spans.DESCRIPTOR.fields_by_name.get("scope_spans") and "scope_spans" \
-        or "instrumentation_library_spans"
+    fields = resource_spans.DESCRIPTOR.fields_by_name
+    scopes = "scope_spans" if "scope_spans" in fields else "instrumentation_library_spans"
     getattr(resource_spans, scopes).add().spans.extend(spans)
     return trace_service_pb2.ExportTraceServiceRequest(resource_spans=[resource_spans])
 
@@ -46,7 +46,8 @@ def span(trace: bytes, span_id: bytes, parent: bytes = b"", *, start_ms: int = 0
     return trace_pb2.Span(
         trace_id=trace, span_id=span_id, parent_span_id=parent, name="ingress", kind=trace_pb2.Span.SPAN_KIND_SERVER,
         start_time_unix_nano=start_ms * 1_000_000, end_time_unix_nano=(start_ms + length_ms) * 1_000_000,
-        status=trace_pb2.Status(code=trace_pb2.Status.STATUS_CODE_ERROR if error else trace_pb2.Status.STATUS_CODE_UNSET),
+        status=trace_pb2.Status(code=trace_pb2.Status.STATUS_CODE_ERROR if error
+                                else trace_pb2.Status.STATUS_CODE_UNSET),
         attributes=[common_pb2.KeyValue(key="http.status_code", value=common_pb2.AnyValue(string_value="503"))])
 
 
