@@ -26,6 +26,8 @@ A lab manifest, annotated:
         ports: {listener: 10000, admin: 9901}
         after: [app]
         # ready: admin                # (Envoy) up is enough; default: wait for LIVE
+        # scratch: [data]             # folders it writes and nobody keeps: emptied at
+        #                             # start, removed at stop (a database's data dir)
     try: ["curl -i http://127.0.0.1:10000/"]   # what `meshlab start` suggests
     hints: ["first layer", "second layer", "third layer"]
 
@@ -73,6 +75,9 @@ class ServiceSpec:
     ready_timeout: float = 15.0
     # Envoy only: "live" waits for /ready to say LIVE; "admin" only for the admin API.
     ready: str = "live"
+    # Folders (relative to the lab folder) the service writes and nobody keeps, like a
+    # database's data directory: emptied before it starts, removed when it stops.
+    scratch: tuple[str, ...] = ()
 
     @property
     def admin_port(self) -> int | None:
@@ -172,7 +177,8 @@ def load_course(root: Path | None = None) -> Course:
 
 _SLUG = re.compile(r"^(\d{2})-[a-z0-9]+(?:-[a-z0-9]+)*$")
 _LAB_KEYS = {"format", "title", "summary", "time", "edit", "services", "hints", "requires", "prepare", "try", "checks"}
-_SERVICE_KEYS = {*SERVICE_KINDS, "args", "ports", "after", "env", "concurrency", "inputs", "ready_timeout", "ready"}
+_SERVICE_KEYS = {*SERVICE_KINDS, "args", "ports", "after", "env", "concurrency", "inputs", "ready_timeout", "ready",
+                 "scratch"}
 
 
 def load_lab(root: Path, slug: str, *, course_doc: yamlfile.YamlDoc | None = None, index: int = 0) -> Lab:
@@ -305,6 +311,11 @@ def _service(doc: yamlfile.YamlDoc, name: str, body: Any) -> ServiceSpec:
         raise CourseError(f"Envoy service {name} must declare its admin port (ports: {{admin: 9901}})",
                           where=doc.location(path + ("ports",)))
     inputs = _strings(doc, path + ("inputs",))
+    scratch = _strings(doc, path + ("scratch",))
+    for folder in scratch:
+        if Path(folder).is_absolute() or ".." in Path(folder).parts or not Path(folder).parts:
+            raise CourseError(f"service {name}: scratch folder {folder!r} must be a path inside the lab folder",
+                              where=doc.location(path + ("scratch",)))
     if kind == "envoy" and target not in inputs:
         inputs = (target, *inputs)
     return ServiceSpec(
@@ -319,6 +330,7 @@ def _service(doc: yamlfile.YamlDoc, name: str, body: Any) -> ServiceSpec:
         inputs=inputs,
         ready_timeout=float(data.get("ready_timeout", 15.0)),
         ready=_choice(doc, path + ("ready",), data.get("ready", "live"), ("live", "admin")),
+        scratch=scratch,
     )
 
 

@@ -38,3 +38,21 @@ def lab_dir_for(course: Course, lab: Lab, path: str | None, solution: bool) -> P
             raise MeshlabError(f"--path {path} is not a folder", fix="give the folder that holds the lab's files")
         return folder
     return lab.workspace
+
+
+def lab_service_url(course: Course, lab_ref: str | None, *, roles: set[str], port: str, what: str) -> str:
+    """The URL of a lab's service that declares every port role in ROLES (how a manifest
+    says "this is the lab's control plane" or "its trace store"): the one of LAB_REF, else
+    of the running lab that has one, else of the course's first lab that has one."""
+    from meshlab.errors import InputError
+    from meshlab.runtime import read_state
+
+    labs = [course.find(lab_ref)] if lab_ref else list(course.labs)
+    found = [(lab, service.ports[port]) for lab in labs for service in lab.services
+             if service.kind != "envoy" and roles <= set(service.ports)]
+    if not found:
+        where = f"lab {labs[0].number:02d}" if lab_ref else "no lab of the course"
+        raise InputError(f"{where} has no {what} (a service with {' and '.join(sorted(roles))} ports)",
+                         fix="give its URL with the command's option")
+    running = [(lab, number) for lab, number in found if read_state(course.state_dir / "runs" / lab.slug)]
+    return f"http://127.0.0.1:{(running or found)[0][1]}"

@@ -19,34 +19,9 @@ import httpx
 from rich.markup import escape
 from rich.table import Table
 
-from meshlab.course import Course, Lab
-from meshlab.errors import EnvironmentProblem, InputError
+from meshlab.errors import EnvironmentProblem
 from meshlab.ui import console
 from meshlab.xds.bookkeeping import summarize
-
-
-def control_plane_admin(lab: Lab) -> int | None:
-    """The admin port of LAB's control plane: a service with both an `xds` and an `admin` port."""
-    for service in lab.services:
-        if service.kind != "envoy" and {"xds", "admin"} <= set(service.ports):
-            return service.ports["admin"]
-    return None
-
-
-def _admin_url(course: Course, lab_ref: str | None) -> str:
-    labs = [course.find(lab_ref)] if lab_ref else list(course.labs)
-    found = [(lab, port) for lab in labs if (port := control_plane_admin(lab)) is not None]
-    if not found:
-        where = f"lab {labs[0].number:02d}" if lab_ref else "no lab of the course"
-        raise InputError(f"{where} has no control plane (a service with an xds and an admin port)",
-                         fix="give the control plane's admin URL with --admin")
-    if len(found) > 1:
-        from meshlab.runtime import read_state
-
-        running = [(lab, port) for lab, port in found
-                   if read_state(course.state_dir / "runs" / lab.slug) is not None]
-        found = running or found
-    return f"http://127.0.0.1:{found[0][1]}"
 
 
 @click.group("xds")
@@ -64,10 +39,10 @@ def status_command(url: str | None, lab_ref: str | None, as_json: bool) -> None:
     Exit 0 when every connected proxy runs its node's snapshot, 1 when one does not
     (still applying it, or it rejected it), 2 when no control plane answers.
     """
-    from meshlab.cli.options import open_course
+    from meshlab.cli.options import lab_service_url, open_course
 
     if url is None:
-        url = _admin_url(open_course(), lab_ref)
+        url = lab_service_url(open_course(), lab_ref, roles={"xds", "admin"}, port="admin", what="control plane")
     try:
         document = httpx.get(url.rstrip("/") + "/status", timeout=5.0, trust_env=False).json()
     except (httpx.HTTPError, ValueError) as error:

@@ -51,6 +51,7 @@ class ServiceState:
     ports: dict[str, int]
     inputs: dict[str, str] = field(default_factory=dict)  # file -> sha256 when started
     admin_url: str | None = None
+    scratch: list[str] = field(default_factory=list)  # folders removed when it stops
 
 
 @dataclass
@@ -133,6 +134,10 @@ class LocalRuntime:
         argv = self._argv(spec)
         log_path = self.run_dir / f"{name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
+        scratch = [str(self.lab_dir / folder) for folder in spec.scratch]
+        for folder in scratch:  # what a killed run left behind is not this run's data
+            shutil.rmtree(folder, ignore_errors=True)
+            Path(folder).mkdir(parents=True)
         # The address file of a previous start must be gone before Envoy can write the new
         # one: removed any later, a fast Envoy's fresh file could be the one removed.
         self._admin_address_file(name).unlink(missing_ok=True)
@@ -158,7 +163,7 @@ class LocalRuntime:
         service = ServiceState(
             name=name, kind=spec.kind, pid=pid, pgid=processes.group_of(pid),
             create_time=processes.create_time(pid) or time.time(), argv=argv, log=str(log_path),
-            ports=dict(spec.ports), inputs=self._hash_inputs(spec),
+            ports=dict(spec.ports), inputs=self._hash_inputs(spec), scratch=scratch,
         )
         self.state.services[name] = service
         self._save()
@@ -179,6 +184,7 @@ class LocalRuntime:
         elif name in self._popen:
             self._popen[name].poll()
         self._popen.pop(name, None)
+        remove_scratch(service)
         del self.state.services[name]
         self._save()
 
@@ -432,7 +438,12 @@ def stop_run(run_dir: Path) -> list[str]:
         if processes.alive(service.pid, service.create_time):
             processes.terminate_group(service.pgid, service.pid)
             stopped.append(service.name)
+        remove_scratch(service)
     (Path(run_dir) / STATE_FILE).unlink(missing_ok=True)
     return stopped
 
 
+def remove_scratch(service: ServiceState) -> None:
+    """Remove the folders SERVICE wrote and nobody keeps (it has stopped)."""
+    for folder in service.scratch:
+        shutil.rmtree(folder, ignore_errors=True)

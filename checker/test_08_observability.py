@@ -1,0 +1,451 @@
+"""Lab 08 — Observability: metrics in Prometheus, traces across three hops, golden signals.
+
+The chain productpage -> reviews -> ratings runs with a sidecar per app; reviews waits
+0.3 s before it answers and fails every fifth request with 503 (productpage passes that
+on as 502), and productpage answers 404 itself to paths under /missing. Checks decide
+from what the real tools hold: Prometheus's HTTP API (`up`, and the learner's queries,
+run as they are), the trace store's spans (trace ids, parent links, service names), and
+Envoy's own counters.
+
+The learner's queries run, as written, against the real Prometheus right after the
+checker's own traffic, and are compared with what Prometheus computes at the same instant
+from Envoy's metrics for that signal (request counters, 5xx counters, the request time
+histogram, over the same minute). The tolerance admits other correct ways to write a
+query (increase()/60, the per-code series summed) and nothing plausible but wrong: a
+rate of a gauge is near 0, counting 404s doubles productpage's error ratio, and without
+`le` histogram_quantile returns nothing. Before its traffic, the checker makes every
+series exist and waits until Prometheus has scraped it: a series that appears
+mid-window loses its first value to rate() (FACTS: the first-sample effect). The
+injected failures are exact (every fifth request: reviews' counters must show 20 of
+100), so no statistical test is needed to know the traffic is what it should be.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from functools import lru_cache
+
+import httpx
+import pytest
+import yaml
+
+from meshlab import load
+from meshlab.grading import CheckFailed, check, fail
+
+pytestmark = pytest.mark.lab("08-observability")
+
+PROMETHEUS = "http://127.0.0.1:9090"
+TRACES = "http://127.0.0.1:16686"
+ENTRY = "http://127.0.0.1:10001"
+SERVICES = ("productpage", "reviews", "ratings")
+INBOUND = {"productpage": 10001, "reviews": 10002, "ratings": 10003}
+METRICS = {"productpage": 15091, "reviews": 15092, "ratings": 15093}
+PARENT = {"reviews": "productpage", "ratings": "reviews"}
+REVIEWS_DELAY_MS = 300.0          # --delay 0.3 in lab.yaml
+REVIEWS_FAIL_EVERY = 5            # --fail-every 5
+TRACED_REQUESTS = 20              # at 50 % sampling, all 20 traced has probability 1e-6
+SIGNAL_REQUESTS, MISSING_REQUESTS = 100, 25
+
+METRICS_HINT = ("step 2: in each sidecar, a listener `metrics` on 127.0.0.1:1509N whose only route is "
+                "`match: {path: /stats/prometheus}` to the cluster envoy_admin")
+TRACING_HINT = ("step 3: in each sidecar's inbound HTTP connection manager, `tracing:` with the provider "
+                "envoy.tracers.opentelemetry (grpc_service to the cluster opentelemetry), the sidecar's "
+                "service_name, and random_sampling 100")
+PROPAGATION_HINT = ("step 4: outgoing_headers in propagation.py must copy `traceparent` (and `tracestate`) "
+                    "from the incoming request, or the next sidecar starts a trace of its own")
+SIGNALS_FILE = "signals.yaml"
+SIGNALS = ("request_rate", "error_ratio", "p99_latency_ms")
+RATE_HINT = ("request_rate: a rate of the counter envoy_cluster_upstream_rq_total (never of a gauge such as "
+             "..._rq_active), filtered to envoy_cluster_name=\"local_app\", summed `by (service)`, over [1m]")
+ERROR_HINT = ("error_ratio: 5xx answers over all answers, both as rates over [1m] `by (service)`; count "
+              "envoy_response_code_class=\"5\" only: a 404 is the client's mistake, not the service's")
+P99_HINT = ("p99_latency_ms: histogram_quantile(0.99, sum by (service, le) (rate("
+            "envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"local_app\"}[1m]))): without `le` "
+            "there is no histogram left to take a quantile of")
+
+
+def http() -> httpx.Client:
+    return httpx.Client(timeout=5.0, trust_env=False)
+
+
+# -- Prometheus ---------------------------------------------------------------------------
+
+def promql(query: str, at: float | None = None) -> list[dict]:
+    """The result of an instant query: [{"metric": {...}, "value": [t, "text"]}] (or a
+    matrix's "values"). A query Prometheus refuses raises CheckFailed with its reason."""
+    params = {"query": query}
+    if at is not None:
+        params["time"] = f"{at:.3f}"
+    with http() as client:
+        try:
+            answer = client.get(PROMETHEUS + "/api/v1/query", params=params).json()
+        except (httpx.HTTPError, ValueError) as error:
+            fail("Prometheus does not answer on 127.0.0.1:9090", expected="Prometheus's HTTP API",
+                 received=str(error), hint="look at the lab's prometheus.log")
+    if answer.get("status") != "success":
+        raise CheckFailed(f"Prometheus refused the query: {answer.get('error')}",
+                          expected="a query Prometheus can run", received=query, hint=None)
+    return answer["data"]["result"]
+
+
+def targets() -> dict[str, dict]:
+    """Prometheus's view of each sidecar's target, by service."""
+    with http() as client:
+        active = client.get(PROMETHEUS + "/api/v1/targets").json()["data"]["activeTargets"]
+    return {t["labels"].get("service"): t for t in active}
+
+
+def up_values() -> dict[str, str]:
+    return {r["metric"].get("service"): r["value"][1] for r in promql("up")}
+
+
+def prometheus_counter(metric: str) -> dict[str, float]:
+    """The last scraped value of METRIC for each service's local_app cluster."""
+    return {r["metric"].get("service"): float(r["value"][1])
+            for r in promql(f'{metric}{{envoy_cluster_name="local_app"}}')}
+
+
+def sidecar(lab, service: str):
+    """The admin API of SERVICE's sidecar."""
+    return lab.envoy(f"sidecar-{service}")
+
+
+def wait_for_scrapes(lab, timeout: float = 15.0) -> None:
+    """Until Prometheus holds, for every sidecar, the request counter and the request
+    time histogram's count that Envoy reports now (histograms move at stats flushes)."""
+    wanted = {s: sidecar(lab, s).stat("cluster.local_app.upstream_rq_total") for s in SERVICES}
+    deadline = time.monotonic() + timeout
+    while True:
+        counters = prometheus_counter("envoy_cluster_upstream_rq_total")
+        histograms = prometheus_counter("envoy_cluster_upstream_rq_time_count")
+        if all(counters.get(s, -1) >= wanted[s] and histograms.get(s, -1) >= wanted[s] for s in SERVICES):
+            return
+        if time.monotonic() > deadline:
+            fail("Prometheus did not catch up with Envoy's counters",
+                 expected=f"envoy_cluster_upstream_rq_total and ..._rq_time_count per service: {wanted}",
+                 received=f"counters {counters}, histogram counts {histograms}",
+                 hint=METRICS_HINT + "; Prometheus must be scraping every sidecar (the first check)")
+        time.sleep(0.2)
+
+
+# -- the trace store ------------------------------------------------------------------------
+
+def spans_since(seq: int) -> list[dict]:
+    with http() as client:
+        return client.get(TRACES + "/api/spans", params={"since": seq}).json()
+
+
+def last_seq() -> int:
+    spans = spans_since(0)
+    return spans[-1]["seq"] if spans else 0
+
+
+def hop_of(span: dict) -> str | None:
+    """The sidecar a span describes, known from the port its request arrived on."""
+    url = span["attributes"].get("http.url", "")
+    for service, port in INBOUND.items():
+        if f"127.0.0.1:{port}/" in url:
+            return service
+    return None
+
+
+def probe_spans(since: int, probe: str, want: int, timeout: float = 5.0) -> dict[str, list[dict]]:
+    """The spans of requests tagged ?probe=PROBE, by hop; waits until each hop has WANT
+    of them or TIMEOUT passes (spans arrive ~10 ms after their request with the
+    lab's flush settings)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        by_hop: dict[str, list[dict]] = {s: [] for s in SERVICES}
+        for span in spans_since(since):
+            hop = hop_of(span)
+            if hop and f"probe={probe}" in span["attributes"].get("http.url", ""):
+                by_hop[hop].append(span)
+        if all(len(v) >= want for v in by_hop.values()) or time.monotonic() > deadline:
+            return by_hop
+        if not any(by_hop.values()) and time.monotonic() > deadline - timeout / 2:
+            return by_hop  # not one span in half the time: tracing is off, not slow
+        time.sleep(0.05)
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+@check("Prometheus scrapes every sidecar (up == 1) through a port that serves metrics only", hint=METRICS_HINT)
+def test_prometheus_scrapes_every_sidecar(lab):
+    # Prometheus finds its targets ~6 s after it starts; then a down target shows 0
+    # within a scrape or two: a few seconds more allow a sidecar that just restarted.
+    deadline, settle = time.monotonic() + 20.0, None
+    while True:
+        values = up_values()
+        if all(values.get(s) == "1" for s in SERVICES):
+            break
+        if all(s in values for s in SERVICES):
+            settle = settle or time.monotonic() + 3.0
+        if time.monotonic() > (settle or deadline) or time.monotonic() > deadline:
+            seen = targets()
+            down = [f"{s} (127.0.0.1:{METRICS[s]}): "
+                    + (f"up {values[s]}, {seen.get(s, {}).get('lastError') or 'no error given'}"
+                       if s in values else "not scraped yet")
+                    for s in SERVICES if values.get(s) != "1"]
+            fail(f"Prometheus cannot scrape {len(down)} of the 3 sidecars",
+                 expected="up == 1 for productpage, reviews and ratings (Prometheus's /api/v1/query?query=up)",
+                 received="; ".join(down), hint=METRICS_HINT)
+        time.sleep(0.25)
+    with http() as client:
+        leaks = [f"{s}: GET 127.0.0.1:{METRICS[s]}/config_dump answered {code}" for s in SERVICES
+                 if (code := client.get(f"http://127.0.0.1:{METRICS[s]}/config_dump").status_code) == 200]
+    if leaks:
+        fail("the metrics port hands out more of the admin API than the metrics",
+             expected="404 for every path but /stats/prometheus on the metrics ports",
+             received="; ".join(leaks),
+             hint="route `path: /stats/prometheus` only (not `prefix: /`): the admin API can also change "
+                  "and stop Envoy")
+
+
+@check("Every sidecar traces every request, under its own service name", hint=TRACING_HINT)
+def test_every_request_is_traced(lab):
+    since, probe = last_seq(), uuid.uuid4().hex
+    result = load.run(f"{ENTRY}/?probe={probe}", engine="builtin", requests=TRACED_REQUESTS, concurrency=4,
+                      timeout=10.0)
+    if result.count(200) + result.count(502) != TRACED_REQUESTS:  # 502: reviews' every fifth 503
+        fail("requests to productpage's sidecar did not get through",
+             expected=f"{TRACED_REQUESTS} answers from 127.0.0.1:10001 (200, or 502 when reviews fails)",
+             received=result.codes_text(),
+             hint="a 500 is the app's own error: an exception in propagation.py (the app's log shows it); "
+                  "the inbound listeners, routes and clusters come with the starter: compare with it")
+    by_hop = probe_spans(since, probe, TRACED_REQUESTS)
+    counts = {s: len(v) for s, v in by_hop.items()}
+    if not any(counts.values()):
+        fail("no sidecar sent a span to the trace store",
+             expected=f"{TRACED_REQUESTS} spans from each of the 3 sidecars", received="no span at all "
+             "(`meshlab traces` shows what the store has)", hint=TRACING_HINT)
+    missing = {s: n for s, n in counts.items() if n < TRACED_REQUESTS}
+    if missing:
+        fail(f"not every request was traced: {', '.join(f'{s} sent {n} spans' for s, n in missing.items())}",
+             expected=f"{TRACED_REQUESTS} spans from each sidecar (100 % sampling)",
+             received=", ".join(f"{s} {n}" for s, n in counts.items()),
+             hint="trace every request: random_sampling {value: 100} (or leave it out: 100 is its default), "
+                  "and configure the tracer in all three sidecars")
+    wrong = {s: sorted({span["service"] for span in by_hop[s]} - {s}) for s in SERVICES}
+    wrong = {s: names for s, names in wrong.items() if names}
+    if wrong:
+        fail("spans carry the wrong service name",
+             expected="service.name productpage, reviews and ratings, each from its own sidecar",
+             received=", ".join(f"the {s} sidecar's spans say {names}" for s, names in wrong.items()),
+             hint="service_name in each sidecar's OpenTelemetryConfig names the service it stands beside")
+
+
+@check("One request to productpage is one trace across three hops, each span the child of the one before",
+       hint=PROPAGATION_HINT)
+def test_one_trace_across_three_hops(lab, record_property):
+    since, probe = last_seq(), uuid.uuid4().hex
+    lab.get(f"{ENTRY}/?probe={probe}", hint=TRACING_HINT)
+    by_hop = probe_spans(since, probe, 1)
+    absent = [s for s in SERVICES if not by_hop[s]]
+    if absent:
+        fail(f"{len(absent)} of the 3 sidecars reported no span for the request",
+             expected="a span from productpage's, reviews' and ratings' sidecars",
+             received=f"none from {', '.join(absent)}", hint=TRACING_HINT)
+    span = {s: by_hop[s][0] for s in SERVICES}
+    traces = {s: span[s]["trace_id"] for s in SERVICES}
+    if len(set(traces.values())) > 1:
+        broken = [f"{PARENT[s]} -> {s}" for s in ("reviews", "ratings") if traces[s] != traces[PARENT[s]]]
+        fail(f"the spans fell apart into {len(set(traces.values()))} separate traces: each broken hop "
+             f"({', '.join(broken)}) started a trace of its own",
+             expected="one trace id shared by the spans of productpage, reviews and ratings",
+             received=", ".join(f"{s} in trace {t[:12]}…" for s, t in traces.items()),
+             hint=PROPAGATION_HINT)
+    problems = []
+    if span["productpage"]["parent_span_id"]:
+        problems.append(f"productpage's span has a parent ({span['productpage']['parent_span_id']}) "
+                        "although nothing called it from inside the trace")
+    for child, parent in PARENT.items():
+        if span[child]["parent_span_id"] != span[parent]["span_id"]:
+            problems.append(f"{child}'s parent is {span[child]['parent_span_id'] or 'none'}, not {parent}'s span "
+                            f"{span[parent]['span_id']}")
+    if problems:
+        fail("the trace is one, but its spans are not linked hop by hop",
+             expected="productpage's span the root, reviews' its child, ratings' the child of reviews'",
+             received="; ".join(problems),
+             hint="hand on the incoming traceparent unchanged: it names the span of the sidecar in front of "
+                  "the app, which becomes the parent of the next hop")
+    hops = " > ".join(f"{s} {span[s]['duration_ms']:.1f} ms" for s in SERVICES)
+    record_property("note", f"trace {traces['productpage'][:12]}…: {hops}")
+
+
+# -- the golden signals ---------------------------------------------------------------------
+
+def signals(lab) -> dict[str, str]:
+    """The learner's three queries; structural mistakes are failures of every signals
+    check (YAML syntax is refused before the lab starts)."""
+    path = lab.dir / SIGNALS_FILE
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        fail(f"{SIGNALS_FILE} is not a mapping of signal names to queries",
+             expected=", ".join(SIGNALS), received=type(data).__name__, hint="keep the starter's three keys")
+    return {name: data.get(name) for name in SIGNALS}
+
+
+def query_of(lab, name: str, hint: str) -> str:
+    query = signals(lab).get(name)
+    if not isinstance(query, str) or not query.strip():
+        fail(f"{SIGNALS_FILE} has no query for {name} yet",
+             expected=f"a PromQL query under `{name}:`", received=repr(query), hint=hint)
+    return query
+
+
+def send(path: str, requests: int, concurrency: int = 25) -> load.LoadResult:
+    return load.run(f"{ENTRY}{path}", engine="builtin", requests=requests, concurrency=concurrency, timeout=10.0)
+
+
+@lru_cache(maxsize=1)
+def known_traffic(lab) -> float:
+    """Send the signals' traffic once for the three checks; returns the instant
+    (after Prometheus caught up) at which their queries are evaluated."""
+    # Every series first (503s, 502s, 404s), scraped, so that the window's rates lose
+    # nothing to the first-sample effect.
+    send("/?phase=warm-up", REVIEWS_FAIL_EVERY * 2)
+    send("/missing?phase=warm-up", 2)
+    wait_for_scrapes(lab)
+    reviews = sidecar(lab, "reviews")
+    before = {name: reviews.stat(f"cluster.local_app.upstream_rq_{name}") for name in ("total", "5xx")}
+    send("/?phase=signals", SIGNAL_REQUESTS)
+    send("/missing?phase=signals", MISSING_REQUESTS)
+    failed = reviews.stat("cluster.local_app.upstream_rq_5xx") - before["5xx"]
+    answered = reviews.stat("cluster.local_app.upstream_rq_total") - before["total"]
+    # Exact by construction: of any 100 consecutive requests, reviews fails 20.
+    if (answered, failed) != (SIGNAL_REQUESTS, SIGNAL_REQUESTS // REVIEWS_FAIL_EVERY):
+        raise RuntimeError(f"reviews answered {answered} requests with {failed} 5xx, not {SIGNAL_REQUESTS} with "
+                           f"{SIGNAL_REQUESTS // REVIEWS_FAIL_EVERY}: the lab's own apps misbehave")
+    wait_for_scrapes(lab)
+    return time.time()
+
+
+def by_service(result: list[dict], name: str, hint: str) -> dict[str, float]:
+    """One value per service from a query's RESULT, or a failure saying why not."""
+    if not result:
+        fail(f"{name} returned no series at all", expected="one series per service, labelled `service`",
+             received="an empty result", hint=hint)
+    if "value" not in result[0]:
+        fail(f"{name} returned a range vector, not a value per service",
+             expected="an instant vector, one series per service", received=json.dumps(result[0])[:200], hint=hint)
+    values: dict[str, list[float]] = {}
+    for series in result:
+        values.setdefault(series["metric"].get("service"), []).append(float(series["value"][1]))
+    if None in values:
+        fail(f"{name} returned series without the `service` label",
+             expected="one series per service, labelled `service` (sum by (service) keeps it)",
+             received=", ".join(json.dumps(s["metric"]) or "{}" for s in result[:4]), hint=hint)
+    doubles = {s: len(v) for s, v in values.items() if len(v) > 1}
+    if doubles:
+        fail(f"{name} returned several series for one service",
+             expected="one series per service", received=", ".join(f"{s}: {n} series" for s, n in doubles.items()),
+             hint=hint + "; sum the series of a service together")
+    return {s: v[0] for s, v in values.items()}
+
+
+# What each signal is, computed by Prometheus from Envoy's counters and histograms at
+# the same instant as the learner's query: the yardstick. A learner's query written
+# differently (increase()/60, per-code series summed, the HCM's own histogram) lands
+# within the tolerance; the plausible wrong ones land far outside it.
+LOCAL = 'envoy_cluster_name="local_app"'
+REFERENCE = {
+    "request_rate": f"sum by (service) (rate(envoy_cluster_upstream_rq_total{{{LOCAL}}}[1m]))",
+    "error_ratio": (f'(sum by (service) (rate(envoy_cluster_upstream_rq_xx{{{LOCAL}, envoy_response_code_class="5"}}'
+                    f"[1m])) or sum by (service) (rate(envoy_cluster_upstream_rq_total{{{LOCAL}}}[1m])) * 0) / "
+                    f"sum by (service) (rate(envoy_cluster_upstream_rq_total{{{LOCAL}}}[1m]))"),
+    "p99_latency_ms": ("histogram_quantile(0.99, sum by (service, le) "
+                       f"(rate(envoy_cluster_upstream_rq_time_bucket{{{LOCAL}}}[1m])))"),
+}
+
+
+def reference(name: str, at: float) -> dict[str, float]:
+    return {r["metric"]["service"]: float(r["value"][1]) for r in promql(REFERENCE[name], at)}
+
+
+def show(values: dict[str, float], unit: str = "", digits: int = 3) -> str:
+    return ", ".join(f"{s} {values[s]:.{digits}g}{unit}" if s in values and not math.isnan(values[s])
+                     else f"{s} {'NaN' if s in values else 'absent'}" for s in SERVICES)
+
+
+def within(got: dict[str, float], want: dict[str, float], relative: float, absolute: float = 0.0) -> list[str]:
+    """The services whose value in GOT is not within the tolerance of WANT."""
+    off = []
+    for service in SERVICES:
+        value, target = got.get(service, math.nan), want.get(service, math.nan)
+        if math.isnan(value) or math.isnan(target) or abs(value - target) > max(absolute, relative * abs(target)):
+            off.append(service)
+    return off
+
+
+@check("request_rate: the rate of each service's requests, as the counters say", hint=RATE_HINT)
+def test_request_rate(lab):
+    query = query_of(lab, "request_rate", RATE_HINT)
+    at = known_traffic(lab)
+    got = by_service(promql(query, at), "request_rate", RATE_HINT)
+    want = reference("request_rate", at)
+    off = within(got, want, 0.10)
+    if off:
+        fail(f"request_rate is off for {', '.join(off)}",
+             expected=f"requests per second over the last minute, from Envoy's counters: {show(want, '/s')} (the "
+                      f"checker just sent {SIGNAL_REQUESTS + MISSING_REQUESTS} requests to productpage)",
+             received=show(got, "/s"), hint=RATE_HINT)
+
+
+@check("error_ratio: the share of 5xx answers, as the counters say (4xx are not errors)", hint=ERROR_HINT)
+def test_error_ratio(lab):
+    query = query_of(lab, "error_ratio", ERROR_HINT)
+    at = known_traffic(lab)
+    got = by_service(promql(query, at), "error_ratio", ERROR_HINT)
+    want = reference("error_ratio", at)
+    if "ratings" not in got:
+        got["ratings"] = 0.0  # never a 5xx: a query may leave the service out rather than say 0
+    off = within(got, want, 0.15, 0.02)
+    if off:
+        fail(f"error_ratio is off for {', '.join(off)}",
+             expected=f"5xx over all answers in the last minute, from Envoy's counters: {show(want)} (reviews "
+                      f"failed exactly {SIGNAL_REQUESTS // REVIEWS_FAIL_EVERY} of the checker's {SIGNAL_REQUESTS} "
+                      f"requests, productpage passed them on as 502 and answered {MISSING_REQUESTS} requests "
+                      f"for /missing 404)",
+             received=show(got), hint=ERROR_HINT)
+
+
+@check("p99_latency_ms: reviews' 0.3 s shows in its p99 and productpage's, not in ratings'", hint=P99_HINT)
+def test_p99_latency(lab, record_property):
+    query = query_of(lab, "p99_latency_ms", P99_HINT)
+    at = known_traffic(lab)
+    record_property("note", latency_note(lab))
+    got = by_service(promql(query, at), "p99_latency_ms", P99_HINT)
+    want = reference("p99_latency_ms", at)
+    slow = [s for s in ("productpage", "reviews") if not got.get(s, math.nan) >= REVIEWS_DELAY_MS]
+    fast = [] if got.get("ratings", math.nan) < REVIEWS_DELAY_MS else ["ratings"]
+    off = sorted(set(within(got, want, 0.25)) | set(slow) | set(fast), key=SERVICES.index)
+    if off:
+        unit = " (a value under 1 looks like seconds: Envoy's histograms count milliseconds)" \
+            if any(0 < v < 1 for v in got.values()) else ""
+        fail(f"p99_latency_ms is off for {', '.join(off)}" + unit,
+             expected=f"the 99th percentile from Envoy's histograms: {show(want, ' ms', 4)} (reviews waits "
+                      f"{REVIEWS_DELAY_MS:.0f} ms before it answers; productpage waits for reviews; ratings is quick)",
+             received=show(got, " ms", 4), hint=P99_HINT)
+
+def latency_note(lab) -> str:
+    """Where the time goes, per hop: the sidecar's whole request (downstream_rq_time)
+    against the app's answer (the cluster's upstream_rq_time), medians from Envoy."""
+    parts = []
+    for service in SERVICES:
+        stats = sidecar(lab, service).get("/stats", format="json", filter="(downstream|upstream)_rq_time$").json()
+        medians = {}
+        for entry in stats.get("stats", []):
+            histograms = entry.get("histograms") if isinstance(entry, dict) else None
+            if not histograms:
+                continue
+            quantiles = histograms["supported_quantiles"]
+            for histogram in histograms["computed_quantiles"]:
+                medians[histogram["name"]] = histogram["values"][quantiles.index(50)].get("cumulative")
+        envoy = medians.get("http.inbound.downstream_rq_time")
+        app = medians.get("cluster.local_app.upstream_rq_time")
+        if envoy is not None and app is not None:
+            parts.append(f"{service}: the sidecar saw {envoy:g} ms, the app took {app:g} ms")
+    return "median per request: " + "; ".join(parts)
