@@ -15,6 +15,7 @@ import uuid
 
 import pytest
 
+from meshlab.apps.server import JOURNAL_PATH
 from meshlab.grading import check, fail
 from meshlab.grading.accesslog import AccessLog
 
@@ -22,6 +23,9 @@ pytestmark = pytest.mark.lab("07-interception")
 
 POD, REMOTE = "10.77.7.2", "10.77.7.3"
 APP = "http://127.0.0.1:8080"               # the app, seen from inside its pod
+# The app also listens on this abstract Unix socket of its pod: the checker asks it to
+# make calls and reads its journal there, where no capture rule can interfere.
+CONTROL = "@app"
 OUTBOUND, INBOUND = 15001, 15006
 # Envoy's router adds this to every response it forwards; no app of the lab sets it.
 ENVOY_HEADER = "x-envoy-upstream-service-time"
@@ -35,12 +39,8 @@ def probe() -> str:
 
 def call(lab, url: str) -> dict:
     """Make the app call URL (a plain GET from inside the pod); what the app received."""
-    response = lab.pod("pod").get(f"{APP}/call", params={"url": url}, timeout=15.0)
-    if response.status_code != 200:
-        fail("the app could not be asked to make its call", expected="the app at 127.0.0.1:8080 inside the pod "
-             "answers /call", received=f"HTTP {response.status_code}: {response.text[:200]}",
-             hint="if loopback traffic is captured too, even calls to the app itself go through Envoy: "
-                  "exempt -d 127.0.0.0/8 before the REDIRECT")
+    response = lab.pod("pod", unix=CONTROL).get("http://app/call", params={"url": url}, timeout=15.0)
+    response.raise_for_status()
     return response.json()
 
 
@@ -62,8 +62,22 @@ def listener_connections(lab, port: int) -> int:
     return sum(value for name, value in stats.items() if ".worker_" not in name)
 
 
+def journal(lab, service: str, since: int = 0) -> list[dict]:
+    """What SERVICE received (the app's journal is read over its Unix socket)."""
+    if service != "app":
+        return lab.journal(service, since=since)
+    response = lab.pod("pod", unix=CONTROL).get(f"http://app{JOURNAL_PATH}", params={"since": since})
+    response.raise_for_status()
+    return response.json()
+
+
+def position(lab, service: str) -> int:
+    entries = journal(lab, service)
+    return entries[-1]["seq"] if entries else 0
+
+
 def reached(lab, service: str, since: int, mark: str) -> dict | None:
-    return next((e for e in lab.journal(service, since=since) if e["query"].get("probe") == [mark]), None)
+    return next((e for e in journal(lab, service, since=since) if e["query"].get("probe") == [mark]), None)
 
 
 def require_capture(lab) -> None:
@@ -125,7 +139,7 @@ def test_each_call_reaches_its_destination(lab):
        hint="capture.rules must REDIRECT TCP arriving for port 8080 to port 15006 (nat PREROUTING), and Envoy needs "
             "a listener on 0.0.0.0:15006 that routes to the app at 127.0.0.1:8080")
 def test_inbound_through_envoy(lab):
-    mark, since = probe(), lab.journal_position("app")
+    mark, since = probe(), position(lab, "app")
     before = listener_connections(lab, INBOUND)
     response = lab.pod("remote").get(f"http://{POD}:8080/inbound", params={"probe": mark})
     after = listener_connections(lab, INBOUND)
@@ -148,13 +162,15 @@ def test_inbound_through_envoy(lab):
 def test_no_loop(lab):
     calls = 5
     before = listener_connections(lab, OUTBOUND)
-    results = [call(lab, f"http://{REMOTE}:8080/?probe={probe()}") for _ in range(calls)]
-    accepted = listener_connections(lab, OUTBOUND) - before
+    results = []
+    for _ in range(calls):
+        results.append(call(lab, f"http://{REMOTE}:8080/?probe={probe()}"))
+        accepted = listener_connections(lab, OUTBOUND) - before
+        if accepted > len(results):  # one call, one connection: more is a loop (no need to wait for more)
+            fail("Envoy accepted more connections than the app opened: its own connections came back to it",
+                 expected=f"{len(results)} connections on the :{OUTBOUND} listener for {len(results)} calls",
+                 received=f"{accepted} connections; the call: {shown(results[-1])}")
     captured = sum(1 for r in results if through_envoy(r))
-    if accepted > calls:
-        fail("Envoy accepted more connections than the app opened: its own connections came back to it",
-             expected=f"{calls} connections on the :{OUTBOUND} listener for {calls} calls",
-             received=f"{accepted} connections; the calls: {shown(results[-1])}")
     if captured < calls or accepted < calls:
         fail("the app's calls did not all pass through Envoy, so there is no loop to rule out",
              expected=f"{calls} calls answered through Envoy, {calls} connections on :{OUTBOUND}",
@@ -167,7 +183,7 @@ def test_no_loop(lab):
             "to each other over 127.0.0.1, and Envoy reaches the app that way")
 def test_loopback_bypasses(lab):
     require_capture(lab)
-    mark, since = probe(), lab.journal_position("app")
+    mark, since = probe(), position(lab, "app")
     before = listener_connections(lab, OUTBOUND)
     response = lab.pod("pod").get(f"{APP}/local", params={"probe": mark})
     accepted = listener_connections(lab, OUTBOUND) - before
@@ -196,3 +212,96 @@ def test_excluded_port_bypasses(lab):
         fail("the call to port 5432 was captured into Envoy",
              expected=f"no new connection on the :{OUTBOUND} listener, no {ENVOY_HEADER}",
              received=f"{accepted} new connections; {shown(result)}")
+
+
+# -- part B: eBPF, in podb, where no iptables rule exists ------------------------------
+
+BPF_HINT = ("connect4.c must save the destination in mesh_by_cookie under the socket's cookie and rewrite "
+            "ctx->user_ip4 / ctx->user_port to 127.0.0.1:15001 (network byte order: bpf_htonl, bpf_htons)")
+
+
+def call_b(lab, url: str) -> dict:
+    """Make podb's app call URL."""
+    response = lab.pod("podb", unix=CONTROL).get("http://app/call", params={"url": url}, timeout=15.0)
+    response.raise_for_status()
+    return response.json()
+
+
+def outbound_b(lab) -> int:
+    stats = lab.envoy("sidecar-b").stats(rf"^listener\..*_{OUTBOUND}\.downstream_cx_total$")
+    return sum(value for name, value in stats.items() if ".worker_" not in name)
+
+
+def nat_rules(lab, pod: str) -> list[str]:
+    dump = lab.runtime.pods.run(pod, ["iptables-save"]).stdout
+    return [line for line in dump.splitlines() if line.startswith("-A ")]
+
+
+def require_capture_b(lab) -> None:
+    result = call_b(lab, f"http://{REMOTE}:8080/?probe={probe()}")
+    if not through_envoy(result):
+        fail("the app's calls in podb are not redirected yet, so there is nothing to compare with",
+             expected="a call of podb's app answered through Envoy", received=shown(result), hint=BPF_HINT)
+
+
+@check("eBPF: with no iptables rule in podb, the app's calls reach Envoy and then where they were going",
+       hint=BPF_HINT)
+def test_bpf_outbound_captured(lab):
+    rules = nat_rules(lab, "podb")
+    if rules:
+        fail("podb has iptables rules: this part must work without them",
+             expected="iptables-save in podb lists no rule", received="; ".join(rules[:3]))
+    log = AccessLog(lab.runtime.access_log_path("sidecar-b"))
+    for service, port in (("remote", 8080), ("other", 8081)):
+        mark, since, start = probe(), lab.journal_position(service), log.position()
+        result = call_b(lab, f"http://{REMOTE}:{port}/?probe={mark}")
+        if not through_envoy(result):
+            fail(f"podb's app called {REMOTE}:{port} and Envoy was not in the path",
+                 expected=f"a response carrying {ENVOY_HEADER}", received=shown(result))
+        if reached(lab, service, since, mark) is None:
+            fail(f"the call went into Envoy but did not reach {REMOTE}:{port}",
+                 expected=f"the {service} service receives it", received=shown(result),
+                 hint="Envoy reads the original destination with SO_ORIGINAL_DST, which the given getsockopt "
+                      "program answers from mesh_by_port: connect4 must fill mesh_by_cookie (ip and port as "
+                      "connect() saw them, network byte order)")
+        entry = log.wait(start, 1, where=lambda e, m=mark: m in str(e.get("path", "")))[0]
+        if entry.get("original_destination") != f"{REMOTE}:{port}":
+            fail("Envoy's access log does not show where the app meant to go",
+                 expected=f"original_destination {REMOTE}:{port}", received=json.dumps(entry)[:240])
+
+
+@check("eBPF: a process of podb outside the app's cgroup is not redirected",
+       hint="the programs act on the cgroup they are attached to, and nothing else: nothing to do in connect4.c "
+            "but to leave other cgroups alone")
+def test_bpf_only_the_cgroup(lab):
+    require_capture_b(lab)
+    mark, since = probe(), lab.journal_position("remote")
+    before = outbound_b(lab)
+    response = lab.pod("podb").get(f"http://{REMOTE}:8080/", params={"probe": mark})
+    accepted = outbound_b(lab) - before
+    if reached(lab, "remote", since, mark) is None or accepted or ENVOY_HEADER in response.headers:
+        fail("a connection from outside the cgroup went through Envoy (or nowhere)",
+             expected="it reaches the remote service directly: no new connection on Envoy's :15001",
+             received=f"HTTP {response.status_code}; {accepted} new connections on :{OUTBOUND}; "
+                      f"{ENVOY_HEADER}: {response.headers.get(ENVOY_HEADER, '(absent)')}")
+
+
+@check("eBPF: Envoy's own connects are not redirected (no loop)",
+       hint="Envoy is in the same cgroup as the app: connect4 must return early for its uid "
+            "(bpf_get_current_uid_gid() & 0xffffffff == ENVOY_UID), or Envoy connects to itself")
+def test_bpf_no_loop(lab):
+    calls = 5
+    before = outbound_b(lab)
+    results = []
+    for _ in range(calls):
+        results.append(call_b(lab, f"http://{REMOTE}:8080/?probe={probe()}"))
+        accepted = outbound_b(lab) - before
+        if accepted > len(results):
+            fail("Envoy accepted more connections than the app opened: its own connects were redirected to it",
+                 expected=f"{len(results)} connections on :{OUTBOUND} for {len(results)} calls",
+                 received=f"{accepted} connections; the call: {shown(results[-1])}")
+    captured = sum(1 for r in results if through_envoy(r))
+    if captured < calls:
+        fail("the app's calls in podb did not all pass through Envoy, so there is no loop to rule out",
+             expected=f"{calls} calls answered through Envoy", received=f"{captured}; last: {shown(results[-1])}",
+             hint=BPF_HINT)

@@ -94,14 +94,18 @@ class LabSession:
 
     # -- what reached an app -----------------------------------------------------
 
-    def pod(self, name: str) -> httpx.Client:
+    def pod(self, name: str, *, unix: str | None = None) -> httpx.Client:
         """An HTTP client whose requests leave from inside the lab's pod NAME (as a
-        process of that pod that is in none of the lab's cgroups and runs as root)."""
-        if name not in self._pods:
+        process of that pod that is in none of the lab's cgroups and runs as root).
+        With UNIX (an app's `--unix @name`), every request goes to that abstract Unix
+        socket of the pod instead: a way in that no firewall rule sees."""
+        key = f"{name} {unix}"
+        if key not in self._pods:
             if self.runtime.pods is None:
                 raise ValueError(f"lab {self.lab.slug} has no pods")
-            self._pods[name] = self.runtime.pods.client(name, timeout=10.0)
-        return self._pods[name]
+            uds = "\0" + unix[1:] if unix and unix.startswith("@") else unix
+            self._pods[key] = self.runtime.pods.client(name, uds=uds, timeout=10.0)
+        return self._pods[key]
 
     def app_url(self, service: str) -> str:
         port = next(iter(self.lab.service(service).ports.values()))

@@ -50,10 +50,12 @@ class NetnsTransport(httpx.BaseTransport):
     """An httpx transport whose connections are opened inside a network namespace (a
     NAMESPACE thread, shared by several transports, or a path for one of its own)."""
 
-    def __init__(self, namespace: "Namespace | str | Path"):
+    def __init__(self, namespace: "Namespace | str | Path", *, uds: str | None = None):
+        """UDS: a Unix socket to send every request to instead (an abstract one,
+        "\0name", is looked up in the namespace)."""
         self._owns_thread = not isinstance(namespace, Namespace)
         self.namespace = Namespace(namespace) if self._owns_thread else namespace
-        self._inner = httpx.HTTPTransport()
+        self._inner = httpx.HTTPTransport(uds=uds)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         def send() -> httpx.Response:

@@ -150,13 +150,14 @@ class PodNetwork:
             self._namespaces[pod] = netns.Namespace(self.netns_path(pod))
         return self._namespaces[pod]
 
-    def transport(self, pod: str) -> netns.NetnsTransport:
-        """An httpx transport whose connections are opened inside POD."""
-        return netns.NetnsTransport(self.namespace(pod))
+    def transport(self, pod: str, *, uds: str | None = None) -> netns.NetnsTransport:
+        """An httpx transport whose connections are opened inside POD (to the Unix
+        socket UDS instead of TCP, if given)."""
+        return netns.NetnsTransport(self.namespace(pod), uds=uds)
 
-    def client(self, pod: str, **options) -> httpx.Client:
+    def client(self, pod: str, *, uds: str | None = None, **options) -> httpx.Client:
         """An HTTP client whose requests leave from inside POD."""
-        return httpx.Client(transport=self.transport(pod), trust_env=False, **options)
+        return httpx.Client(transport=self.transport(pod, uds=uds), trust_env=False, **options)
 
     def run(self, pod: str, argv: list[str], **options) -> subprocess.CompletedProcess:
         """Run ARGV inside POD's network namespace (like `ip netns exec`)."""

@@ -1,0 +1,173 @@
+"""Lab 07 graded for real, in pods on the real kernel: the starter fails, the solution
+passes, capture rules and Envoy configs that only look right fail the check they
+should, an unusual correct answer passes, and nothing the lab creates in the kernel
+(namespaces, links, rules, cgroups) outlives a check that passed, failed, was
+interrupted with Ctrl-C or was killed outright."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import ROOT, wait_until
+from lab_variants import fails_only, passes
+
+from meshlab import platform
+from meshlab.runtime.pods import NETNS_DIR, cgroup2_root
+
+pytestmark = [
+    pytest.mark.lab_runs,
+    pytest.mark.skipif(not (platform.FEATURES["netns"].probe()[0] and platform.FEATURES["iptables"].probe()[0]),
+                       reason="lab 07 needs root, network namespaces and iptables"),
+]
+
+SOLUTION = ROOT / "solutions" / "07-interception"
+RULES = (SOLUTION / "capture.rules").read_text()
+ENVOY = (SOLUTION / "envoy.yaml").read_text()
+CHECKS = {"test_outbound_captured", "test_each_call_reaches_its_destination", "test_inbound_through_envoy",
+          "test_no_loop", "test_loopback_bypasses", "test_excluded_port_bypasses"}
+
+
+def rules(old: str, new: str) -> dict[str, str]:
+    assert old in RULES, old
+    return {"capture.rules": RULES.replace(old, new)}
+
+
+def envoy(old: str, new: str) -> dict[str, str]:
+    assert old in ENVOY, old
+    return {"envoy.yaml": ENVOY.replace(old, new)}
+
+
+def test_starter_fails_every_check(grade):
+    code, checks, data = grade(7, base="starter")
+    assert code == 1 and set(checks) == CHECKS, data
+    for cid, check in checks.items():
+        assert check["status"] == "fail" and check["expected"] and check["received"] and check["hint"], check
+    assert "reached the remote service directly" in checks["test_outbound_captured"]["message"]
+
+
+def test_solution_passes(grade):
+    passes(grade, 7, {})
+
+
+# -- plausible but wrong ------------------------------------------------------------
+
+def test_no_owner_exemption_loops(grade):
+    checks = fails_only(grade, 7, rules("-A MESH_OUTPUT -m owner --uid-owner 1337 -j RETURN\n", ""),
+                        {"test_outbound_captured", "test_each_call_reaches_its_destination", "test_no_loop",
+                         "test_loopback_bypasses", "test_excluded_port_bypasses"})
+    assert "came back to it" in checks["test_no_loop"]["message"]
+
+
+def test_loopback_redirected_too(grade):
+    checks = fails_only(grade, 7, rules("-A MESH_OUTPUT -d 127.0.0.0/8 -j RETURN\n", ""),
+                        {"test_loopback_bypasses"})
+    assert "127.0.0.1 inside the pod was captured" in checks["test_loopback_bypasses"]["message"]
+
+
+def test_static_cluster_instead_of_original_dst(grade):
+    static = envoy("""    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 1s
+""", """    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: original_destination
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 10.77.7.3, port_value: 8080 } } }
+""")
+    checks = fails_only(grade, 7, static, {"test_each_call_reaches_its_destination"})
+    assert "reached another service" in checks["test_each_call_reaches_its_destination"]["message"]
+
+
+def test_unusual_but_correct(grade):
+    """Exempt Envoy by its group instead of its uid, loopback by interface, and bind the
+    outbound listener to every address of the pod: all equally right."""
+    files = rules("-A MESH_OUTPUT -m owner --uid-owner 1337 -j RETURN\n-A MESH_OUTPUT -d 127.0.0.0/8 -j RETURN\n",
+                  "-A MESH_OUTPUT -o lo -j RETURN\n-A MESH_OUTPUT -m owner --gid-owner 1337 -j RETURN\n")
+    files.update(envoy("address: 127.0.0.1, port_value: 15001", "address: 0.0.0.0, port_value: 15001"))
+    passes(grade, 7, files)
+
+
+def test_rules_iptables_refuses_are_an_input_error_with_their_line(grade):
+    code, checks, data = grade(7, files=rules("-j REDIRECT --to-ports 15001", "-j REDIRECT --to-port 15001x"))
+    assert code == 2 and not checks, data
+    assert "capture.rules" in data["error"]["where"] and data["error"]["where"].endswith(":22"), data["error"]
+    assert "iptables refused" in data["message"]
+
+
+# -- nothing outlives the lab -------------------------------------------------------
+
+def _lab_kernel_objects(tag: str) -> list[str]:
+    """What of run TAG is still in the kernel: namespaces, cgroups, links in them."""
+    left = [f"netns {p.name}" for p in NETNS_DIR.glob(f"ml-{tag}-*")] if NETNS_DIR.is_dir() else []
+    root = cgroup2_root()
+    if root is not None and (root / f"meshlab-{tag}").exists():
+        left.append(f"cgroup meshlab-{tag}")
+    return left
+
+
+def _run_tag(state_dir: Path) -> str | None:
+    for state in state_dir.glob("runs/*/state.json"):
+        try:
+            pods = json.loads(state.read_text()).get("pods")
+        except (OSError, ValueError):
+            continue
+        if pods:
+            return pods["tag"]
+    return None
+
+
+def _check_in_background(state_dir: Path, folder: Path) -> subprocess.Popen:
+    env = {**os.environ, "MESHLAB_ROOT": str(ROOT), "MESHLAB_STATE_DIR": str(state_dir)}
+    return subprocess.Popen([sys.executable, "-m", "meshlab", "check", "7", "--path", str(folder), "--json",
+                             "--isolate"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _tag_once_running(state_dir: Path, proc: subprocess.Popen) -> str:
+    assert wait_until(lambda: _run_tag(state_dir) is not None or proc.poll() is not None, timeout=120)
+    tag = _run_tag(state_dir)
+    assert tag, proc.communicate()
+    return tag
+
+
+@pytest.mark.parametrize("base", ["solution", "starter"])
+def test_nothing_left_after_a_check(base, state_dir, lab_copy):
+    proc = _check_in_background(state_dir, lab_copy(7, base=base))
+    tag = _tag_once_running(state_dir, proc)
+    assert _lab_kernel_objects(tag), "the run's pods should exist while it runs"
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == (0 if base == "solution" else 1), out + err
+    assert _lab_kernel_objects(tag) == []
+
+
+def test_nothing_left_after_ctrl_c(state_dir, lab_copy):
+    proc = _check_in_background(state_dir, lab_copy(7))
+    tag = _tag_once_running(state_dir, proc)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert _lab_kernel_objects(tag) == []
+
+
+def test_nothing_left_after_the_checker_is_killed(state_dir, lab_copy):
+    proc = _check_in_background(state_dir, lab_copy(7))
+    tag = _tag_once_running(state_dir, proc)
+    checker = next(p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "pytest" in " ".join(p.cmdline()))
+    checker.kill()  # SIGKILL: no finally block runs; the reaper must clean up
+    proc.communicate(timeout=60)
+    assert wait_until(lambda: _lab_kernel_objects(tag) == [], timeout=20), _lab_kernel_objects(tag)
+    # and no process of the run is left in the lab's pods
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if f"ml-{tag}-" in " ".join(p.info["cmdline"] or [])]
