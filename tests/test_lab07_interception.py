@@ -31,8 +31,10 @@ pytestmark = [
 SOLUTION = ROOT / "solutions" / "07-interception"
 RULES = (SOLUTION / "capture.rules").read_text()
 ENVOY = (SOLUTION / "envoy.yaml").read_text()
+CONNECT4 = (SOLUTION / "connect4.c").read_text()
 CHECKS = {"test_outbound_captured", "test_each_call_reaches_its_destination", "test_inbound_through_envoy",
-          "test_no_loop", "test_loopback_bypasses", "test_excluded_port_bypasses"}
+          "test_no_loop", "test_loopback_bypasses", "test_excluded_port_bypasses",
+          "test_bpf_outbound_captured", "test_bpf_only_the_cgroup", "test_bpf_no_loop"}
 
 
 def rules(old: str, new: str) -> dict[str, str]:
@@ -45,12 +47,18 @@ def envoy(old: str, new: str) -> dict[str, str]:
     return {"envoy.yaml": ENVOY.replace(old, new)}
 
 
+def connect4(old: str, new: str) -> dict[str, str]:
+    assert old in CONNECT4, old
+    return {"connect4.c": CONNECT4.replace(old, new)}
+
+
 def test_starter_fails_every_check(grade):
     code, checks, data = grade(7, base="starter")
     assert code == 1 and set(checks) == CHECKS, data
     for cid, check in checks.items():
         assert check["status"] == "fail" and check["expected"] and check["received"] and check["hint"], check
     assert "reached the remote service directly" in checks["test_outbound_captured"]["message"]
+    assert "Envoy was not in the path" in checks["test_bpf_outbound_captured"]["message"]
 
 
 def test_solution_passes(grade):
@@ -84,8 +92,25 @@ def test_static_cluster_instead_of_original_dst(grade):
       - lb_endpoints:
         - endpoint: { address: { socket_address: { address: 10.77.7.3, port_value: 8080 } } }
 """)
-    checks = fails_only(grade, 7, static, {"test_each_call_reaches_its_destination"})
+    # podb's Envoy runs the same envoy.yaml: part B sends every call to one address too.
+    checks = fails_only(grade, 7, static, {"test_each_call_reaches_its_destination", "test_bpf_outbound_captured"})
     assert "reached another service" in checks["test_each_call_reaches_its_destination"]["message"]
+
+
+def test_connect4_redirecting_envoy_too_loops(grade):
+    skip_uid = """    if ((bpf_get_current_uid_gid() & 0xffffffff) == ENVOY_UID)
+        return 1;
+"""
+    checks = fails_only(grade, 7, connect4(skip_uid, ""),
+                        {"test_bpf_outbound_captured", "test_bpf_only_the_cgroup", "test_bpf_no_loop"})
+    assert "redirected to it" in checks["test_bpf_no_loop"]["message"]
+
+
+def test_connect4_that_does_not_compile_is_an_input_error_with_its_line(grade):
+    code, checks, data = grade(7, files=connect4("ctx->user_port = bpf_htons(OUTBOUND_PORT);",
+                                                 "ctx->user_port = bpf_htons(OUTBOUND_PORT)"))
+    assert code == 2 and not checks, data
+    assert "connect4.c:23:" in data["error"]["details"] and "error:" in data["error"]["details"], data["error"]
 
 
 def test_unusual_but_correct(grade):
@@ -108,22 +133,31 @@ def test_rules_iptables_refuses_are_an_input_error_with_their_line(grade):
 
 def _lab_kernel_objects(tag: str) -> list[str]:
     """What of run TAG is still in the kernel: namespaces, cgroups, links in them."""
-    left = [f"netns {p.name}" for p in NETNS_DIR.glob(f"ml-{tag}-*")] if NETNS_DIR.is_dir() else []
+    left = [f"netns {p.name}" for p in NETNS_DIR.glob(f"ml{tag}-*")] if NETNS_DIR.is_dir() else []
     root = cgroup2_root()
     if root is not None and (root / f"meshlab-{tag}").exists():
         left.append(f"cgroup meshlab-{tag}")
     return left
 
 
-def _run_tag(state_dir: Path) -> str | None:
+def _bpf_programs(ids: set[int]) -> set[int]:
+    """Which of the BPF program IDS are still loaded, as the kernel lists them."""
+    shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout)
+    return ids & {program["id"] for program in shown}
+
+
+def _attached(cgroup: str) -> set[int]:
+    proc = subprocess.run(["bpftool", "-j", "cgroup", "show", cgroup], capture_output=True, text=True)
+    return {program["id"] for program in json.loads(proc.stdout or "[]")} if proc.returncode == 0 else set()
+
+
+def _run_state(state_dir: Path) -> dict:
     for state in state_dir.glob("runs/*/state.json"):
         try:
-            pods = json.loads(state.read_text()).get("pods")
+            return json.loads(state.read_text())
         except (OSError, ValueError):
             continue
-        if pods:
-            return pods["tag"]
-    return None
+    return {}
 
 
 def _check_in_background(state_dir: Path, folder: Path) -> subprocess.Popen:
@@ -133,41 +167,49 @@ def _check_in_background(state_dir: Path, folder: Path) -> subprocess.Popen:
                             text=True)
 
 
-def _tag_once_running(state_dir: Path, proc: subprocess.Popen) -> str:
-    assert wait_until(lambda: _run_tag(state_dir) is not None or proc.poll() is not None, timeout=120)
-    tag = _run_tag(state_dir)
-    assert tag, proc.communicate()
-    return tag
+def _while_running(state_dir: Path, proc: subprocess.Popen, course) -> tuple[str, dict, set[int]]:
+    """Once every service of the run is up: its tag, its services, its BPF programs."""
+    every = len(course.find(7).services)
+    assert wait_until(lambda: len(_run_state(state_dir).get("services", {})) == every or proc.poll() is not None,
+                      timeout=120)
+    state = _run_state(state_dir)
+    assert state.get("pods"), proc.communicate()
+    tag, cgroups = state["pods"]["tag"], state["pods"]["cgroups"]
+    programs: set[int] = set()
+    assert wait_until(lambda: len(programs.update(_attached(cgroups["mesh"])) or programs) >= 3, timeout=30)
+    assert _lab_kernel_objects(tag), "the run's pods should exist while it runs"
+    return tag, state["services"], programs
 
 
 @pytest.mark.parametrize("base", ["solution", "starter"])
-def test_nothing_left_after_a_check(base, state_dir, lab_copy):
+def test_nothing_left_after_a_check(base, state_dir, lab_copy, course):
     proc = _check_in_background(state_dir, lab_copy(7, base=base))
-    tag = _tag_once_running(state_dir, proc)
-    assert _lab_kernel_objects(tag), "the run's pods should exist while it runs"
+    tag, _, programs = _while_running(state_dir, proc, course)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == (0 if base == "solution" else 1), out + err
     assert _lab_kernel_objects(tag) == []
+    assert _bpf_programs(programs) == set()
 
 
-def test_nothing_left_after_ctrl_c(state_dir, lab_copy):
+def test_nothing_left_after_ctrl_c(state_dir, lab_copy, course):
     proc = _check_in_background(state_dir, lab_copy(7))
-    tag = _tag_once_running(state_dir, proc)
+    tag, _, programs = _while_running(state_dir, proc, course)
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert _lab_kernel_objects(tag) == []
+    assert wait_until(lambda: _bpf_programs(programs) == set(), timeout=5)
 
 
-def test_nothing_left_after_the_checker_is_killed(state_dir, lab_copy):
+def test_nothing_left_after_the_checker_is_killed(state_dir, lab_copy, course):
     proc = _check_in_background(state_dir, lab_copy(7))
-    tag = _tag_once_running(state_dir, proc)
+    tag, services, programs = _while_running(state_dir, proc, course)
     checker = next(p for p in psutil.Process(proc.pid).children(recursive=True)
                    if "pytest" in " ".join(p.cmdline()))
     checker.kill()  # SIGKILL: no finally block runs; the reaper must clean up
     proc.communicate(timeout=60)
     assert wait_until(lambda: _lab_kernel_objects(tag) == [], timeout=20), _lab_kernel_objects(tag)
-    # and no process of the run is left in the lab's pods
-    assert not [p for p in psutil.process_iter(["cmdline"])
-                if f"ml-{tag}-" in " ".join(p.info["cmdline"] or [])]
+    # and no process of the run is left (Envoy as uid 1337 included), nor its BPF programs
+    assert wait_until(lambda: not [s["name"] for s in services.values() if psutil.pid_exists(s["pid"])], timeout=10)
+    assert wait_until(lambda: _bpf_programs(programs) == set(), timeout=5)

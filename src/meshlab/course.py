@@ -145,6 +145,10 @@ class Lab:
         """(service, role, port) for every port the lab binds."""
         return [(s.name, role, port) for s in self.services for role, port in s.ports.items()]
 
+    def host_ports(self) -> list[tuple[str, str, int]]:
+        """The ports bound on the machine's own network (a pod's are in its namespace)."""
+        return [(name, role, port) for name, role, port in self.ports() if self.service(name).pod is None]
+
 
 @dataclass(frozen=True)
 class Course:

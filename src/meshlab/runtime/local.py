@@ -120,15 +120,13 @@ class LocalRuntime:
     def start_all(self) -> None:
         """Check ports, then start every service in order and
         wait until each is ready. On any failure, what was started is stopped."""
-        # Ports inside a pod are in a namespace of the run's own: always free.
-        host_ports = [(name, role, port) for name, role, port in self.lab.ports() if self.lab.service(name).pod is None]
-        portcheck.ensure_free(host_ports, lab_ref=f"lab {self.lab.number:02d} ({self.lab.slug})")
+        portcheck.ensure_free(self.lab.host_ports(), lab_ref=f"lab {self.lab.number:02d} ({self.lab.slug})")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for old_log in self.run_dir.glob("*.log"):
             old_log.unlink()  # a new run starts with empty logs; restarts within it append
         try:
             if self.lab.pods:
-                self.pods = PodNetwork.create(self.lab, owner_pid=self.state.owner_pid)
+                self.pods = PodNetwork.create(self.lab, self.run_dir, owner_pid=self.state.owner_pid)
                 self.state.pods = asdict(self.pods.record)
                 self._save()
             for spec in self._start_order():

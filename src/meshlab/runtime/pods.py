@@ -2,9 +2,11 @@
 
 A lab that declares `pods:` gets, for one run:
 
-- one network namespace per pod (`ml-<tag>-<pod>`), its loopback up and an `eth0` with
+- one network namespace per pod (`ml<tag>-<pod>`), its loopback up and an `eth0` with
   the pod's address, all pods joined by veth pairs to one bridge that lives in a hub
-  namespace of its own (`ml-<tag>-hub`). Nothing is added to the namespace meshlab runs
+  namespace of its own (`ml<tag>-hub`). The tag comes from the run: `07` for the
+  learner's workspace of lab 07 (so `ip netns exec ml07-pod ...` can be pasted), `07-`
+  and a hash of the folder for other folders graded (so parallel runs never meet). Nothing is added to the namespace meshlab runs
   in: the pods' addresses exist only inside the namespaces the lab created, so nothing
   they send can leave the machine;
 - one cgroup v2 per `cgroup:` name its services use (`meshlab-<tag>/<name>`);
@@ -27,7 +29,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import select
 import signal
 import subprocess
@@ -76,10 +77,13 @@ class PodNetwork:
     # -- creating --------------------------------------------------------------------
 
     @classmethod
-    def create(cls, lab: Lab, *, owner_pid: int | None) -> "PodNetwork":
-        """Namespaces, links and cgroups for LAB's pods. With OWNER_PID, a reaper removes
-        them if that process dies without doing it itself."""
-        network = cls(PodRecord(tag=secrets.token_hex(4)))
+    def create(cls, lab: Lab, run_dir: Path, *, owner_pid: int | None) -> "PodNetwork":
+        """Namespaces, links and cgroups for LAB's pods, named after RUN_DIR. With
+        OWNER_PID, a reaper removes them if that process dies without doing it itself."""
+        network = cls(PodRecord(tag=tag_for(run_dir)))
+        # Whatever a dead run of the same folder left (it is not running: the runtime
+        # attaches to a live one instead of starting).
+        teardown(network.planned(lab))
         try:
             network._create(lab)
             if owner_pid is not None:
@@ -89,15 +93,25 @@ class PodNetwork:
             raise
         return network
 
+    def planned(self, lab: Lab) -> PodRecord:
+        """The record of everything a run of LAB with this tag creates."""
+        tag = self.record.tag
+        root = cgroup2_root()
+        parent = root / f"meshlab-{tag}" if root else None
+        names = sorted({s.cgroup for s in lab.services if s.cgroup})
+        return PodRecord(tag=tag, namespaces={"hub": f"ml{tag}-hub", **{p.name: f"ml{tag}-{p.name}" for p in lab.pods}},
+                         cgroups={n: str(parent / n) for n in names} if parent else {},
+                         cgroup_parent=str(parent) if parent else None)
+
     def _create(self, lab: Lab) -> None:
         tag = self.record.tag
-        hub = f"ml-{tag}-hub"
+        hub = f"ml{tag}-hub"
         self._ip("netns", "add", hub)
         self.record.namespaces["hub"] = hub
         self._ip("-n", hub, "link", "add", "br0", "type", "bridge")
         self._ip("-n", hub, "link", "set", "br0", "up")
         for index, pod in enumerate(lab.pods):
-            name = f"ml-{tag}-{pod.name}"
+            name = f"ml{tag}-{pod.name}"
             self._ip("netns", "add", name)
             self.record.namespaces[pod.name] = name
             self._ip("-n", name, "link", "set", "lo", "up")
@@ -195,6 +209,13 @@ class PodNetwork:
             namespace.close()
         self._namespaces.clear()
         teardown(self.record)
+
+
+def tag_for(run_dir: Path) -> str:
+    """`07` for the run directory `07-interception`, `07-1a2b3c4d` for `07-interception@1a2b3c4d`."""
+    name = Path(run_dir).name
+    number = name.split("-", 1)[0]
+    return f"{number}-{name.split('@', 1)[1][:8]}" if "@" in name else number
 
 
 def teardown(record: PodRecord) -> list[str]:
