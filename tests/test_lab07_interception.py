@@ -213,3 +213,32 @@ def test_nothing_left_after_the_checker_is_killed(state_dir, lab_copy, course):
     # and no process of the run is left (Envoy as uid 1337 included), nor its BPF programs
     assert wait_until(lambda: not [s["name"] for s in services.values() if psutil.pid_exists(s["pid"])], timeout=10)
     assert wait_until(lambda: _bpf_programs(programs) == set(), timeout=5)
+
+
+# -- where the machine does not allow it ---------------------------------------------
+
+WITHOUT_PRIVILEGES = ["setpriv", "--bounding-set=-net_admin,-sys_admin,-bpf,-perfmon", "--"]
+
+
+def _meshlab_without_privileges(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MESHLAB_ROOT": str(ROOT), "MESHLAB_STATE_DIR": str(state_dir), "COLUMNS": "200"}
+    return subprocess.run([*WITHOUT_PRIVILEGES, sys.executable, "-m", "meshlab", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_without_the_privileges_check_exits_2_and_says_what_to_do(state_dir):
+    result = _meshlab_without_privileges(state_dir, "check", "7", "--json")
+    assert result.returncode == 2, result.stdout + result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert "missing CAP_NET_ADMIN and CAP_SYS_ADMIN" in error["message"]
+    assert "as root" in error["fix"] and "--cap-add NET_ADMIN" in error["fix"] and "VM" in error["fix"]
+
+
+def test_without_the_privileges_audit_skips_the_lab_with_the_reason(state_dir):
+    result = _meshlab_without_privileges(state_dir, "audit", "7", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row["ok"] and not row["problems"] and "missing CAP_NET_ADMIN" in row["skipped"]
+    assert row["starter"]["status"] == row["solution"]["status"] == "skip"
+    table = _meshlab_without_privileges(state_dir, "audit", "7")
+    assert "skipped: lab 07 needs" in table.stdout
