@@ -57,7 +57,10 @@ def through_envoy(result: dict) -> bool:
 
 
 def listener_connections(lab, port: int) -> int:
-    """Connections Envoy accepted on its listener on PORT (whatever address it binds)."""
+    """Connections Envoy accepted on its listener on PORT (whatever address it binds).
+
+    The admin API is read from inside the pod over one kept-alive connection: where
+    loopback is captured too, that connection passes :15001 once, before any count."""
     stats = lab.envoy("sidecar").stats(rf"^listener\..*_{port}\.downstream_cx_total$")
     return sum(value for name, value in stats.items() if ".worker_" not in name)
 
