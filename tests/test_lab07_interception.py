@@ -74,7 +74,7 @@ def _graded_and_gone(state_dir: Path, folder: Path, course) -> tuple[int, dict]:
     tag, _, programs = _while_running(state_dir, proc, course)
     out, err = proc.communicate(timeout=300)
     assert _lab_kernel_objects(tag) == []
-    assert _bpf_programs(programs) == set()
+    assert _bpf_objects(programs) == set()
     return proc.returncode, json.loads(out) if out.strip() else {"stderr": err}
 
 
@@ -153,10 +153,21 @@ def _lab_kernel_objects(tag: str) -> list[str]:
     return left
 
 
-def _bpf_programs(ids: set[int]) -> set[int]:
-    """Which of the BPF program IDS are still loaded, as the kernel lists them."""
-    shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout)
-    return ids & {program["id"] for program in shown}
+def _bpf_objects(programs: set[int]) -> set[str]:
+    """Which of the run's BPF PROGRAMS, and of the maps they use, the kernel still holds;
+    and anything of the lab pinned in /sys/fs/bpf."""
+    def listed(kind: str) -> list[dict]:
+        return json.loads(subprocess.run(["bpftool", "-j", kind, "show"], capture_output=True, text=True).stdout)
+    maps = {map_id for program in listed("prog") if program["id"] in programs for map_id in program.get("map_ids", [])}
+    maps |= _MAPS_SEEN.get(frozenset(programs), set())
+    left = {f"prog {i}" for i in programs & {p["id"] for p in listed("prog")}}
+    left |= {f"map {i}" for i in maps & {m["id"] for m in listed("map")}}
+    pinned = Path("/sys/fs/bpf")
+    left |= {f"pinned {p.name}" for p in pinned.glob("mesh*")} if pinned.is_dir() else set()
+    return left
+
+
+_MAPS_SEEN: dict[frozenset, set[int]] = {}   # the maps of a run's programs, seen while it ran
 
 
 def _attached(cgroup: str) -> set[int]:
@@ -190,6 +201,9 @@ def _while_running(state_dir: Path, proc: subprocess.Popen, course) -> tuple[str
     tag, cgroups = state["pods"]["tag"], state["pods"]["cgroups"]
     programs: set[int] = set()
     assert wait_until(lambda: len(programs.update(_attached(cgroups["mesh"])) or programs) >= 3, timeout=30)
+    shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout)
+    _MAPS_SEEN[frozenset(programs)] = {m for p in shown if p["id"] in programs for m in p.get("map_ids", [])}
+    assert len(_MAPS_SEEN[frozenset(programs)]) >= 2, shown
     assert _lab_kernel_objects(tag), "the run's pods should exist while it runs"
     return tag, state["services"], programs
 
@@ -202,7 +216,7 @@ def test_nothing_left_after_ctrl_c(state_dir, lab_copy, course):
     proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert _lab_kernel_objects(tag) == []
-    assert wait_until(lambda: _bpf_programs(programs) == set(), timeout=5)
+    assert wait_until(lambda: _bpf_objects(programs) == set(), timeout=5), _bpf_objects(programs)
 
 
 def test_nothing_left_after_the_checker_is_killed(state_dir, lab_copy, course):
@@ -215,7 +229,7 @@ def test_nothing_left_after_the_checker_is_killed(state_dir, lab_copy, course):
     assert wait_until(lambda: _lab_kernel_objects(tag) == [], timeout=20), _lab_kernel_objects(tag)
     # and no process of the run is left (Envoy as uid 1337 included), nor its BPF programs
     assert wait_until(lambda: not [s["name"] for s in services.values() if psutil.pid_exists(s["pid"])], timeout=10)
-    assert wait_until(lambda: _bpf_programs(programs) == set(), timeout=5)
+    assert wait_until(lambda: _bpf_objects(programs) == set(), timeout=5), _bpf_objects(programs)
 
 
 # -- where the machine does not allow it ---------------------------------------------
