@@ -20,6 +20,9 @@ def test_the_whole_course_passes_its_audit(meshlab, course):
     assert [row["lab"] for row in rows] == [lab.slug for lab in course.labs]
     for row in rows:
         assert row["ok"], (row["lab"], row["problems"])
+        if row["skipped"]:  # a lab this machine cannot run (lab 07 without root): said, not graded
+            assert row["starter"]["status"] == row["solution"]["status"] == "skip"
+            continue
         assert row["starter"]["status"] == "fail" and row["solution"]["status"] == "pass"
     assert result.code == 0
 

@@ -152,3 +152,42 @@ def test_text_problems_lists_every_one_in_file_order(tmp_path):
 def test_the_real_course_declares_its_manifest_format(course):
     for lab in course.labs:
         assert (lab.workspace / "lab.yaml").read_text().startswith("format: 1\n"), lab.slug
+
+
+POD_LAB = GOOD_LAB + """\
+pods:
+  pod: {address: 10.77.7.2/24, iptables: capture.rules}
+  remote: {address: 10.77.7.3/24}
+"""
+
+
+def test_services_in_pods_as_a_user_in_a_cgroup(tmp_path):
+    manifest = POD_LAB.replace("    ports: {http: 18080}", "    ports: {http: 18080}\n    pod: remote\n    cgroup: apps") \
+        .replace("    after: [app]", "    after: [app]\n    pod: pod\n    user: 1337\n    ports: {listener: 18080, admin: 18001}")
+    manifest = manifest.replace("    ports: {listener: 18000, admin: 18001}\n", "")
+    lab = load_course(make_course(tmp_path, manifest)).labs[0]
+    assert [(p.name, p.ip, p.iptables) for p in lab.pods] == [("pod", "10.77.7.2", "capture.rules"),
+                                                              ("remote", "10.77.7.3", None)]
+    app, proxy = lab.service("app"), lab.service("proxy")
+    assert (app.pod, app.cgroup, app.user) == ("remote", "apps", None)
+    assert (proxy.pod, proxy.user) == ("pod", 1337)
+    # 18080 twice is fine: each pod is a network of its own; and no port is on the host.
+    assert lab.host_ports() == []
+
+
+@pytest.mark.parametrize("change, message", [
+    (("    after: [app]", "    after: [app]\n    pod: nowhere"), "runs in unknown pod 'nowhere'"),
+    (("  remote: {address: 10.77.7.3/24}", "  remote: {address: 8.8.8.8/24}"), "must be a private address"),
+    (("  remote: {address: 10.77.7.3/24}", "  remote: {address: 10.77.8.3/24}"), "share one subnet"),
+    (("  remote: {address: 10.77.7.3/24}", "  remote: {address: 10.77.7.2/24}"), "two pods share an address"),
+    (("  remote: {address: 10.77.7.3/24}", "  remote: {address: here}"), "IPv4 address with its prefix"),
+    (("    after: [app]", "    after: [app]\n    user: root"), "`user` must be a uid"),
+    (("    after: [app]", "    after: [app]\n    cgroup: Not/A/Name"), "`cgroup` must be a short lowercase name"),
+])
+def test_pod_mistakes_are_reported(tmp_path, change, message):
+    old, new = change
+    assert old in POD_LAB
+    make_course(tmp_path, POD_LAB.replace(old, new))
+    with pytest.raises(CourseError) as caught:
+        load_course(tmp_path)
+    assert message in str(caught.value) and caught.value.where is not None

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from meshlab import workspace
+from meshlab import platform, workspace
 from meshlab.checking import LabResult, run_checks
 from meshlab.course import Course, Lab
 
@@ -26,9 +26,12 @@ class AuditRow:
     solution: LabResult
     graded: str = "working tree"                          # or "commit 1a2b3c4"
     warnings: list[str] = field(default_factory=list)
+    skipped: str | None = None    # why this machine cannot run the lab (neither passed nor failed)
 
     @property
     def problems(self) -> list[str]:
+        if self.skipped:
+            return []
         found = []
         if self.starter.status == "pass":
             found.append("the starter passes every check: the checks cannot tell unsolved from solved")
@@ -47,7 +50,8 @@ class AuditRow:
         return not self.problems
 
     def to_json(self) -> dict:
-        return {"lab": self.lab.slug, "ok": self.ok, "problems": self.problems, "graded": self.graded,
+        return {"lab": self.lab.slug, "ok": self.ok, "skipped": self.skipped, "problems": self.problems,
+                "graded": self.graded,
                 "warnings": self.warnings, "starter": self.starter.to_json(), "solution": self.solution.to_json()}
 
 
@@ -70,16 +74,28 @@ def audit(course: Course, labs: list[Lab], *, jobs: int = 1, isolate: bool = Fal
           on_done: Callable[[Lab, str, LabResult], None] | None = None) -> list[AuditRow]:
     """Grade starter and solution of each lab in LABS; JOBS runs at once (with ISOLATE
     only: without it, labs share fixed ports and must run one at a time). Starters come
-    from the last commit unless WORKING_TREE."""
+    from the last commit unless WORKING_TREE. A lab whose `requires` this machine does
+    not meet is skipped, with the reason."""
     graded = course.state_dir / "graded"
+    skipped = {}
+    for lab in labs:
+        problem = platform.unmet(lab.requires, lab_ref=f"lab {lab.number:02d}")
+        if problem is not None:
+            skipped[lab.slug] = f"{problem.message} (fix: {problem.fix})"
     trees = {}
     for lab in labs:
+        if lab.slug in skipped:
+            continue
         starter = workspace.pristine_starter(course, lab, graded / f"{lab.slug}-starter", working_tree=working_tree)
         solution = workspace.solution_tree(course, lab, graded / f"{lab.slug}-solution", starter=starter)
         trees[lab.slug] = {"starter": starter, "solution": solution}
 
     def grade(lab: Lab, which: str) -> LabResult:
-        result = run_checks(course, lab, trees[lab.slug][which], isolate=isolate)
+        if lab.slug in skipped:
+            result = LabResult(lab=lab.slug, number=lab.number, title=lab.title, path="", status="skip",
+                               error={"kind": "environment", "message": skipped[lab.slug]})
+        else:
+            result = run_checks(course, lab, trees[lab.slug][which], isolate=isolate)
         if on_done:
             on_done(lab, which, result)
         return result
@@ -91,4 +107,5 @@ def audit(course: Course, labs: list[Lab], *, jobs: int = 1, isolate: bool = Fal
     # Keyed by slug: a Lab holds dicts (ports, env), so it cannot be a dict key itself.
     by_task = {(lab.slug, which): result for (lab, which), result in zip(tasks, results)}
     return [AuditRow(lab, by_task[(lab.slug, "starter")], by_task[(lab.slug, "solution")],
-                     *what_is_graded(course, lab, working_tree=working_tree)) for lab in labs]
+                     *what_is_graded(course, lab, working_tree=working_tree), skipped=skipped.get(lab.slug))
+            for lab in labs]

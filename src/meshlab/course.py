@@ -29,6 +29,11 @@ A lab manifest, annotated:
         # scratch: [data]             # folders it writes and nobody keeps: emptied at
         #                             # start, removed at stop (a database's data dir)
     try: ["curl -i http://127.0.0.1:10000/"]   # what `meshlab start` suggests
+    pods:                            # network namespaces the lab creates (meshlab.runtime.pods)
+      pod: {address: 10.77.7.2/24, iptables: capture.rules}   # rules: iptables-restore format
+      remote: {address: 10.77.7.3/24}
+    # and on a service: `pod: pod` (run inside it), `user: 1337` (as this uid),
+    # `cgroup: app` (in a cgroup v2 of the lab's own)
     hints: ["first layer", "second layer", "third layer"]
 
 Every text (title, summary, each entry of edit, requires, try and hints, each argument
@@ -39,6 +44,7 @@ a mapping; the loader refuses it with its line instead of showing it to a learne
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -78,10 +84,28 @@ class ServiceSpec:
     # Folders (relative to the lab folder) the service writes and nobody keeps, like a
     # database's data directory: emptied before it starts, removed when it stops.
     scratch: tuple[str, ...] = ()
+    # Where and as whom it runs (meshlab.runtime.pods): a pod of the lab (a network
+    # namespace), a uid, a cgroup of the lab's own. None: the runtime's own.
+    pod: str | None = None
+    user: int | None = None
+    cgroup: str | None = None
 
     @property
     def admin_port(self) -> int | None:
         return self.ports.get("admin")
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    """A network namespace the lab creates, joined to the lab's other pods (one subnet)."""
+
+    name: str
+    address: str                   # the pod's address with its prefix, like 10.77.7.2/24
+    iptables: str | None = None    # a file of the lab, in iptables-restore format, applied in the pod
+
+    @property
+    def ip(self) -> str:
+        return self.address.split("/")[0]
 
 
 @dataclass(frozen=True)
@@ -100,6 +124,13 @@ class Lab:
     checks: Path                    # the pytest module that grades the lab
     workspace: Path                 # labs/NN-slug: the learner's files
     solution: Path                  # solutions/NN-slug
+    pods: tuple[PodSpec, ...] = ()
+
+    def pod(self, name: str) -> PodSpec:
+        for spec in self.pods:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
 
     @property
     def name(self) -> str:
@@ -118,6 +149,10 @@ class Lab:
     def ports(self) -> list[tuple[str, str, int]]:
         """(service, role, port) for every port the lab binds."""
         return [(s.name, role, port) for s in self.services for role, port in s.ports.items()]
+
+    def host_ports(self) -> list[tuple[str, str, int]]:
+        """The ports bound on the machine's own network (a pod's are in its namespace)."""
+        return [(name, role, port) for name, role, port in self.ports() if self.service(name).pod is None]
 
 
 @dataclass(frozen=True)
@@ -176,9 +211,11 @@ def load_course(root: Path | None = None) -> Course:
 
 
 _SLUG = re.compile(r"^(\d{2})-[a-z0-9]+(?:-[a-z0-9]+)*$")
-_LAB_KEYS = {"format", "title", "summary", "time", "edit", "services", "hints", "requires", "prepare", "try", "checks"}
+_LAB_KEYS = {"format", "title", "summary", "time", "edit", "services", "hints", "requires", "prepare", "try", "checks",
+             "pods"}
 _SERVICE_KEYS = {*SERVICE_KINDS, "args", "ports", "after", "env", "concurrency", "inputs", "ready_timeout", "ready",
-                 "scratch"}
+                 "scratch", "pod", "user", "cgroup"}
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
 
 
 def load_lab(root: Path, slug: str, *, course_doc: yamlfile.YamlDoc | None = None, index: int = 0) -> Lab:
@@ -200,20 +237,27 @@ def load_lab(root: Path, slug: str, *, course_doc: yamlfile.YamlDoc | None = Non
     for problem in text_problems(doc):
         raise problem
 
+    pods = _pods(doc)
     services = tuple(_service(doc, name, body) for name, body in _mapping(doc, ("services",)).items())
     names = {s.name for s in services}
     for spec in services:
+        if spec.pod is not None and spec.pod not in {p.name for p in pods}:
+            raise CourseError(f"service {spec.name} runs in unknown pod {spec.pod!r}",
+                              where=doc.location(("services", spec.name, "pod")),
+                              fix="declare it under `pods:`" if not pods else
+                              f"known pods: {', '.join(p.name for p in pods)}")
         for dep in spec.after:
             if dep not in names:
                 raise CourseError(f"service {spec.name} waits for unknown service {dep!r}",
                                   where=doc.location(("services", spec.name, "after")))
-    ports = [(s.name, p) for s in services for p in s.ports.values()]
-    seen: dict[int, str] = {}
-    for service, port in ports:
-        if port in seen:
-            raise CourseError(f"port {port} is declared by both {seen[port]} and {service}",
-                              where=doc.location(("services", service, "ports")))
-        seen[port] = service
+    # A port is taken once per network: the host's, or each pod's own.
+    seen: dict[tuple[str | None, int], str] = {}
+    for spec in services:
+        for port in spec.ports.values():
+            if (spec.pod, port) in seen:
+                raise CourseError(f"port {port} is declared by both {seen[(spec.pod, port)]} and {spec.name}",
+                                  where=doc.location(("services", spec.name, "ports")))
+            seen[(spec.pod, port)] = spec.name
 
     checks = data.get("checks") or f"checker/test_{slug.replace('-', '_')}.py"
     return Lab(
@@ -231,7 +275,38 @@ def load_lab(root: Path, slug: str, *, course_doc: yamlfile.YamlDoc | None = Non
         checks=root / checks,
         workspace=workspace,
         solution=root / "solutions" / slug,
+        pods=pods,
     )
+
+
+def _pods(doc: yamlfile.YamlDoc) -> tuple[PodSpec, ...]:
+    pods = []
+    networks = set()
+    for name, body in _mapping(doc, ("pods",)).items():
+        path = ("pods", name)
+        data = _mapping(doc, path, {"address", "iptables"})
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise CourseError(f"pod name {name!r} must be a short lowercase word (at most 12 characters)",
+                              where=doc.location(path))
+        try:
+            interface = ipaddress.IPv4Interface(str(data.get("address")))
+        except ValueError:
+            raise CourseError(f"pod {name}: `address` must be an IPv4 address with its prefix, like 10.77.7.2/24",
+                              where=doc.location(path + ("address",))) from None
+        if not interface.ip.is_private or interface.network.prefixlen == 32:
+            raise CourseError(f"pod {name}: {interface} must be a private address in a subnet (a pod's address "
+                              f"never leaves the namespaces the lab creates)", where=doc.location(path + ("address",)))
+        networks.add(interface.network)
+        iptables = data.get("iptables")
+        if iptables is not None and not isinstance(iptables, str):
+            raise _not_text(doc, path + ("iptables",), iptables)
+        pods.append(PodSpec(name=name, address=str(interface), iptables=iptables))
+    if len(networks) > 1:
+        raise CourseError("the pods of a lab share one subnet (they are joined by one bridge)",
+                          where=doc.location(("pods",)))
+    if len({p.ip for p in pods}) != len(pods):
+        raise CourseError("two pods share an address", where=doc.location(("pods",)))
+    return tuple(pods)
 
 
 def _check_format(doc: yamlfile.YamlDoc, data: dict) -> None:
@@ -318,6 +393,16 @@ def _service(doc: yamlfile.YamlDoc, name: str, body: Any) -> ServiceSpec:
                               where=doc.location(path + ("scratch",)))
     if kind == "envoy" and target not in inputs:
         inputs = (target, *inputs)
+    user = data.get("user")
+    if user is not None and (not isinstance(user, int) or isinstance(user, bool) or not 0 < user < 65536):
+        raise CourseError(f"service {name}: `user` must be a uid (a number like 1337)",
+                          where=doc.location(path + ("user",)))
+    cgroup = data.get("cgroup")
+    if cgroup is not None and (not isinstance(cgroup, str) or not _NAME.match(cgroup)):
+        raise CourseError(f"service {name}: `cgroup` must be a short lowercase name", where=doc.location(path + ("cgroup",)))
+    pod = data.get("pod")
+    if pod is not None and not isinstance(pod, str):
+        raise _not_text(doc, path + ("pod",), pod)
     return ServiceSpec(
         name=name,
         kind=kind,
@@ -331,6 +416,9 @@ def _service(doc: yamlfile.YamlDoc, name: str, body: Any) -> ServiceSpec:
         ready_timeout=float(data.get("ready_timeout", 15.0)),
         ready=_choice(doc, path + ("ready",), data.get("ready", "live"), ("live", "admin")),
         scratch=scratch,
+        pod=pod,
+        user=user,
+        cgroup=cgroup,
     )
 
 

@@ -50,7 +50,7 @@ def diagnose(course: Course | None, course_error: MeshlabError | None = None) ->
         ok, detail = feature.probe()
         status = "ok" if ok else ("missing" if name in required else "absent")
         found.append(Finding("features", feature.name, status, f"{feature.description}: {detail}",
-                             None if ok else "run as root, or on a Linux machine that allows it"))
+                             None if ok else feature.fix))
     tools = sorted(n for n in required if n not in FEATURES)
     for tool in [*tools, *(t for t in GENERAL_TOOLS if t not in tools)]:
         path = shutil.which(tool)
@@ -93,7 +93,7 @@ def readiness(course: Course, findings: list[Finding]) -> list[LabReadiness]:
     for lab in course.labs:
         missing = list(core)
         missing += [by_name[name] for name in lab.requires if by_name.get(name) and by_name[name].status != "ok"]
-        missing += [busy[f"127.0.0.1:{port}"] for _, _, port in lab.ports() if f"127.0.0.1:{port}" in busy]
+        missing += [busy[f"127.0.0.1:{port}"] for _, _, port in lab.host_ports() if f"127.0.0.1:{port}" in busy]
         rows.append(LabReadiness(lab, missing))
     return rows
 
@@ -146,13 +146,13 @@ def _ports(course: Course) -> list[Finding]:
     found = []
     seen = set()
     for lab in course.labs:
-        for service, role, port in lab.ports():
+        for service, role, port in lab.host_ports():
             if port in seen:
                 continue
             seen.add(port)
             name = f"127.0.0.1:{port}"
             users = ", ".join(sorted({f"lab {l.number:02d}" for l in course.labs
-                                      for _, _, p in l.ports() if p == port}))
+                                      for _, _, p in l.host_ports() if p == port}))
             if ports.is_free(port):
                 found.append(Finding("ports", name, "ok", f"free ({users})"))
             elif port in ours:

@@ -153,9 +153,10 @@ class EnvoyProcess:
 class Admin:
     """Envoy's admin API at BASE_URL (like `http://127.0.0.1:9901`)."""
 
-    def __init__(self, base_url: str, *, timeout: float = 5.0):
+    def __init__(self, base_url: str, *, timeout: float = 5.0, transport: httpx.BaseTransport | None = None):
+        """TRANSPORT: how to reach it when it is elsewhere (an Envoy inside a pod)."""
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, trust_env=False)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, trust_env=False, transport=transport)
 
     def close(self) -> None:
         self._http.close()

@@ -43,6 +43,7 @@ class LabSession:
         self.owned = owned
         self.http = httpx.Client(timeout=10.0, trust_env=False)
         self._admins: dict[str, Admin] = {}
+        self._pods: dict[str, httpx.Client] = {}
 
     @classmethod
     def open(cls, lab: Lab, lab_dir: Path, run_dir: Path) -> "LabSession":
@@ -64,6 +65,8 @@ class LabSession:
     def close(self) -> None:
         for admin in self._admins.values():
             admin.close()
+        for client in self._pods.values():
+            client.close()
         self.http.close()
         if self.owned:
             self.runtime.stop_all()
@@ -91,14 +94,29 @@ class LabSession:
 
     # -- what reached an app -----------------------------------------------------
 
+    def pod(self, name: str, *, unix: str | None = None) -> httpx.Client:
+        """An HTTP client whose requests leave from inside the lab's pod NAME (as a
+        process of that pod that is in none of the lab's cgroups and runs as root).
+        With UNIX (an app's `--unix @name`), every request goes to that abstract Unix
+        socket of the pod instead: a way in that no firewall rule sees."""
+        key = f"{name} {unix}"
+        if key not in self._pods:
+            if self.runtime.pods is None:
+                raise ValueError(f"lab {self.lab.slug} has no pods")
+            uds = "\0" + unix[1:] if unix and unix.startswith("@") else unix
+            self._pods[key] = self.runtime.pods.client(name, uds=uds, timeout=10.0)
+        return self._pods[key]
+
     def app_url(self, service: str) -> str:
         port = next(iter(self.lab.service(service).ports.values()))
         return f"http://127.0.0.1:{port}"
 
     def journal(self, service: str, since: int = 0) -> list[dict]:
         """Requests the app SERVICE received after sequence number SINCE, asked of the
-        app directly (not through Envoy)."""
-        response = self.http.get(self.app_url(service) + JOURNAL_PATH, params={"since": since})
+        app directly (not through Envoy; from inside its pod for an app in a pod)."""
+        pod = self.lab.service(service).pod
+        http = self.pod(pod) if pod else self.http
+        response = http.get(self.app_url(service) + JOURNAL_PATH, params={"since": since})
         response.raise_for_status()
         return response.json()
 

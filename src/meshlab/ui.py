@@ -150,6 +150,9 @@ def show_audit(rows: list) -> None:
     for column in ("lab", "starter", "solution", "verdict"):
         table.add_column(column)
     for row in rows:
+        if row.skipped:
+            table.add_row(escape(row.lab.slug), "skipped", "skipped", "[yellow]skipped: " + escape(row.skipped) + "[/]")
+            continue
         total = len(row.starter.checks)
         starter = (f"fails {total - row.starter.passed}/{total}" if row.starter.status == "fail"
                    else row.starter.status)

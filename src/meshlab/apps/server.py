@@ -13,6 +13,7 @@ import argparse
 import itertools
 import json
 import signal
+import socketserver
 import sys
 import threading
 import time
@@ -120,6 +121,20 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 1024
 
 
+class _UnixServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+
+def _unix_handler(handler: type[BaseHTTPRequestHandler]) -> type[BaseHTTPRequestHandler]:
+    class UnixHandler(handler):  # type: ignore[misc, valid-type]
+        disable_nagle_algorithm = False  # no TCP here
+
+        def address_string(self) -> str:
+            return "unix"
+
+    return UnixHandler
+
+
 def serve(app: App | None, *, description: str, argv: list[str] | None = None,
           add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
           configure: Callable[[argparse.Namespace], App] | None = None) -> None:
@@ -127,12 +142,20 @@ def serve(app: App | None, *, description: str, argv: list[str] | None = None,
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, required=True, help="port to listen on")
+    parser.add_argument("--unix", metavar="NAME",
+                        help="also serve on this Unix socket; @NAME is an abstract one, which belongs to the network "
+                             "namespace (a path no firewall rule sees: how a checker reaches an app in a pod)")
     if add_arguments:
         add_arguments(parser)
     options = parser.parse_args(argv)
     if configure:
         app = configure(options)
-    server = _Server((options.host, options.port), make_handler(app, _Journal()))
+    journal = _Journal()
+    server = _Server((options.host, options.port), make_handler(app, journal))
+    if options.unix:
+        name = "\0" + options.unix[1:] if options.unix.startswith("@") else options.unix
+        unix = _UnixServer(name, _unix_handler(make_handler(app, journal)))
+        threading.Thread(target=unix.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     sys.stderr.write(f"listening on http://{options.host}:{options.port}\n")
     try:

@@ -57,7 +57,10 @@ def start_command(lab: str) -> None:
             runtime.start_all()
         ui.console.print(f"[bold]Lab {spec.number:02d} · {spec.title}[/] is running.")
     for service in runtime.state.services.values():
-        where = ", ".join(f"127.0.0.1:{port} ({role})" for role, port in service.ports.items())
+        pod = spec.service(service.name).pod if service.name in {s.name for s in spec.services} else None
+        # A pod's ports are in its own namespace: name it (`ip netns exec NAME ...` reaches them).
+        host = f"{runtime.pods.record.namespaces[pod]} " if pod and runtime.pods else "127.0.0.1:"
+        where = ", ".join(f"{host}{port} ({role})" for role, port in service.ports.items())
         ui.console.print(f"  {service.name:<10} {service.kind:<7} {where}  [dim]pid {service.pid}[/]")
     if spec.try_commands:
         ui.console.print("Try:")

@@ -35,6 +35,8 @@ from meshlab.envoy import Admin, find_binary
 from meshlab.errors import InputError, Location, PortBusy, ServiceFailed, ToolMissing
 from meshlab.platform import install_hint
 from meshlab.runtime import processes
+from meshlab.runtime.pods import PodNetwork, record_from
+from meshlab.runtime.pods import teardown as teardown_pods
 
 STATE_FILE = "state.json"
 
@@ -63,6 +65,7 @@ class RunState:
     owner_pid: int | None = None  # the process whose death ends the run (None: detached)
     owner_started: float | None = None  # its start time, so a reused PID is not mistaken for it
     services: dict[str, ServiceState] = field(default_factory=dict)
+    pods: dict | None = None  # what meshlab.runtime.pods created for the run (a PodRecord)
 
 
 class LocalRuntime:
@@ -77,6 +80,7 @@ class LocalRuntime:
                               owner_pid=None if detached else os.getpid(),
                               owner_started=None if detached else processes.create_time(os.getpid()))
         self._popen: dict[str, subprocess.Popen] = {}
+        self.pods: PodNetwork | None = None  # the lab's network namespaces, when it has pods
 
     # -- finding a run that is already there -------------------------------------
 
@@ -89,6 +93,8 @@ class LocalRuntime:
             return None
         runtime = cls(lab, Path(state.lab_dir), run_dir, detached=state.detached)
         runtime.state = state
+        record = record_from(state.pods)
+        runtime.pods = PodNetwork(record) if record else None
         if orphaned(state) or not any(runtime.is_running(name) for name in state.services):
             runtime.stop_all()
             return None
@@ -116,13 +122,18 @@ class LocalRuntime:
     def start_all(self) -> None:
         """Check ports, then start every service in order and
         wait until each is ready. On any failure, what was started is stopped."""
-        portcheck.ensure_free(self.lab.ports(), lab_ref=f"lab {self.lab.number:02d} ({self.lab.slug})")
+        portcheck.ensure_free(self.lab.host_ports(), lab_ref=f"lab {self.lab.number:02d} ({self.lab.slug})")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for old_log in self.run_dir.glob("*.log"):
             old_log.unlink()  # a new run starts with empty logs; restarts within it append
         try:
+            if self.lab.pods:
+                self.pods = PodNetwork.create(self.lab, self.run_dir, owner_pid=self.state.owner_pid)
+                self.state.pods = asdict(self.pods.record)
+                self._save()
             for spec in self._start_order():
                 self.start(spec.name)
+            self._apply_pod_rules()
         except BaseException:
             self.stop_all()
             raise
@@ -132,6 +143,8 @@ class LocalRuntime:
         if self.is_running(name):
             return self.state.services[name]
         argv = self._argv(spec)
+        if self.pods is not None:
+            argv = self.pods.launcher(spec, argv)
         log_path = self.run_dir / f"{name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
         scratch = [str(self.lab_dir / folder) for folder in spec.scratch]
@@ -195,6 +208,8 @@ class LocalRuntime:
     def stop_all(self) -> None:
         for name in reversed(list(self.state.services)):
             self.stop(name)
+        if self.pods is not None:
+            self.pods.teardown()
         self._forget()
 
     def sync(self) -> list[str]:
@@ -210,7 +225,7 @@ class LocalRuntime:
             elif service.inputs != self._hash_inputs(spec):
                 changed.append(spec.name)
                 self.restart(spec.name)
-        return changed
+        return changed + self._apply_pod_rules()
 
     # -- observing ---------------------------------------------------------------
 
@@ -222,7 +237,7 @@ class LocalRuntime:
         service = self.state.services.get(name)
         if service is None or not service.admin_url:
             raise ServiceFailed(f"{name} is not a running Envoy of lab {self.lab.slug}")
-        return Admin(service.admin_url)
+        return Admin(service.admin_url, transport=self._transport(self.lab.service(name)))
 
     def log_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.log"
@@ -308,7 +323,8 @@ class LocalRuntime:
                 return False
             service.admin_url = "http://" + address_file.read_text().strip()
             try:
-                state = httpx.get(service.admin_url + "/ready", timeout=1.0, trust_env=False).text.strip()
+                with httpx.Client(timeout=1.0, trust_env=False, transport=self._transport(spec)) as http:
+                    state = http.get(service.admin_url + "/ready").text.strip()
             except httpx.HTTPError:
                 return False
             # `ready: admin` is for an Envoy that waits on a control plane which may not
@@ -317,6 +333,9 @@ class LocalRuntime:
         if not spec.ports:
             return True
         port = next(iter(spec.ports.values()))
+        if spec.pod is not None and self.pods is not None:
+            inside = self.pods.namespace(spec.pod)
+            return any(inside.can_connect(host, port) for host in ("127.0.0.1", self.lab.pod(spec.pod).ip))
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return True
@@ -343,6 +362,23 @@ class LocalRuntime:
         how = f"with code {code}" if code is not None else "early"
         return ServiceFailed(f"{spec.name} ({what}) exited {how} while starting",
                              details=log_tail, fix=f"read the log above (all of it: {self.log_path(spec.name)})")
+
+    def _transport(self, spec: ServiceSpec) -> httpx.BaseTransport | None:
+        """How to reach SPEC's ports: from inside its pod, or (None) from here."""
+        if spec.pod is None or self.pods is None:
+            return None
+        return self.pods.transport(spec.pod)
+
+    def _apply_pod_rules(self) -> list[str]:
+        """Load the pods' iptables rules (after the services are up, so that readiness
+        probes are not captured), again whenever a rules file changes."""
+        if self.pods is None:
+            return []
+        changed = self.pods.apply_rules(self.lab, self.lab_dir)
+        if changed:
+            self.state.pods = asdict(self.pods.record)
+            self._save()
+        return [f"iptables of {pod}" for pod in changed]
 
     def _save(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -439,6 +475,9 @@ def stop_run(run_dir: Path) -> list[str]:
             processes.terminate_group(service.pgid, service.pid)
             stopped.append(service.name)
         remove_scratch(service)
+    record = record_from(state.pods)
+    if record is not None:
+        teardown_pods(record)
     (Path(run_dir) / STATE_FILE).unlink(missing_ok=True)
     return stopped
 

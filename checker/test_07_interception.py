@@ -1,0 +1,310 @@
+"""Lab 07 — Interception: the app's traffic is captured into Envoy by the kernel.
+
+The app runs in a pod (a network namespace the lab creates) and calls other services
+by their own addresses; nothing tells it about Envoy. Each check makes the app (or a
+process in the remote pod) send real traffic and decides from what reached the
+services (their journals), what Envoy reports (listener counters, its access log with
+the original destination) and a header only Envoy's router adds. The learner's rules
+and YAML are never read.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from meshlab.apps.server import JOURNAL_PATH
+from meshlab.grading import check, fail
+from meshlab.grading.accesslog import AccessLog
+
+pytestmark = pytest.mark.lab("07-interception")
+
+POD, REMOTE = "10.77.7.2", "10.77.7.3"
+APP = "http://127.0.0.1:8080"               # the app, seen from inside its pod
+# The app also listens on this abstract Unix socket of its pod: the checker asks it to
+# make calls and reads its journal there, where no capture rule can interfere.
+CONTROL = "@app"
+OUTBOUND, INBOUND = 15001, 15006
+# Envoy's router adds this to every response it forwards; no app of the lab sets it.
+ENVOY_HEADER = "x-envoy-upstream-service-time"
+CAPTURE_HINT = ("capture.rules must REDIRECT the pod's outbound TCP to port 15001 (nat OUTPUT), and Envoy's "
+                "outbound listener must forward it to where the app meant to go")
+
+
+def probe() -> str:
+    return uuid.uuid4().hex
+
+
+def call(lab, url: str) -> dict:
+    """Make the app call URL (a plain GET from inside the pod); what the app received."""
+    response = lab.pod("pod", unix=CONTROL).get("http://app/call", params={"url": url}, timeout=15.0)
+    response.raise_for_status()
+    return response.json()
+
+
+def shown(result: dict) -> str:
+    if "error" in result:
+        return f"the app's call failed: {result['error']}"
+    headers = result["headers"]
+    return (f"HTTP {result['status']}, server: {headers.get('server', '-')}, {ENVOY_HEADER}: "
+            f"{headers.get(ENVOY_HEADER, '(absent)')}, body {result['body'].strip()[:80]!r}")
+
+
+def through_envoy(result: dict) -> bool:
+    return "error" not in result and ENVOY_HEADER in result["headers"]
+
+
+def listener_connections(lab, port: int) -> int:
+    """Connections Envoy accepted on its listener on PORT (whatever address it binds).
+
+    The admin API is read from inside the pod over one kept-alive connection: where
+    loopback is captured too, that connection passes :15001 once, before any count."""
+    stats = lab.envoy("sidecar").stats(rf"^listener\..*_{port}\.downstream_cx_total$")
+    return sum(value for name, value in stats.items() if ".worker_" not in name)
+
+
+def journal(lab, service: str, since: int = 0) -> list[dict]:
+    """What SERVICE received (the app's journal is read over its Unix socket)."""
+    if service != "app":
+        return lab.journal(service, since=since)
+    response = lab.pod("pod", unix=CONTROL).get(f"http://app{JOURNAL_PATH}", params={"since": since})
+    response.raise_for_status()
+    return response.json()
+
+
+def position(lab, service: str) -> int:
+    entries = journal(lab, service)
+    return entries[-1]["seq"] if entries else 0
+
+
+def reached(lab, service: str, since: int, mark: str) -> dict | None:
+    return next((e for e in journal(lab, service, since=since) if e["query"].get("probe") == [mark]), None)
+
+
+def require_capture(lab) -> None:
+    """A bypass only means something once capture works: one call must go through Envoy."""
+    result = call(lab, f"http://{REMOTE}:8080/?probe={probe()}")
+    if not through_envoy(result):
+        fail("the app's calls are not captured yet, so there is nothing to bypass",
+             expected="a call to the remote service answered through Envoy",
+             received=shown(result), hint=CAPTURE_HINT)
+
+
+@check("The app's call to 10.77.7.3:8080 goes through Envoy, which logs the original destination",
+       hint=CAPTURE_HINT)
+def test_outbound_captured(lab):
+    mark, since = probe(), lab.journal_position("remote")
+    log = AccessLog(lab.runtime.access_log_path("sidecar"))
+    position = log.position()
+    result = call(lab, f"http://{REMOTE}:8080/hello?probe={mark}")
+    if not through_envoy(result):
+        went = "it reached the remote service directly" if reached(lab, "remote", since, mark) else \
+            "it reached nothing"
+        fail(f"the app's call did not pass through Envoy: {went}",
+             expected=f"a response carrying {ENVOY_HEADER} (only Envoy's router adds it)",
+             received=shown(result))
+    if result["status"] != 200 or reached(lab, "remote", since, mark) is None:
+        fail("the call went into Envoy but did not reach the remote service",
+             expected=f"HTTP 200 from the remote service at {REMOTE}:8080, which records the request",
+             received=shown(result) + "; the remote service has no record of it",
+             hint="the outbound route must go to a cluster of type ORIGINAL_DST (lb_policy CLUSTER_PROVIDED), "
+                  "and the listener needs the envoy.filters.listener.original_dst listener filter")
+    entries = log.wait(position, 1, where=lambda e: mark in str(e.get("path", "")))
+    destination = entries[0].get("original_destination")
+    if destination != f"{REMOTE}:8080":
+        fail("Envoy's access log does not show where the app meant to go",
+             expected=f"original_destination {REMOTE}:8080 in the log entry of the call",
+             received=f"the entry: {json.dumps(entries[0])[:240]}",
+             hint="without the original_dst listener filter Envoy sees the REDIRECTed address (127.0.0.1:15001) "
+                  "as the destination; add the filter to the outbound listener")
+
+
+@check("Calls to two remote services each reach the service the app called",
+       hint="a STATIC cluster sends every call to one fixed address; ORIGINAL_DST forwards each connection to "
+            "its own original destination")
+def test_each_call_reaches_its_destination(lab):
+    for service, port in (("remote", 8080), ("other", 8081)):
+        mark, since = probe(), lab.journal_position(service)
+        result = call(lab, f"http://{REMOTE}:{port}/?probe={mark}")
+        if not through_envoy(result):
+            fail(f"the app's call to {REMOTE}:{port} did not pass through Envoy",
+                 expected=f"a response carrying {ENVOY_HEADER}", received=shown(result), hint=CAPTURE_HINT)
+        if reached(lab, service, since, mark) is None:
+            answered = result["body"].strip() or "nothing"
+            fail(f"the call to {REMOTE}:{port} reached another service",
+                 expected=f"the {service} service at {REMOTE}:{port} receives it",
+                 received=f"{service} has no record of it; the answer came from {answered!r}")
+
+
+@check("Inbound: a request from the remote pod to the app's port is served through Envoy's inbound listener",
+       hint="capture.rules must REDIRECT TCP arriving for port 8080 to port 15006 (nat PREROUTING), and Envoy needs "
+            "a listener on 0.0.0.0:15006 that routes to the app at 127.0.0.1:8080")
+def test_inbound_through_envoy(lab):
+    mark, since = probe(), position(lab, "app")
+    before = listener_connections(lab, INBOUND)
+    response = lab.pod("remote").get(f"http://{POD}:8080/inbound", params={"probe": mark})
+    after = listener_connections(lab, INBOUND)
+    seen = reached(lab, "app", since, mark)
+    if response.status_code != 200 or seen is None:
+        fail("the request from the remote pod did not reach the app",
+             expected=f"HTTP 200 from the app for GET http://{POD}:8080/inbound",
+             received=f"HTTP {response.status_code} {response.text.strip()[:120]!r}; the app has "
+                      f"{'a' if seen else 'no'} record of it")
+    if after - before < 1 or ENVOY_HEADER not in response.headers:
+        fail("the request reached the app without passing through Envoy",
+             expected=f"Envoy's listener on port {INBOUND} accepts the connection ({ENVOY_HEADER} in the answer)",
+             received=f"downstream_cx_total of the :{INBOUND} listener {before} -> {after}; "
+                      f"{ENVOY_HEADER}: {response.headers.get(ENVOY_HEADER, '(absent)')}")
+
+
+@check("No loop: Envoy's own upstream connections are not captured",
+       hint="Envoy's connections pass through nat OUTPUT too: exempt its uid (-m owner --uid-owner 1337 -j RETURN) "
+            "before the REDIRECT, or each of its upstream connections comes back to it")
+def test_no_loop(lab):
+    calls = 5
+    before = listener_connections(lab, OUTBOUND)
+    results = []
+    for _ in range(calls):
+        results.append(call(lab, f"http://{REMOTE}:8080/?probe={probe()}"))
+        accepted = listener_connections(lab, OUTBOUND) - before
+        if accepted > len(results):  # one call, one connection: more is a loop (no need to wait for more)
+            fail("Envoy accepted more connections than the app opened: its own connections came back to it",
+                 expected=f"{len(results)} connections on the :{OUTBOUND} listener for {len(results)} calls",
+                 received=f"{accepted} connections; the call: {shown(results[-1])}")
+    captured = sum(1 for r in results if through_envoy(r))
+    if captured < calls or accepted < calls:
+        fail("the app's calls did not all pass through Envoy, so there is no loop to rule out",
+             expected=f"{calls} calls answered through Envoy, {calls} connections on :{OUTBOUND}",
+             received=f"{captured} answered through Envoy, {accepted} connections; last: {shown(results[-1])}",
+             hint=CAPTURE_HINT)
+
+
+@check("Loopback traffic inside the pod bypasses Envoy",
+       hint="exempt loopback before the outbound REDIRECT (-d 127.0.0.0/8 -j RETURN): processes of one pod talk "
+            "to each other over 127.0.0.1, and Envoy reaches the app that way")
+def test_loopback_bypasses(lab):
+    require_capture(lab)
+    mark, since = probe(), position(lab, "app")
+    before = listener_connections(lab, OUTBOUND)
+    response = lab.pod("pod").get(f"{APP}/local", params={"probe": mark})
+    accepted = listener_connections(lab, OUTBOUND) - before
+    if reached(lab, "app", since, mark) is None:
+        fail("a request to 127.0.0.1:8080 inside the pod did not reach the app",
+             expected="the app answers on loopback", received=f"HTTP {response.status_code}")
+    if accepted or ENVOY_HEADER in response.headers:
+        fail("a connection to 127.0.0.1 inside the pod was captured into Envoy",
+             expected=f"no new connection on the :{OUTBOUND} listener, no {ENVOY_HEADER}",
+             received=f"{accepted} new connections; {ENVOY_HEADER}: {response.headers.get(ENVOY_HEADER, '(absent)')}")
+
+
+@check("Port 5432 is excluded: the app's call to the database bypasses Envoy",
+       hint="add -p tcp --dport 5432 -j RETURN to the outbound chain before the REDIRECT (Istio's "
+            "excludeOutboundPorts does the same)")
+def test_excluded_port_bypasses(lab):
+    require_capture(lab)
+    mark, since = probe(), lab.journal_position("db")
+    before = listener_connections(lab, OUTBOUND)
+    result = call(lab, f"http://{REMOTE}:5432/?probe={mark}")
+    accepted = listener_connections(lab, OUTBOUND) - before
+    if reached(lab, "db", since, mark) is None:
+        fail("the app's call to the database never arrived", expected=f"the db service at {REMOTE}:5432 receives it",
+             received=shown(result))
+    if accepted or through_envoy(result):
+        fail("the call to port 5432 was captured into Envoy",
+             expected=f"no new connection on the :{OUTBOUND} listener, no {ENVOY_HEADER}",
+             received=f"{accepted} new connections; {shown(result)}")
+
+
+# -- part B: eBPF, in podb, where no iptables rule exists ------------------------------
+
+BPF_HINT = ("connect4.c must save the destination in mesh_by_cookie under the socket's cookie and rewrite "
+            "ctx->user_ip4 / ctx->user_port to 127.0.0.1:15001 (network byte order: bpf_htonl, bpf_htons)")
+
+
+def call_b(lab, url: str) -> dict:
+    """Make podb's app call URL."""
+    response = lab.pod("podb", unix=CONTROL).get("http://app/call", params={"url": url}, timeout=15.0)
+    response.raise_for_status()
+    return response.json()
+
+
+def outbound_b(lab) -> int:
+    stats = lab.envoy("sidecar-b").stats(rf"^listener\..*_{OUTBOUND}\.downstream_cx_total$")
+    return sum(value for name, value in stats.items() if ".worker_" not in name)
+
+
+def nat_rules(lab, pod: str) -> list[str]:
+    dump = lab.runtime.pods.run(pod, ["iptables-save"]).stdout
+    return [line for line in dump.splitlines() if line.startswith("-A ")]
+
+
+def require_capture_b(lab) -> None:
+    result = call_b(lab, f"http://{REMOTE}:8080/?probe={probe()}")
+    if not through_envoy(result):
+        fail("the app's calls in podb are not redirected yet, so there is nothing to compare with",
+             expected="a call of podb's app answered through Envoy", received=shown(result), hint=BPF_HINT)
+
+
+@check("eBPF: with no iptables rule in podb, the app's calls reach Envoy and then where they were going",
+       hint=BPF_HINT)
+def test_bpf_outbound_captured(lab):
+    rules = nat_rules(lab, "podb")
+    if rules:
+        fail("podb has iptables rules: this part must work without them",
+             expected="iptables-save in podb lists no rule", received="; ".join(rules[:3]))
+    log = AccessLog(lab.runtime.access_log_path("sidecar-b"))
+    for service, port in (("remote", 8080), ("other", 8081)):
+        mark, since, start = probe(), lab.journal_position(service), log.position()
+        result = call_b(lab, f"http://{REMOTE}:{port}/?probe={mark}")
+        if not through_envoy(result):
+            fail(f"podb's app called {REMOTE}:{port} and Envoy was not in the path",
+                 expected=f"a response carrying {ENVOY_HEADER}", received=shown(result))
+        if reached(lab, service, since, mark) is None:
+            fail(f"the call went into Envoy but did not reach {REMOTE}:{port}",
+                 expected=f"the {service} service receives it", received=shown(result),
+                 hint="Envoy reads the original destination with SO_ORIGINAL_DST, which the given getsockopt "
+                      "program answers from mesh_by_port: connect4 must fill mesh_by_cookie (ip and port as "
+                      "connect() saw them, network byte order)")
+        entry = log.wait(start, 1, where=lambda e, m=mark: m in str(e.get("path", "")))[0]
+        if entry.get("original_destination") != f"{REMOTE}:{port}":
+            fail("Envoy's access log does not show where the app meant to go",
+                 expected=f"original_destination {REMOTE}:{port}", received=json.dumps(entry)[:240])
+
+
+@check("eBPF: a process of podb outside the app's cgroup is not redirected",
+       hint="the programs act on the cgroup they are attached to, and nothing else: nothing to do in connect4.c "
+            "but to leave other cgroups alone")
+def test_bpf_only_the_cgroup(lab):
+    require_capture_b(lab)
+    mark, since = probe(), lab.journal_position("remote")
+    before = outbound_b(lab)
+    response = lab.pod("podb").get(f"http://{REMOTE}:8080/", params={"probe": mark})
+    accepted = outbound_b(lab) - before
+    if reached(lab, "remote", since, mark) is None or accepted or ENVOY_HEADER in response.headers:
+        fail("a connection from outside the cgroup went through Envoy (or nowhere)",
+             expected="it reaches the remote service directly: no new connection on Envoy's :15001",
+             received=f"HTTP {response.status_code}; {accepted} new connections on :{OUTBOUND}; "
+                      f"{ENVOY_HEADER}: {response.headers.get(ENVOY_HEADER, '(absent)')}")
+
+
+@check("eBPF: Envoy's own connects are not redirected (no loop)",
+       hint="Envoy is in the same cgroup as the app: connect4 must return early for its uid "
+            "(bpf_get_current_uid_gid() & 0xffffffff == ENVOY_UID), or Envoy connects to itself")
+def test_bpf_no_loop(lab):
+    calls = 5
+    before = outbound_b(lab)
+    results = []
+    for _ in range(calls):
+        results.append(call_b(lab, f"http://{REMOTE}:8080/?probe={probe()}"))
+        accepted = outbound_b(lab) - before
+        if accepted > len(results):
+            fail("Envoy accepted more connections than the app opened: its own connects were redirected to it",
+                 expected=f"{len(results)} connections on :{OUTBOUND} for {len(results)} calls",
+                 received=f"{accepted} connections; the call: {shown(results[-1])}")
+    captured = sum(1 for r in results if through_envoy(r))
+    if captured < calls:
+        fail("the app's calls in podb did not all pass through Envoy, so there is no loop to rule out",
+             expected=f"{calls} calls answered through Envoy", received=f"{captured}; last: {shown(results[-1])}",
+             hint=BPF_HINT)
