@@ -103,6 +103,7 @@ class TypeState:
         self.acks = 0
         self.nacks = 0
         self.revision = 0   # counts changes, so that what is derived from this state can be cached
+        self.subscription = 0   # counts changes of the subscription alone (names, wildcard)
 
     # -- subscriptions -----------------------------------------------------------
 
@@ -115,6 +116,7 @@ class TypeState:
         if self.subscribed and wildcard == self.wildcard and (names == self.names if replace else names <= self.names):
             return  # the same subscription again (every state-of-the-world reply repeats it)
         self.revision += 1
+        self.subscription += 1
         self.subscribed = True
         self.wildcard = wildcard
         self.names = set(names) if replace else self.names | names
@@ -124,6 +126,7 @@ class TypeState:
         if not names & self.names:
             return
         self.revision += 1
+        self.subscription += 1
         self.names -= names
         self._forget_unsubscribed()
 
