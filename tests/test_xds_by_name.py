@@ -302,3 +302,109 @@ def test_a_client_is_in_sync_when_the_snapshot_holds_more_than_it_asks_for(delta
     with caplog.at_level(logging.WARNING, logger="meshlab.xds"):
         run(scenario)
     assert STAGE_TIMED_OUT not in caplog.text
+
+
+@PROTOCOLS
+def test_a_deleted_listener_reaches_the_client_that_asked_for_it(delta, caplog):
+    """Knowing when a requested resource does not exist; deleting resources. State of
+    the world: a listener response carries every requested listener that exists, so a
+    requested one it leaves out is deleted (even when none of them is left). Delta: the
+    server names it in `removed_resources`."""
+
+    async def scenario(server, cache, connect):
+        first = mesh("a", extra_listener=True)
+        cache.set_snapshot("n1", first)
+        client = ByNameClient("n1", {"ingress"}, delta=delta)
+        connect(client)
+        await synced(server, first.version)
+        responses = len(client.history)
+        # `ingress` is gone; the listener left is one this client never asked for.
+        second = Snapshot([r for r in first if not (r.type_url == LISTENER and r.name == "ingress")
+                           and not (r.type_url == ROUTE and r.name == "routes")])
+        cache.set_snapshot("n1", second)
+        await client.until(lambda: "ingress" not in client.held[LISTENER])
+        assert (LISTENER, (), ("ingress",)) in client.history[responses:]
+        await synced(server, second.version)
+        # It then asks for no route configuration and no cluster any more.
+        assert client.wanted[ROUTE] == client.wanted[CLUSTER] == set()
+
+    with caplog.at_level(logging.WARNING, logger="meshlab.xds"):
+        run(scenario)
+    assert STAGE_TIMED_OUT not in caplog.text
+
+
+@PROTOCOLS
+def test_a_deleted_cluster_reaches_the_client_that_asked_for_it(delta):
+    """The same for clusters, asked for by name: a cluster response without a requested
+    cluster deletes it (state of the world); delta names it in `removed_resources`. The
+    board reports the client in sync only after it acknowledged the deletion."""
+
+    async def scenario(server, cache, connect):
+        first = only({"a", "b"})
+        cache.set_snapshot("n1", first)
+        client = ByNameClient("n1", delta=delta)
+        client.subscribe(CLUSTER, {"a"})
+        connect(client)
+        await synced(server, first.version)
+        assert set(client.held[CLUSTER]) == {"a"} and set(client.held[ENDPOINT]) == {"a"}
+        second = only({"b"})
+        cache.set_snapshot("n1", second)
+        await synced(server, second.version)
+        assert client.held[CLUSTER] == {}
+
+    run(scenario)
+
+
+@PROTOCOLS
+def test_a_name_that_never_existed_is_answered(delta):
+    """Knowing when a requested resource does not exist. Delta: the server says so at
+    once, in `removed_resources`. State of the world: a cluster response must carry all
+    requested clusters that exist, so the answer is a response without it. When the
+    resource appears later, the server must send it (it remembers what was asked)."""
+
+    async def scenario(server, cache, connect):
+        cache.set_snapshot("n1", only({"a"}))
+        client = ByNameClient("n1", delta=delta)
+        client.subscribe(CLUSTER, {"nope"})
+        connect(client)
+        if delta:
+            await client.until(lambda: client.absent[CLUSTER] == {"nope"})
+        await client.until(lambda: (CLUSTER, (), ("nope",) if delta else ()) in client.history)
+        assert client.held[CLUSTER] == {}
+        second = only({"a", "nope"})
+        cache.set_snapshot("n1", second)
+        await synced(server, second.version)
+        assert set(client.held[CLUSTER]) == {"nope"} and set(client.held[ENDPOINT]) == {"nope"}
+        assert client.absent[CLUSTER] == set()
+
+    run(scenario)
+
+
+@PROTOCOLS
+def test_an_empty_request_after_asking_by_name_unsubscribes(delta):
+    """How the client specifies what it wants; unsubscribing. An empty `resource_names`
+    means "everything" (a wildcard) only while the client has never asked for a name of
+    that type; once it has, an empty list means it wants none of them any more."""
+
+    async def scenario(server, cache, connect):
+        first = mesh("a", extra_listener=True)
+        cache.set_snapshot("n1", first)
+        client = ByNameClient("n1", {"ingress"}, delta=delta, follow=False)
+        connect(client)
+        await client.until(lambda: "ingress" in client.held[LISTENER])
+        responses = len(client.history)
+        client.subscribe(LISTENER, set())
+        # A request after it, answered in order: a response to the first would come before.
+        client.subscribe(CLUSTER, {"a"})
+        await client.until(lambda: "a" in client.held[CLUSTER])
+        assert [t for t, *_ in client.history[responses:]] == [CLUSTER], client.history[responses:]
+        stream = server.status()["nodes"]["n1"]["streams"][0]
+        assert stream["types"]["LDS"]["subscribed"] == []
+        # Nor does a change of the listeners reach it.
+        client.subscribe(ENDPOINT, {"a"})
+        second = Snapshot([*mesh("b", extra_listener=True), *only({"a"})])
+        cache.set_snapshot("n1", second)
+        await synced(server, second.version)
+        assert LISTENER not in [t for t, *_ in client.history[responses:]]
+
+    run(scenario)

@@ -94,6 +94,8 @@ class TypeState:
         self.subscribed = False           # the proxy asked for this type at least once
         self.wildcard = False
         self.names: set[str] = set()
+        self.named = False                # the proxy named resources (or "*") at least once
+        self.absent: set[str] = set()     # names it asked for and knows do not exist (delta)
         self.acked: dict[str, str] | None = None   # None: unknown (nothing acknowledged yet)
         self.acked_label: str | None = None
         self.claimed_label: str | None = None      # the version a reconnecting proxy says it has
@@ -133,6 +135,7 @@ class TypeState:
     def _forget_unsubscribed(self) -> None:
         if self.acked is not None and not self.wildcard:
             self.acked = {n: v for n, v in self.acked.items() if n in self.names}
+        self.absent &= self.names
 
     def held(self) -> set[str]:
         """Names the proxy has or is being sent."""
@@ -168,6 +171,7 @@ class TypeState:
         for name in pending.removals:
             base.pop(name, None)
         self.acked = base
+        self.absent = (self.absent | pending.removals) - pending.updates.keys()
         self._forget_unsubscribed()
         self.acked_label = pending.label
         self.rejected = None
