@@ -6,7 +6,9 @@ one (the *target*) goes out make-before-break, in stages:
 1. `FIRST`: secrets, clusters and their endpoints. Clusters the target drops stay for
    now, under the target's version (a route may still send traffic to them). The stage
    ends when the proxy has acknowledged them *and* subscribed to the endpoints of every
-   new EDS cluster and acknowledged those too: only then can a route use them.
+   new EDS cluster and acknowledged those too: only then can a route use them. (A proxy
+   that asks for clusters by name is waited for only for the clusters it asked for: it
+   asks for a new one once a route names it.)
 2. `THEN`: listeners and routes (and any other type).
 3. `CLEANUP`: the clusters and secrets the target dropped are removed (skipped when
    the proxy holds none).
