@@ -371,6 +371,12 @@ def test_a_name_that_never_existed_is_answered(delta):
             await client.until(lambda: client.absent[CLUSTER] == {"nope"})
         await client.until(lambda: (CLUSTER, (), ("nope",) if delta else ()) in client.history)
         assert client.held[CLUSTER] == {}
+        # Said once: another snapshot still without it tells the client nothing new.
+        unrelated = only({"a", "b"})
+        cache.set_snapshot("n1", unrelated)
+        await synced(server, unrelated.version)
+        assert [entry for entry in client.history if entry[0] == CLUSTER] == \
+               [(CLUSTER, (), ("nope",) if delta else ())]
         second = only({"a", "nope"})
         cache.set_snapshot("n1", second)
         await synced(server, second.version)

@@ -135,7 +135,8 @@ class TypeState:
     def _forget_unsubscribed(self) -> None:
         if self.acked is not None and not self.wildcard:
             self.acked = {n: v for n, v in self.acked.items() if n in self.names}
-        self.absent &= self.names
+        if self.absent:
+            self.absent &= self.names
 
     def held(self) -> set[str]:
         """Names the proxy has or is being sent."""
@@ -171,7 +172,8 @@ class TypeState:
         for name in pending.removals:
             base.pop(name, None)
         self.acked = base
-        self.absent = (self.absent | pending.removals) - pending.updates.keys()
+        if self.absent or pending.removals:  # (most replies concern neither: kept cheap)
+            self.absent = (self.absent | pending.removals) - pending.updates.keys()
         self._forget_unsubscribed()
         self.acked_label = pending.label
         self.rejected = None
