@@ -49,8 +49,8 @@ class DeltaStream(Stream):
         removals = frozenset(n for n in acked if n not in view.resources and state.in_scope(n)) \
             if view.allow_removal else frozenset()
         # Names asked for that do not exist, and the proxy has not been told so yet.
-        unknown = {n for n in state.names if n not in view.resources and n not in acked and n not in state.absent}
-        if unknown:
+        if state.names:
+            unknown = {n for n in state.names if n not in view.resources and n not in acked and n not in state.absent}
             removals |= unknown
         if updates or removals:
             return Plan(view.label, updates, removals)
