@@ -6,23 +6,22 @@
     GET /                     this list
 
 `meshlab xds status` renders /status as a table. A deliberately tiny HTTP/1.0-style
-server on the server's event loop: one request per connection, no dependencies.
+server on the server's event loop: one request per connection, no dependencies. It
+reads the snapshot cache and the status board, and knows nothing of the xDS server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from google.protobuf import json_format
 
 from meshlab.xds import types
+from meshlab.xds.cache import SnapshotCache
 from meshlab.xds.snapshot import Snapshot
-
-if TYPE_CHECKING:
-    from meshlab.xds.server import XdsServer
+from meshlab.xds.status import StatusBoard
 
 ENDPOINTS = {
     "/status": "connected proxies, acknowledged versions per type, last NACK per node",
@@ -51,15 +50,27 @@ def snapshot_document(snapshot: Snapshot) -> dict:
     return {"version": snapshot.version, "resources": resources}
 
 
-def respond(server: "XdsServer", method: str, path: str, query: dict[str, list[str]]) -> tuple[int, dict]:
+def status(cache: SnapshotCache, board: StatusBoard) -> dict:
+    """The /status document: snapshots, connected proxies, last NACKs. Call it on the
+    server's event loop (the board reads the streams' bookkeeping)."""
+    snapshots = {}
+    for key in cache.keys():
+        snapshot = cache.snapshot(key)
+        if snapshot is not None:
+            snapshots[key] = describe_snapshot(snapshot)
+    return board.to_json(snapshots)
+
+
+def respond(cache: SnapshotCache, board: StatusBoard, method: str, path: str,
+            query: dict[str, list[str]]) -> tuple[int, dict]:
     if method != "GET":
         return 405, {"error": "only GET is served"}
     if path == "/status":
-        return 200, server.status()
+        return 200, status(cache, board)
     if path == "/snapshot":
-        keys = server.cache.keys()
+        keys = cache.keys()
         key = (query.get("node") or [keys[0] if len(keys) == 1 else ""])[0]
-        snapshot = server.cache.snapshot(key) if key else None
+        snapshot = cache.snapshot(key) if key else None
         if snapshot is None:
             return 404, {"error": f"no snapshot for node {key!r}" if key else "name a node: /snapshot?node=KEY",
                          "nodes": keys}
@@ -69,15 +80,15 @@ def respond(server: "XdsServer", method: str, path: str, query: dict[str, list[s
     return 404, {"error": f"no such page: {path}", "endpoints": ENDPOINTS}
 
 
-async def start(server: "XdsServer", host: str, port: int) -> asyncio.AbstractServer:
+async def start(cache: SnapshotCache, board: StatusBoard, host: str, port: int) -> asyncio.AbstractServer:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
             method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
             path, _, query = target.partition("?")
-            status, document = respond(server, method, path, parse_qs(query))
+            code, document = respond(cache, board, method, path, parse_qs(query))
             body = json.dumps(document, indent=2).encode() + b"\n"
-            writer.write(f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\n"
+            writer.write(f"HTTP/1.1 {code} {'OK' if code == 200 else 'Error'}\r\n"
                          f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
                          "Connection: close\r\n\r\n".encode() + body)
             await writer.drain()

@@ -94,6 +94,8 @@ class TypeState:
         self.subscribed = False           # the proxy asked for this type at least once
         self.wildcard = False
         self.names: set[str] = set()
+        self.named = False                # the proxy named resources (or "*") at least once
+        self.absent: set[str] = set()     # names it asked for and knows do not exist (delta)
         self.acked: dict[str, str] | None = None   # None: unknown (nothing acknowledged yet)
         self.acked_label: str | None = None
         self.claimed_label: str | None = None      # the version a reconnecting proxy says it has
@@ -103,6 +105,7 @@ class TypeState:
         self.acks = 0
         self.nacks = 0
         self.revision = 0   # counts changes, so that what is derived from this state can be cached
+        self.subscription = 0   # counts changes of the subscription alone (names, wildcard)
 
     # -- subscriptions -----------------------------------------------------------
 
@@ -115,6 +118,7 @@ class TypeState:
         if self.subscribed and wildcard == self.wildcard and (names == self.names if replace else names <= self.names):
             return  # the same subscription again (every state-of-the-world reply repeats it)
         self.revision += 1
+        self.subscription += 1
         self.subscribed = True
         self.wildcard = wildcard
         self.names = set(names) if replace else self.names | names
@@ -124,12 +128,15 @@ class TypeState:
         if not names & self.names:
             return
         self.revision += 1
+        self.subscription += 1
         self.names -= names
         self._forget_unsubscribed()
 
     def _forget_unsubscribed(self) -> None:
         if self.acked is not None and not self.wildcard:
             self.acked = {n: v for n, v in self.acked.items() if n in self.names}
+        if self.absent:
+            self.absent &= self.names
 
     def held(self) -> set[str]:
         """Names the proxy has or is being sent."""
@@ -165,6 +172,8 @@ class TypeState:
         for name in pending.removals:
             base.pop(name, None)
         self.acked = base
+        if self.absent or pending.removals:  # (most replies concern neither: kept cheap)
+            self.absent = (self.absent | pending.removals) - pending.updates.keys()
         self._forget_unsubscribed()
         self.acked_label = pending.label
         self.rejected = None

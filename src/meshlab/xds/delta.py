@@ -4,6 +4,10 @@ from a subscription, responses carry only what changed (and the names removed).
 Replies to a response carry its nonce and, for a NACK, an error, but no version. A
 reconnecting proxy says which version of each resource it has
 (`initial_resource_versions`), so only what differs is sent again.
+
+A name the proxy asked for that does not exist, or no longer does, is named in
+`removed_resources` (once: until it exists again), so the proxy need not wait for a
+timeout to find out.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ class DeltaStream(Stream):
         updates = {n: r for n, r in view.resources.items() if state.in_scope(n) and acked.get(n) != r.version}
         removals = frozenset(n for n in acked if n not in view.resources and state.in_scope(n)) \
             if view.allow_removal else frozenset()
+        # Names asked for that do not exist, and the proxy has not been told so yet.
+        if state.names:
+            unknown = {n for n in state.names if n not in view.resources and n not in acked and n not in state.absent}
+            removals |= unknown
         if updates or removals:
             return Plan(view.label, updates, removals)
         if state.wildcard and not state.answered:

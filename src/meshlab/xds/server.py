@@ -75,7 +75,7 @@ class XdsServer:
         await server.start()
         self._grpc = server
         if self.admin_port is not None:
-            self._admin = await admin.start(self, self.host, self.admin_port)
+            self._admin = await admin.start(self.cache, self.board, self.host, self.admin_port)
             self.admin_port = self._admin.sockets[0].getsockname()[1]
         log.info("xDS server listening on %s%s", self.address,
                  f"; admin view on http://{self.host}:{self.admin_port}/" if self._admin else "")
@@ -96,12 +96,7 @@ class XdsServer:
     def status(self) -> dict:
         """The admin view's document: snapshots, connected proxies, last NACKs. Call it
         on the server's event loop (it reads the streams' bookkeeping)."""
-        snapshots = {}
-        for key in self.cache.keys():
-            snapshot = self.cache.snapshot(key)
-            if snapshot is not None:
-                snapshots[key] = admin.describe_snapshot(snapshot)
-        return self.board.to_json(snapshots)
+        return admin.status(self.cache, self.board)
 
     async def _serve(self, stream_class: type[Stream], requests: AsyncIterator[Message],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:

@@ -149,6 +149,19 @@ class Snapshot:
             found = self._provided[type_url] = frozenset(self.referenced(type_url) & self.resources(type_url).keys())
         return found
 
+    def provided_references_of(self, type_url: str, parents: Iterable[str]) -> frozenset[str]:
+        """Like `provided_references`, for what only PARENTS ask for: the routes of these
+        listeners, or the endpoints of these clusters (a client that asks for its
+        listeners and clusters by name needs no more)."""
+        names: set[str] = set()
+        if type_url == types.ROUTE:
+            for listener in parents:
+                names |= self.route_references.get(listener, frozenset())
+        elif type_url == types.ENDPOINT:
+            references = self.endpoint_references
+            names = {references[cluster] for cluster in parents if cluster in references}
+        return frozenset(names & self.resources(type_url).keys())
+
     def problems(self) -> list[str]:
         """What makes the snapshot inconsistent, in words; [] when it is consistent."""
         found = []

@@ -6,7 +6,9 @@ one (the *target*) goes out make-before-break, in stages:
 1. `FIRST`: secrets, clusters and their endpoints. Clusters the target drops stay for
    now, under the target's version (a route may still send traffic to them). The stage
    ends when the proxy has acknowledged them *and* subscribed to the endpoints of every
-   new EDS cluster and acknowledged those too: only then can a route use them.
+   new EDS cluster and acknowledged those too: only then can a route use them. (A proxy
+   that asks for clusters by name is waited for only for the clusters it asked for: it
+   asks for a new one once a route names it.)
 2. `THEN`: listeners and routes (and any other type).
 3. `CLEANUP`: the clusters and secrets the target dropped are removed (skipped when
    the proxy holds none).
@@ -131,7 +133,8 @@ class Stream:
         self._cleanup = False
         self._views: dict[tuple[str, bool], View] = {}     # per type (and keeping or not): the target's view
         self._plans: dict[str, tuple] = {}                 # per type: (view, revision, plan) last computed
-        self._required_names: dict[str, frozenset[str]] = {}
+        self._required_names: dict[str, frozenset[str]] = {}   # per type: what wildcard parents need
+        self._scoped_required: dict[str, tuple] = {}           # per type: (parents' subscription, names)
         self._order: list[str] = []                        # the types, in the order they are sent
         self._nonces = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
@@ -243,6 +246,7 @@ class Stream:
             self._cleanup = self._cleanup or bool(dropped)
         self._views = {}
         self._required_names = {t: snapshot.provided_references(t) for t in (types.ENDPOINT, types.ROUTE)}
+        self._scoped_required = {}
         self.stage = FIRST
         self.advance()
 
@@ -336,13 +340,23 @@ class Stream:
             state.adopt(view.label, {n: r.version for n, r in view.resources.items() if state.in_scope(n)})
 
     def _required(self, type_url: str) -> frozenset[str]:
-        """Names of TYPE_URL the proxy must subscribe to before the stage may end:
-        the endpoints of the target's EDS clusters, the routes of its listeners."""
+        """Names of TYPE_URL the proxy must subscribe to before the stage may end: the
+        endpoints of the target's EDS clusters, the routes of its listeners; of those
+        the proxy asked for, when it asks by name. Such a proxy asks for a cluster only
+        once a route names it: waiting for it to ask for the endpoints of every cluster
+        would hold that route back until the stage timeout."""
         parent = _PARENT.get(type_url)
         parent_state = self.types.get(parent) if parent else None
         if parent_state is None or not parent_state.subscribed:
             return frozenset()
-        return self._required_names.get(type_url, frozenset())
+        if parent_state.wildcard:
+            return self._required_names.get(type_url, frozenset())
+        cached = self._scoped_required.get(type_url)
+        if cached is None or cached[0] != parent_state.subscription:
+            target = self.target
+            names = target.provided_references_of(type_url, parent_state.names) if target else frozenset()
+            cached = self._scoped_required[type_url] = (parent_state.subscription, names)
+        return cached[1]
 
     def _satisfied(self, type_url: str) -> bool:
         view, plan = self._planned(type_url)

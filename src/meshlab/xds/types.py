@@ -4,8 +4,9 @@ Envoy names a resource type by its protobuf type URL. Two facts about each type 
 to a server:
 
 - Whether a proxy asks for it by name. Listeners and clusters are *wildcard* types: a
-  proxy asks for "all of them". Routes, endpoints and secrets are asked for by name,
-  the names the proxy found inside listeners and clusters.
+  proxy may ask for "all of them" (Envoy does) or name the ones it wants (proxyless
+  clients do). Routes, endpoints and secrets are asked for by name, the names the proxy
+  found inside listeners and clusters.
 - When it may change relative to the others (make-before-break). A route must never
   point at a cluster the proxy does not know yet, so clusters, their endpoints and
   secrets go first (`FIRST`), listeners and routes after (`THEN`), and clusters and
