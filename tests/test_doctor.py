@@ -30,13 +30,16 @@ def test_a_lab_needing_a_missing_tool_is_named_with_its_fix(cli, course_copy):
     result = cli("doctor", "--json", env={"MESHLAB_ROOT": str(course_copy)}, cwd=course_copy)
     assert result.code == 1, result.output
     report = result.json()
-    last = len(report["labs"])
-    assert report["verdict"] == f"ready for labs 01, 03-{last:02d} on this machine; not for 02 (see below)"
-    (lab02,) = [lab for lab in report["labs"] if not lab["ready"]]
-    assert lab02["slug"] == "02-canary"
-    assert lab02["missing"] == [{"what": "no-such-tool-here", "detail": "not installed",
-                                 "fix": "install `no-such-tool-here` with your package manager and make sure "
-                                        "it is on PATH"}]
+    lab02 = next(lab for lab in report["labs"] if lab["slug"] == "02-canary")
+    assert not lab02["ready"]
+    assert [m for m in lab02["missing"] if not m["what"].startswith("127.0.0.1:")] == [
+        {"what": "no-such-tool-here", "detail": "not installed",
+         "fix": "install `no-such-tool-here` with your package manager and make sure it is on PATH"}]
+    # The other labs lack nothing but, perhaps, a port some other program holds here.
+    for lab in report["labs"]:
+        if lab["slug"] != "02-canary":
+            assert all(m["what"].startswith("127.0.0.1:") for m in lab["missing"]), lab
+    assert "; not for " in report["verdict"] and "02" in report["verdict"].split("; not for ")[1]
     text = cli("doctor", env={"MESHLAB_ROOT": str(course_copy)}, cwd=course_copy)
     assert "not for 02" in text.stdout and "lab 02 (02-canary): no-such-tool-here" in text.stdout
 
