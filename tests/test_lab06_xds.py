@@ -145,3 +145,21 @@ def test_the_learners_intent_comes_back_exactly(grade, lab_copy):
     assert code == 0, data
     assert (intent.read_bytes(), intent.stat().st_mtime_ns, intent.stat().st_mode) == before
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_control_plane_that_raises_is_named_with_its_traceback_at_once(grade):
+    """A bug in a build_* function: the control plane logs the traceback and keeps
+    serving nothing. The checks say so, with the learner's line, without waiting."""
+    bad = '    address = int("127.0.0.1")  # a learner\'s slip\n'
+    files = solution_with(('    manager = hcm.HttpConnectionManager(\n        stat_prefix=LISTENER_NAME,',
+                           bad + '    manager = hcm.HttpConnectionManager(\n        stat_prefix=LISTENER_NAME,'))
+    line = files["control_plane.py"].splitlines().index(bad.rstrip("\n")) + 1
+    code, checks, _ = grade(6, files=files)
+    assert code == 1
+    first = checks["test_listener_arrives_over_xds"]
+    assert first["status"] == "fail"
+    assert f"your control plane raised ValueError at control_plane.py:{line}" in first["message"], first
+    assert "build_listener" in first["received"] and "invalid literal for int()" in first["received"], first
+    assert first["duration"] < 3, first["duration"]
+    assert {cid for cid, c in checks.items() if c["status"] == "fail"} == CHECKS
+    assert sum(c["duration"] for c in checks.values()) < 10
