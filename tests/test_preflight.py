@@ -74,3 +74,33 @@ def test_message_fields_come_from_envoys_api():
     assert "stat_prefix" in preflight.message_fields(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager")
     assert preflight.message_fields("envoy.nothing.v3.Missing") == []
+
+
+LUA_CONFIG = (ROOT / "labs" / "05-lua" / "envoy.yaml").read_text()
+LUA_SOLUTION = (ROOT / "solutions" / "05-lua" / "bucket.lua").read_text()
+
+
+def test_a_lua_syntax_error_is_reported_in_the_lua_file_at_its_line(tmp_path):
+    broken = LUA_SOLUTION.replace("  for i = 1, #text do\n", "  for i = 1, #text\n")
+    (tmp_path / "bucket.lua").write_text(broken)
+    (tmp_path / "envoy.yaml").write_text(LUA_CONFIG)
+    with pytest.raises(EnvoyConfigError) as caught:
+        preflight.check_envoy_config(yamlfile.load(tmp_path / "envoy.yaml"), cwd=tmp_path, binary=find_binary())
+    error = caught.value
+    assert error.where.file.name == "bucket.lua"
+    assert error.where.line == line_of(broken, "h = (h * 33")  # Lua notices at the next token
+    assert "'do' expected near 'h'" in error.message and "bucket.lua" in error.message
+    assert "> " in error.details and "h = (h * 33" in error.details  # an excerpt of the Lua file
+
+
+def test_a_lua_error_in_an_inline_script_points_into_the_yaml(tmp_path):
+    script = "function envoy_on_request(request_handle)\n  local x = = 1\nend\n"
+    inline = "inline_string: |\n" + "".join(f"                  {line}\n" for line in script.splitlines())
+    config = LUA_CONFIG.replace("default_source_code: { filename: bucket.lua }",
+                                "default_source_code:\n                " + inline.rstrip("\n"))
+    assert config != LUA_CONFIG
+    (tmp_path / "envoy.yaml").write_text(config)
+    with pytest.raises(EnvoyConfigError) as caught:
+        preflight.check_envoy_config(yamlfile.load(tmp_path / "envoy.yaml"), cwd=tmp_path, binary=find_binary())
+    assert caught.value.where.file.name == "envoy.yaml"
+    assert caught.value.where.line == line_of(config, "local x = = 1"), caught.value

@@ -28,6 +28,8 @@ _AT_ROOT = re.compile(r"invalid JSON in (?P<root>[\w.]+), near [^:]+:\d+ \(offse
 _PGV = re.compile(r"Proto constraint validation failed \((?P<chain>.*)\)")
 _PGV_STEP = re.compile(r"(?P<message>\w+)ValidationError\.(?P<field>\w+)(?:\[(?P<index>[^\]]+)\])?")
 _QUOTED = re.compile(r"'([^']+)'")
+# Lua names a chunk loaded from a string after its first line: [string "-- Lab 05..."]:12:
+_LUA_CHUNK = re.compile(r'\[string "(?P<head>(?:[^"\\]|\\.)*)"\]:(?P<line>\d+): (?P<reason>.*)')
 
 
 def prepare_and_check(lab: Lab, lab_dir: Path) -> None:
@@ -83,6 +85,9 @@ def check_envoy_config(doc: yamlfile.YamlDoc, *, cwd: Path, binary: EnvoyBinary)
 def explain(output: str, doc: yamlfile.YamlDoc) -> EnvoyConfigError:
     """Turn Envoy's validate output into an error at the right line of DOC."""
     message = _envoy_message(output)
+    lua = _lua_error(message, doc)
+    if lua is not None:
+        return lua
     text = doc.file.read_text(encoding="utf-8") if doc.file.exists() else ""
     path, summary, fix = _locate(message, doc)
     where = doc.location(path) if path is not None else Location(doc.file)
@@ -97,6 +102,42 @@ def explain(output: str, doc: yamlfile.YamlDoc) -> EnvoyConfigError:
         fix=fix,
         details="\n".join(d for d in details if d),
     )
+
+
+def _lua_error(message: str, doc: yamlfile.YamlDoc) -> EnvoyConfigError | None:
+    """An error Envoy's Lua reported about a script of DOC, at the line of that script:
+    in its own file (`filename: bucket.lua`) or inside the YAML (`inline_string`)."""
+    match = _LUA_CHUNK.search(message)
+    if match is None:
+        return None
+    head = " ".join(match["head"].removesuffix("...").split())
+    line = int(match["line"])
+    for path, node in doc.walk():
+        if not path or path[-1] not in ("filename", "inline_string") or not isinstance(node, str):
+            continue
+        if path[-1] == "filename":
+            file = doc.file.parent / node
+            text = file.read_text(encoding="utf-8", errors="replace") if file.is_file() else ""
+        else:
+            file, text = doc.file, node
+        if not text or not " ".join(text.split()).startswith(head):
+            continue
+        at = line
+        if file == doc.file:  # the script's first line, found in the YAML from the field on
+            yaml_lines = doc.file.read_text(encoding="utf-8").splitlines()
+            first = next((t for t in text.splitlines() if t.strip()), "").strip()
+            start = doc.location(path).line or 1
+            offset = next((n for n in range(start, len(yaml_lines) + 1) if first and first in yaml_lines[n - 1]), start)
+            at = offset + line - 1 - (len(text) - len(text.lstrip("\n")))
+            text = "\n".join(yaml_lines)
+        return EnvoyConfigError(
+            f"Envoy refused {file.name}: the Lua script does not load: {match['reason']}",
+            where=Location(file, at),
+            details="\n".join(d for d in (yamlfile._excerpt(text, at), f"  Envoy said: {message}") if d),
+            fix="fix the Lua at this line (Lua reports a missing word where it noticed it: look at the line "
+                "before it too)",
+        )
+    return None
 
 
 def _envoy_message(output: str) -> str:

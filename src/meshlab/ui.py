@@ -83,7 +83,7 @@ def show_result(result: LabResult, *, logs: bool = True) -> None:
             if lines:
                 console.print(f"   [dim]── log of {escape(service)} (last lines) ──[/]")
                 for line in lines:
-                    console.print(f"   [dim]{escape(line[:160])}[/]")
+                    console.print(f"   [dim]{escape(line)}[/]")  # whole: an error ends the line
     total = len(result.checks)
     colour = "green" if result.status == "pass" else "red"
     console.print(f"[{colour}]{result.passed}/{total} checks pass[/] in {result.duration:.1f} s."
