@@ -104,3 +104,33 @@ def test_a_lua_error_in_an_inline_script_points_into_the_yaml(tmp_path):
         preflight.check_envoy_config(yamlfile.load(tmp_path / "envoy.yaml"), cwd=tmp_path, binary=find_binary())
     assert caught.value.where.file.name == "envoy.yaml"
     assert caught.value.where.line == line_of(config, "local x = = 1"), caught.value
+
+
+@pytest.mark.parametrize("old, new, fix, line_text", [
+    ("        - endpoint:\n            address:\n              socket_address: { address: 127.0.0.1, port_value: 8080 }",
+     "        - address:\n            socket_address: { address: 127.0.0.1, port_value: 8080 }",
+     "this field belongs under `endpoint:` (Endpoint), not directly in LbEndpoint: check the indentation",
+     "- address:"),
+    ("      - name: envoy.filters.network.http_connection_manager\n",
+     "      - name: envoy.filters.network.http_connection_manager\n"
+     "        transport_socket: { name: envoy.transport_sockets.tls }\n",
+     "this field belongs on FilterChain, not on Filter: check the indentation", "transport_socket:"),
+    ("                route: { cluster: app }",
+     "                route: { cluster: app }\n                include_attempt_count_in_response: true",
+     "this field belongs on VirtualHost, not on Route: check the indentation", "include_attempt_count"),
+    ("                route: { cluster: app }",
+     "                route: { cluster: app, include_attempt_count_in_response: true }",
+     "this field belongs on VirtualHost, not on RouteAction: check the indentation", "include_attempt_count"),
+])
+def test_a_field_at_the_wrong_depth_is_sent_where_it_belongs(tmp_path, old, new, fix, line_text):
+    error, text = refused(tmp_path, old, new)
+    assert error.fix == fix, error.fix
+    assert error.where.line == line_of(text, line_text)
+
+
+def test_a_missing_type_in_an_any_asks_for_the_type(tmp_path):
+    error, text = refused(tmp_path, '          "@type": type.googleapis.com/envoy.extensions.filters.network.'
+                                    'http_connection_manager.v3.HttpConnectionManager\n', "")
+    assert 'no "@type"' in error.message, error.message
+    assert '"@type": type.googleapis.com/' in error.fix and "durations" not in error.fix, error.fix
+    assert error.where.line == line_of(text, "typed_config:")

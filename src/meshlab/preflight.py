@@ -169,9 +169,12 @@ def _locate(message: str, doc: yamlfile.YamlDoc) -> tuple[tuple | None, str, str
             field = unknown.group(1)
             fields = message_fields(message_type)
             guess = difflib.get_close_matches(field, fields, n=1, cutoff=0.6)
-            fix = f"did you mean '{guess[0]}'?" if guess else (
+            fix = _where_field_belongs(field, at.group("root"), at.groupdict().get("path") or "", doc) or (
+                f"did you mean '{guess[0]}'?" if guess else
                 f"{_short(message_type)} has no field '{field}'" + (f"; its fields: {', '.join(fields)}" if fields else ""))
             return path + (field,), f"unknown field '{field}' in {_short(message_type)}", fix
+        if "missing @type in Any" in reason:
+            return path, f"{path[-1] if path else 'a typed config'} has no \"@type\"", _type_fix(doc, path)
         kind = at.groupdict().get("type") or ""
         return path, f"wrong value ({reason}; expected {kind.strip()})", \
             "give this field a value of the expected type (durations look like 0.25s, ports are numbers)"
@@ -220,6 +223,68 @@ def _locate(message: str, doc: yamlfile.YamlDoc) -> tuple[tuple | None, str, str
         if path is not None:
             return path, message, None
     return None, message, None
+
+
+def _where_field_belongs(field: str, root: str, envoy_path: str, doc: yamlfile.YamlDoc) -> str | None:
+    """For a field unknown where it was written but known one level down or somewhere up
+    the path (Envoy's API descriptors say), where it belongs: an indentation mistake."""
+    chain = _message_chain(root, envoy_path, doc)
+    if not chain:
+        return None
+    here = chain[-1]
+    for child in here.fields:
+        kind = child.message_type
+        if kind is not None and kind.full_name != "google.protobuf.Any" and field in kind.fields_by_name:
+            return f"this field belongs under `{child.name}:` ({kind.name}), not directly in {here.name}: " \
+                   "check the indentation"
+    for ancestor in reversed(chain[:-1]):
+        if field in ancestor.fields_by_name:
+            return f"this field belongs on {ancestor.name}, not on {here.name}: check the indentation"
+    return None
+
+
+def _message_chain(root: str, envoy_path: str, doc: yamlfile.YamlDoc) -> list:
+    """The message descriptors along Envoy's path (`a.b[0].typed_config.<any>.c`) from
+    ROOT; the `@type` of an Any is read from DOC. Shorter when a step cannot be followed."""
+    from google.protobuf import descriptor_pool
+
+    pool = descriptor_pool.Default()
+    try:
+        chain = [pool.FindMessageTypeByName(root)] if _import_package(_package_of(root)) else []
+    except KeyError:
+        return []
+    yaml_path: list = []
+    for piece in (p for p in envoy_path.split(".") if p):
+        if piece == "<any>":
+            type_name = str((doc.get(tuple(yaml_path)) or {}).get("@type", "")).rsplit("/", 1)[-1]
+            try:
+                _import_package(_package_of(type_name))
+                chain[-1] = pool.FindMessageTypeByName(type_name)  # the Any, resolved
+            except (KeyError, TypeError):
+                return chain[:-1]
+            continue
+        match = re.fullmatch(r"([^\[]+)((?:\[\d+\])*)", piece)
+        field = chain[-1].fields_by_name.get(match.group(1)) if match else None
+        if field is None or field.message_type is None or field.message_type.GetOptions().map_entry:
+            return chain
+        yaml_path += [match.group(1), *(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))]
+        chain.append(field.message_type)
+    return chain
+
+
+def _type_fix(doc: yamlfile.YamlDoc, path: tuple) -> str:
+    """What to write for a missing "@type": the message of the extension the sibling
+    `name:` names, when its package has one message named after it."""
+    name = doc.get(tuple(path[:-1]) + ("name",)) if path else None
+    if isinstance(name, str) and name.startswith("envoy."):
+        last = name.rsplit(".", 1)[-1]
+        package = "envoy.extensions." + name.removeprefix("envoy.") + ".v3"
+        matches = [m for m in package_messages(package) if _snake(_short(m)) == last]
+        if len(matches) == 1:
+            return f'add `"@type": type.googleapis.com/{matches[0]}` as its first key (Envoy finds the ' \
+                   "config's message by it)"
+    return 'add `"@type": type.googleapis.com/<the message of this config>` as its first key; the ' \
+           "extension's page in Envoy's API reference names the message"
 
 
 def _parse_path(text: str) -> tuple:
