@@ -216,3 +216,20 @@ def test_a_corrected_spiffe_id_takes_effect_and_a_stale_one_is_explained(grade, 
     (folder / "certs.sh").write_text(solution)  # the README's guard
     code, checks, data = grade(4, path=folder)
     assert code == 0, {cid: c.get("message") for cid, c in checks.items() if c["status"] != "pass"} or data
+
+
+@pytest.mark.parametrize("script", ["solution", "starter"])
+def test_certs_sh_runs_bare_without_an_activated_virtualenv(tmp_path, script):
+    """The README runs `sh certs.sh` in the lab folder; the course's virtualenv (.venv at
+    the course's root) need not be activated."""
+    folder = tmp_path / "course" / "labs" / "04-mtls"
+    folder.mkdir(parents=True)
+    (tmp_path / "course" / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    source = SOLUTION if script == "solution" else ROOT / "labs" / "04-mtls"
+    (folder / "certs.sh").write_text((source / "certs.sh").read_text())
+    bare = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "PATH")}
+    run = subprocess.run(["sh", "certs.sh"], cwd=folder, env={**bare, "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    if script == "solution":
+        assert (folder / "certs" / "app-b" / "svid.pem").is_file()

@@ -4,6 +4,9 @@
 # your certificates are made again whenever they are missing or about to expire.
 set -eu
 cd "$(dirname "$0")"
+# `meshlab` is the course's own, even when its virtualenv (.venv) is not activated.
+command -v meshlab >/dev/null 2>&1 || PATH="$(cd ../.. && pwd)/.venv/bin:$PATH"
+command -v meshlab >/dev/null 2>&1 || { echo "certs.sh: meshlab not found: run \`source .venv/bin/activate\` in the course's folder" >&2; exit 127; }
 
 # TODO(step 2): make the mesh CA in certs/ca for trust domain cluster.local, then an
 #   X.509-SVID for spiffe://cluster.local/ns/default/sa/app-a in certs/app-a and one for

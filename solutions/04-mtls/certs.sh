@@ -4,6 +4,9 @@
 # or expire within an hour, so the lab works on any day (SVIDs live 24 hours).
 set -eu
 cd "$(dirname "$0")"
+# `meshlab` is the course's own, even when its virtualenv (.venv) is not activated.
+command -v meshlab >/dev/null 2>&1 || PATH="$(cd ../.. && pwd)/.venv/bin:$PATH"
+command -v meshlab >/dev/null 2>&1 || { echo "certs.sh: meshlab not found: run \`source .venv/bin/activate\` in the course's folder" >&2; exit 127; }
 
 fresh() {  # $1: an SVID file, $2: its SPIFFE ID; true when it chains to our CA, names
            # that ID and is valid for another hour
