@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = (ROOT / "solutions/06-xds/control_plane.py").read_text()
 CHECKS = {
     "test_listener_arrives_over_xds", "test_routes_and_endpoints_over_rds_and_eds", "test_endpoint_weights",
-    "test_change_applied_without_restart", "test_nack_reported_while_traffic_flows",
+    "test_change_applied_without_restart", "test_unchanged_intent_pushes_nothing",
+    "test_nack_reported_while_traffic_flows",
 }
 
 
@@ -58,6 +59,18 @@ def test_a_fixed_version_never_reaches_envoy(grade):
                                 "test_nack_reported_while_traffic_flows": "fail"}
     change = checks["test_change_applied_without_restart"]
     assert "still does not reach green" in change["message"] and "step 5" in change["hint"]
+
+
+def test_a_version_that_changes_when_nothing_changed_fails_the_unchanged_check(grade):
+    """A timestamp for a version: every save pushes, even one that changed only a comment."""
+    code, checks, _ = grade(6, files=solution_with(
+        ("import logging\n", "import logging\nimport time\n"),
+        ('    return "intent-" + digest.hexdigest()[:10]', '    return f"t{time.time_ns()}"')))
+    assert code == 1
+    assert {cid for cid, c in checks.items() if c["status"] != "pass"} == {"test_unchanged_intent_pushes_nothing"}
+    failed = checks["test_unchanged_intent_pushes_nothing"]
+    assert "made a new snapshot version" in failed["message"] and "step 5" in failed["hint"], failed
+    assert failed["expected"] and failed["received"], failed
 
 
 def test_inline_routes_and_static_endpoints_fail_the_xds_check(grade):
