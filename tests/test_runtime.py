@@ -238,3 +238,19 @@ def test_an_owner_that_stops_a_service_a_check_restarted_stops_the_new_one(demo)
         assert wait_until(lambda: not alive(new_app)), "the app the check restarted still runs"
     finally:
         owner.stop_all()
+
+
+def test_restarting_the_envoys_gives_fresh_counters_and_keeps_the_apps(demo):
+    runtime = LocalRuntime(demo["lab"], demo["dir"], demo["run"])
+    runtime.start_all()
+    try:
+        import httpx
+        httpx.get(f"http://127.0.0.1:{demo['ports']['listener']}/", trust_env=False)
+        assert runtime.admin("proxy").stat("http.ingress_http.downstream_rq_total") == 1
+        before = pids(demo["run"])
+        assert runtime.restart_envoys() == ["proxy"]
+        after = pids(demo["run"])
+        assert after["app"] == before["app"] and after["proxy"] != before["proxy"]
+        assert runtime.admin("proxy").stat("http.ingress_http.downstream_rq_total") == 0
+    finally:
+        runtime.stop_all()

@@ -222,6 +222,15 @@ class LocalRuntime:
                 self.restart(spec.name)
         return changed
 
+    def restart_envoys(self) -> list[str]:
+        """Restart every Envoy of the lab, in start order, and nothing else: their
+        counters start from zero again (a check's traffic leaves its own counts, an
+        ejected host stays ejected), while the apps keep running."""
+        envoys = [spec.name for spec in self._start_order() if spec.kind == "envoy"]
+        for name in envoys:
+            self.restart(name)
+        return envoys
+
     # -- observing ---------------------------------------------------------------
 
     def is_running(self, name: str) -> bool:
