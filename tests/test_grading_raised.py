@@ -15,7 +15,7 @@ Traceback (most recent call last):
   File "{lab}/control_plane.py", line 133, in build_listener
     port = int(intent.port)
            ^^^^^^^^^^^^^^^^
-  File "/usr/lib/python3/dist-packages/something.py", line 9, in helper
+  File "/usr/lib/python3/dist-packages/something.py", line 9, in convert
     raise ValueError("no")
 ValueError: invalid literal for int() with base 10: 'ten'
 ----------------------------------------
@@ -34,7 +34,7 @@ def test_a_traceback_through_the_learners_file_is_named_at_their_line(tmp_path: 
     assert raised.summary == "your control plane raised ValueError at control_plane.py:133"
     details = raised.details().splitlines()
     assert details[0] == "control_plane.py:194 in apply: snapshot = build_snapshot(parse_intent(text))"
-    assert details[-2] == '/usr/lib/python3/dist-packages/something.py:9 in helper: raise ValueError("no")'
+    assert details[-2] == '/usr/lib/python3/dist-packages/something.py:9 in convert: raise ValueError("no")'
     assert details[-1] == "ValueError: invalid literal for int() with base 10: 'ten'"
 
 
