@@ -11,6 +11,7 @@ is tried with TLS 1.3 and with TLS 1.2 and must be for its own reason in both.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import threading
@@ -75,6 +76,24 @@ def _uris(entries: list[dict]) -> list[str]:
     return [san["uri"] for entry in entries for san in entry.get("subject_alt_names", []) if "uri" in san]
 
 
+def _stale_svid_hint(lab, app: str, identity: str) -> str | None:
+    """Why the SVID on disk names another ID than IDENTITY, when certs.sh explains it:
+    the script issues IDENTITY now, but its guard kept a certificate made before."""
+    try:
+        on_disk = certs.inspect(lab.dir / "certs" / app / certs.SVID_CERT).spiffe_id
+        script = (lab.dir / "certs.sh").read_text()
+    except (certs.CertError, OSError):
+        return None
+    issued = set(re.findall(r"spiffe://[^\s\"'`]+", script))
+    if on_disk is None or on_disk == identity:
+        return None
+    if identity in issued and on_disk not in issued:
+        return (f"certs/{app}/{certs.SVID_CERT} on disk names {on_disk}, but certs.sh issues {identity}: its guard "
+                "kept a certificate that is valid but made for the old ID. Let the guard compare the ID "
+                "(meshlab certs inspect FILE --ca certs/ca --spiffe-id ID --valid-for 1h), or delete certs/ once")
+    return f"certs/{app}/{certs.SVID_CERT} names {on_disk}: certs.sh must issue {identity} for {app}"
+
+
 @check("Each sidecar holds its workload's SVID and trusts the mesh CA",
        hint="steps 2, 3 and 4: make the certificates, then give each Envoy its own SVID (tls_certificates) "
             "and the mesh CA (validation_context.trusted_ca)")
@@ -87,11 +106,12 @@ def test_sidecars_hold_svids(lab):
                  expected=f"{sidecar} loaded an SVID for {identity}", received="no certificates (admin /certs)",
                  hint=f"step 2 makes the certificates (certs.sh); step {step} gives {sidecar}.yaml its TLS context")
         if identity not in held:
+            app = identity.rsplit('/', 1)[1]
             fail(f"{sidecar} presents a certificate for another identity",
                  expected=f"a leaf certificate whose URI SAN is {identity}",
                  received=f"URI SANs of its leaf certificates: {', '.join(held) or 'none'}",
-                 hint=f"{sidecar} speaks for {identity.rsplit('/', 1)[1]}: use certs/{identity.rsplit('/', 1)[1]}/svid.pem "
-                      "and svid_key.pem")
+                 hint=_stale_svid_hint(lab, app, identity)
+                 or f"{sidecar} speaks for {app}: use certs/{app}/svid.pem and svid_key.pem")
         trusted = [c for c in contexts if identity in _uris(c.get("cert_chain", [])[:1]) and c.get("ca_cert")]
         if not trusted:
             fail(f"{sidecar} has its SVID but no CA to verify its peer with",

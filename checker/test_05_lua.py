@@ -319,6 +319,10 @@ def test_filter_latency(lab, tmp_path, record_property):
        hint="`curl -s localhost:9901/stats?filter=lua` shows lua.errors; Envoy's log (level warning) shows the "
             "Lua error message and line")
 def test_no_lua_errors(lab):
+    # "No errors" means something only once the learner's code does something: an empty
+    # filter runs without errors too.
+    [probe] = send(lab, sample_users(17, 1))
+    marked = probe.response.headers.get("x-envoy-lua-processed")
     stats = lab.envoy().stats(r"\.lua\.")
     errors = {name: value for name, value in stats.items() if name.endswith(".errors")}
     executions = sum(value for name, value in stats.items() if name.endswith(".executions"))
@@ -333,3 +337,10 @@ def test_no_lua_errors(lab):
              hint="read the Lua error in Envoy's log (meshlab start 5, then the log file it names)")
     if executions == 0:
         fail("the Lua filter never ran", expected="lua.executions > 0", received="0")
+    if probe.bucket is None and marked is None:
+        fail("the Lua filter runs, but your code in it does nothing yet, so no errors proves nothing",
+             expected="the filter's work visible: x-user-bucket set on the request (step 2) or "
+                      "x-envoy-lua-processed on the response (step 3)",
+             received=f"x-user-id {probe.user!r} reached {probe.version or 'no backend'} without x-user-bucket, "
+                      "and the response has no x-envoy-lua-processed",
+             hint="steps 2 and 3 of bucket.lua; then this check counts the Lua errors of all the checks' requests")

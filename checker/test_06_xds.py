@@ -65,6 +65,9 @@ STEPS_HINT = "finish steps 1-4 of control_plane.py; its log (and `meshlab xds st
 VERSION_HINT = ("step 5: the snapshot's version must change when the resources change; with the same version "
                 "the cache considers Envoy up to date and pushes nothing")
 
+UNCHANGED_HINT = ("step 5: derive the version from the resources (a digest), not from the time or a counter of "
+                  "saves: equal resources must give an equal version")
+
 T = TypeVar("T")
 
 
@@ -459,6 +462,39 @@ def test_change_applied_without_restart(lab, intent):
         fail("Envoy does not report the control plane's new version for what it updated",
              expected=f"every updated subscription (and its config_dump entries) at version {current or 'a new one'}",
              received=f"versions Envoy accepted: {subscription_versions(admin)}; config_dump entries updated: {shown}")
+
+
+def updates(admin) -> dict[str, int]:
+    """Envoy's counters of the xDS updates it received (one per push, per subscription)."""
+    return {name: value for name, value in admin.stats(r"\.update_(attempt|success|rejected)$").items()
+            if name.rsplit(".", 1)[-1] in ("update_attempt", "update_success", "update_rejected")}
+
+
+@check("An unchanged intent (a save that changed only a comment) keeps its version: nothing to push",
+       hint=UNCHANGED_HINT)
+def test_unchanged_intent_pushes_nothing(lab, intent):
+    require_start(lab, intent)
+    admin = lab.envoy()
+    accepted_before, updates_before = subscription_versions(admin), updates(admin)
+    version_before = snapshot_version(lab)
+    intent.file.write("# Saved again by `meshlab check 6`: only this comment changed.\n" + intent.file.read())
+
+    def pushed() -> dict[str, int]:
+        return {name: value - updates_before.get(name, 0) for name, value in updates(admin).items()
+                if value != updates_before.get(name, 0)}
+
+    # A control plane that passed the previous check acts on a save within 1 s: a new
+    # snapshot version in its admin view, and updates counted by Envoy if it sends any.
+    wait_until(lambda: pushed() or snapshot_version(lab) != version_before, 2 * APPLY_WITHIN_S)
+    moved, version_after = pushed(), snapshot_version(lab)
+    if moved or version_after != version_before:
+        fail("a save that changed only a comment of intent.yaml made a new snapshot version"
+             + (" and pushed it to Envoy" if moved else ""),
+             expected="the same resources, so the same version: nothing new to push, Envoy's update counters "
+                      "and versions stay",
+             received=f"the control plane's snapshot version {version_before!r} -> {version_after!r}; Envoy's "
+                      "updates: " + (", ".join(f"{name} +{n}" for name, n in sorted(moved.items())) or "none")
+                      + f"; versions it accepted: {accepted_before} -> {subscription_versions(admin)}")
 
 
 @check("An intent Envoy rejects is a NACK your control plane reports, while traffic flows on the last good version",

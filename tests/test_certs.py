@@ -100,6 +100,18 @@ def test_inspect_exits_1_for_another_ca_or_too_short_a_life(meshlab, ca_dir: Pat
     assert meshlab("certs", "inspect", svid, "--valid-for", "10m").code == 0
 
 
+def test_inspect_compares_the_spiffe_id_when_asked(meshlab, ca_dir: Path, tmp_path: Path):
+    meshlab("certs", "issue", "--ca", str(ca_dir), "--spiffe-id", ID_A, "--out", str(tmp_path / "a"))
+    svid = str(tmp_path / "a" / certs.SVID_CERT)
+    assert meshlab("certs", "inspect", svid, "--ca", str(ca_dir), "--spiffe-id", ID_A).code == 0
+    other = "spiffe://cluster.local/ns/default/sa/app-b"
+    run = meshlab("certs", "inspect", svid, "--ca", str(ca_dir), "--spiffe-id", other, "--valid-for", "1h")
+    assert run.code == 1, run.output
+    assert f"it names {ID_A}, not {other}" in " ".join(run.stdout.split()), run.stdout
+    data = json.loads(meshlab("certs", "inspect", svid, "--spiffe-id", other, "--json").stdout)
+    assert data["ok"] is False and any(other in problem for problem in data["problems"])
+
+
 def test_inspect_a_ca_certificate_is_not_a_leaf(meshlab, ca_dir: Path):
     report = json.loads(meshlab("certs", "inspect", str(ca_dir / certs.CA_CERT), "--json").stdout)
     assert report["is_ca"] is True and report["spiffe_id"] == "spiffe://cluster.local"

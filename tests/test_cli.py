@@ -7,14 +7,16 @@ those that start one run as a real child process (the `meshlab` fixture)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from meshlab import ports
+from meshlab import isolation, ports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -270,3 +272,34 @@ def test_start_status_stop(meshlab):
     assert not any(alive(pid) for pid in pids)
     assert meshlab("status", "--json").json() == []
     assert json.loads(meshlab("list", "--json").stdout)[0]["running"] is False
+
+
+FRESH_SCRIPT = """
+set -eu
+m() { "$PYTHON" -m meshlab "$@"; }
+trap 'm stop 1 > /dev/null' EXIT  # whatever fails, nothing outlives the test
+m start 1 > /dev/null
+m status --json > "$OUT/before.json"
+m start 1 > "$OUT/again.txt"
+m start 1 --fresh > "$OUT/fresh.txt"
+m status --json > "$OUT/after.json"
+"""
+
+
+@pytest.mark.lab_runs
+@pytest.mark.skipif(not isolation.available(), reason="needs a network namespace for lab 01's fixed ports")
+def test_start_fresh_restarts_the_envoys_of_a_running_lab(state_dir, tmp_path):
+    env = {**os.environ, "MESHLAB_ROOT": str(ROOT), "MESHLAB_STATE_DIR": str(state_dir), "PYTHON": sys.executable,
+           "OUT": str(tmp_path), "COLUMNS": "200"}
+    run = subprocess.run(isolation.wrap(["sh", "-c", FRESH_SCRIPT]), cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "restarted: nothing (no change)" in (tmp_path / "again.txt").read_text()
+    assert "restarted: sidecar (fresh counters)" in (tmp_path / "fresh.txt").read_text()
+
+    def pids(name: str) -> dict[str, int]:
+        [run_state] = json.loads((tmp_path / name).read_text())
+        return {s["name"]: s["pid"] for s in run_state["services"]}
+
+    before, after = pids("before.json"), pids("after.json")
+    assert after["app"] == before["app"] and after["sidecar"] != before["sidecar"]

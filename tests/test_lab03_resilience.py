@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lab_variants import fails_only
+
 pytestmark = pytest.mark.lab_runs
 
 SOLUTION = (Path(__file__).resolve().parents[1] / "solutions" / "03-resilience" / "envoy.yaml").read_text()
@@ -108,3 +110,11 @@ def test_unusual_correct_configurations_pass(grade):
         DELAY=DELAY.replace("2s", "2.000s"),
     ))
     assert code == 0, {cid: c for cid, c in checks.items() if c["status"] != "pass"}
+
+
+def test_a_retry_condition_envoy_ignores_is_named(grade):
+    """`5XX` passes validation, and Envoy ignores it: no retries. The failing checks name it."""
+    checks = fails_only(grade, 3, variant(RETRY="retry_policy: { retry_on: 5XX, num_retries: 2 }"),
+                        {"test_retries_succeed", "test_attempt_count_visible"})
+    for cid in ("test_retries_succeed", "test_attempt_count_visible"):
+        assert "retry_on '5XX'" in checks[cid]["hint"] and "5xx" in checks[cid]["hint"], checks[cid]["hint"]

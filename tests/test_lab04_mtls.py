@@ -4,6 +4,9 @@ correct ones pass, certificates made with openssl among them."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +191,45 @@ OPENSSL_CERTS = (ROOT / "labs" / "04-mtls" / "README.md").read_text().split("<!-
 def test_certificates_made_with_openssl_as_the_readme_shows(grade):
     script = "#!/bin/sh\nset -eu\ncd \"$(dirname \"$0\")\"\n[ -f certs/ca/ca.pem ] && exit 0\n" + OPENSSL_CERTS
     passes(grade, 4, variant(certs_sh=script))
+
+
+def test_a_corrected_spiffe_id_takes_effect_and_a_stale_one_is_explained(grade, lab_copy):
+    """The learner first issued app-a a wrong ID, then corrected certs.sh. A guard that
+    checks only the chain and dates keeps the old certificate: the check says so. The
+    README's guard (with --spiffe-id) makes it again."""
+    solution = (SOLUTION / "certs.sh").read_text()
+    old_guard = solution.replace(' --spiffe-id "$2"', "").replace("fresh certs/app-a/svid.pem "
+                                                                 "spiffe://cluster.local/ns/default/sa/app-a",
+                                                                 "fresh certs/app-a/svid.pem")
+    old_guard = old_guard.replace("fresh certs/app-b/svid.pem spiffe://cluster.local/ns/default/sa/app-b",
+                                  "fresh certs/app-b/svid.pem")
+    assert "--spiffe-id \"$2\"" not in old_guard and solution != old_guard
+    folder = lab_copy(4, base="solution", files={"certs.sh": old_guard.replace("sa/app-a --out", "sa/appa --out")})
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["sh", "certs.sh"], cwd=folder, env=env, check=True, capture_output=True)
+    (folder / "certs.sh").write_text(old_guard)  # corrected, but the guard keeps the old SVID
+    code, checks, _ = grade(4, path=folder)
+    held = checks["test_sidecars_hold_svids"]
+    assert code == 1 and held["status"] == "fail"
+    assert "spiffe://cluster.local/ns/default/sa/appa" in held["hint"] and "certs.sh" in held["hint"], held
+    assert "--spiffe-id" in held["hint"], held
+    (folder / "certs.sh").write_text(solution)  # the README's guard
+    code, checks, data = grade(4, path=folder)
+    assert code == 0, {cid: c.get("message") for cid, c in checks.items() if c["status"] != "pass"} or data
+
+
+@pytest.mark.parametrize("script", ["solution", "starter"])
+def test_certs_sh_runs_bare_without_an_activated_virtualenv(tmp_path, script):
+    """The README runs `sh certs.sh` in the lab folder; the course's virtualenv (.venv at
+    the course's root) need not be activated."""
+    folder = tmp_path / "course" / "labs" / "04-mtls"
+    folder.mkdir(parents=True)
+    (tmp_path / "course" / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    source = SOLUTION if script == "solution" else ROOT / "labs" / "04-mtls"
+    (folder / "certs.sh").write_text((source / "certs.sh").read_text())
+    bare = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "PATH")}
+    run = subprocess.run(["sh", "certs.sh"], cwd=folder, env={**bare, "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    if script == "solution":
+        assert (folder / "certs" / "app-b" / "svid.pem").is_file()

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = (ROOT / "solutions/06-xds/control_plane.py").read_text()
 CHECKS = {
     "test_listener_arrives_over_xds", "test_routes_and_endpoints_over_rds_and_eds", "test_endpoint_weights",
-    "test_change_applied_without_restart", "test_nack_reported_while_traffic_flows",
+    "test_change_applied_without_restart", "test_unchanged_intent_pushes_nothing",
+    "test_nack_reported_while_traffic_flows",
 }
 
 
@@ -58,6 +59,18 @@ def test_a_fixed_version_never_reaches_envoy(grade):
                                 "test_nack_reported_while_traffic_flows": "fail"}
     change = checks["test_change_applied_without_restart"]
     assert "still does not reach green" in change["message"] and "step 5" in change["hint"]
+
+
+def test_a_version_that_changes_when_nothing_changed_fails_the_unchanged_check(grade):
+    """A timestamp for a version: every save pushes, even one that changed only a comment."""
+    code, checks, _ = grade(6, files=solution_with(
+        ("import logging\n", "import logging\nimport time\n"),
+        ('    return "intent-" + digest.hexdigest()[:10]', '    return f"t{time.time_ns()}"')))
+    assert code == 1
+    assert {cid for cid, c in checks.items() if c["status"] != "pass"} == {"test_unchanged_intent_pushes_nothing"}
+    failed = checks["test_unchanged_intent_pushes_nothing"]
+    assert "made a new snapshot version" in failed["message"] and "step 5" in failed["hint"], failed
+    assert failed["expected"] and failed["received"], failed
 
 
 def test_inline_routes_and_static_endpoints_fail_the_xds_check(grade):
@@ -145,3 +158,21 @@ def test_the_learners_intent_comes_back_exactly(grade, lab_copy):
     assert code == 0, data
     assert (intent.read_bytes(), intent.stat().st_mtime_ns, intent.stat().st_mode) == before
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_control_plane_that_raises_is_named_with_its_traceback_at_once(grade):
+    """A bug in a build_* function: the control plane logs the traceback and keeps
+    serving nothing. The checks say so, with the learner's line, without waiting."""
+    bad = '    address = int("127.0.0.1")  # a learner\'s slip\n'
+    files = solution_with(('    manager = hcm.HttpConnectionManager(\n        stat_prefix=LISTENER_NAME,',
+                           bad + '    manager = hcm.HttpConnectionManager(\n        stat_prefix=LISTENER_NAME,'))
+    line = files["control_plane.py"].splitlines().index(bad.rstrip("\n")) + 1
+    code, checks, _ = grade(6, files=files)
+    assert code == 1
+    first = checks["test_listener_arrives_over_xds"]
+    assert first["status"] == "fail"
+    assert f"your control plane raised ValueError at control_plane.py:{line}" in first["message"], first
+    assert "build_listener" in first["received"] and "invalid literal for int()" in first["received"], first
+    assert first["duration"] < 3, first["duration"]
+    assert {cid for cid, c in checks.items() if c["status"] == "fail"} == CHECKS
+    assert sum(c["duration"] for c in checks.values()) < 10

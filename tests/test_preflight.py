@@ -74,3 +74,63 @@ def test_message_fields_come_from_envoys_api():
     assert "stat_prefix" in preflight.message_fields(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager")
     assert preflight.message_fields("envoy.nothing.v3.Missing") == []
+
+
+LUA_CONFIG = (ROOT / "labs" / "05-lua" / "envoy.yaml").read_text()
+LUA_SOLUTION = (ROOT / "solutions" / "05-lua" / "bucket.lua").read_text()
+
+
+def test_a_lua_syntax_error_is_reported_in_the_lua_file_at_its_line(tmp_path):
+    broken = LUA_SOLUTION.replace("  for i = 1, #text do\n", "  for i = 1, #text\n")
+    (tmp_path / "bucket.lua").write_text(broken)
+    (tmp_path / "envoy.yaml").write_text(LUA_CONFIG)
+    with pytest.raises(EnvoyConfigError) as caught:
+        preflight.check_envoy_config(yamlfile.load(tmp_path / "envoy.yaml"), cwd=tmp_path, binary=find_binary())
+    error = caught.value
+    assert error.where.file.name == "bucket.lua"
+    assert error.where.line == line_of(broken, "h = (h * 33")  # Lua notices at the next token
+    assert "'do' expected near 'h'" in error.message and "bucket.lua" in error.message
+    assert "> " in error.details and "h = (h * 33" in error.details  # an excerpt of the Lua file
+
+
+def test_a_lua_error_in_an_inline_script_points_into_the_yaml(tmp_path):
+    script = "function envoy_on_request(request_handle)\n  local x = = 1\nend\n"
+    inline = "inline_string: |\n" + "".join(f"                  {line}\n" for line in script.splitlines())
+    config = LUA_CONFIG.replace("default_source_code: { filename: bucket.lua }",
+                                "default_source_code:\n                " + inline.rstrip("\n"))
+    assert config != LUA_CONFIG
+    (tmp_path / "envoy.yaml").write_text(config)
+    with pytest.raises(EnvoyConfigError) as caught:
+        preflight.check_envoy_config(yamlfile.load(tmp_path / "envoy.yaml"), cwd=tmp_path, binary=find_binary())
+    assert caught.value.where.file.name == "envoy.yaml"
+    assert caught.value.where.line == line_of(config, "local x = = 1"), caught.value
+
+
+@pytest.mark.parametrize("old, new, fix, line_text", [
+    ("        - endpoint:\n            address:\n              socket_address: { address: 127.0.0.1, port_value: 8080 }",
+     "        - address:\n            socket_address: { address: 127.0.0.1, port_value: 8080 }",
+     "this field belongs under `endpoint:` (Endpoint), not directly in LbEndpoint: check the indentation",
+     "- address:"),
+    ("      - name: envoy.filters.network.http_connection_manager\n",
+     "      - name: envoy.filters.network.http_connection_manager\n"
+     "        transport_socket: { name: envoy.transport_sockets.tls }\n",
+     "this field belongs on FilterChain, not on Filter: check the indentation", "transport_socket:"),
+    ("                route: { cluster: app }",
+     "                route: { cluster: app }\n                include_attempt_count_in_response: true",
+     "this field belongs on VirtualHost, not on Route: check the indentation", "include_attempt_count"),
+    ("                route: { cluster: app }",
+     "                route: { cluster: app, include_attempt_count_in_response: true }",
+     "this field belongs on VirtualHost, not on RouteAction: check the indentation", "include_attempt_count"),
+])
+def test_a_field_at_the_wrong_depth_is_sent_where_it_belongs(tmp_path, old, new, fix, line_text):
+    error, text = refused(tmp_path, old, new)
+    assert error.fix == fix, error.fix
+    assert error.where.line == line_of(text, line_text)
+
+
+def test_a_missing_type_in_an_any_asks_for_the_type(tmp_path):
+    error, text = refused(tmp_path, '          "@type": type.googleapis.com/envoy.extensions.filters.network.'
+                                    'http_connection_manager.v3.HttpConnectionManager\n', "")
+    assert 'no "@type"' in error.message, error.message
+    assert '"@type": type.googleapis.com/' in error.fix and "durations" not in error.fix, error.fix
+    assert error.where.line == line_of(text, "typed_config:")

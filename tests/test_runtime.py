@@ -202,3 +202,55 @@ def test_stopping_a_service_takes_sigterm_not_the_kill_grace(demo):
         assert time.monotonic() - started < 2.5
     finally:
         runtime.stop_all()
+
+
+def test_a_watcher_attached_to_a_detached_run_follows_a_restart_made_by_a_check(demo):
+    # `meshlab start`, then `meshlab watch`: a check (another process) restarts the app.
+    _, started = start_owner(demo, "detached")
+    watcher = LocalRuntime.attach(demo["lab"], demo["run"])
+    checker = LocalRuntime.attach(demo["lab"], demo["run"])
+    assert watcher is not None and checker is not None
+    checker.restart("app")
+    new_app = pids(demo["run"])["app"]
+    assert new_app != started["app"] and alive(new_app)
+    # The next save: nothing changed, so nothing restarts, and no second app is started.
+    assert watcher.sync() == []
+    assert pids(demo["run"]) == {"app": new_app, "proxy": started["proxy"]}
+    assert alive(new_app)
+    # A file change restarts the proxy only; the state still names the app that runs.
+    config = demo["dir"] / "envoy.yaml"
+    config.write_text(config.read_text().replace("envoy-was-here", "changed"))
+    assert watcher.sync() == ["proxy"]
+    assert pids(demo["run"])["app"] == new_app
+    # `meshlab stop` stops everything that really runs.
+    running = pids(demo["run"])
+    assert sorted(stop_run(demo["run"])) == ["app", "proxy"]
+    assert not any(alive(pid) for pid in running.values())
+
+
+def test_an_owner_that_stops_a_service_a_check_restarted_stops_the_new_one(demo):
+    owner = LocalRuntime(demo["lab"], demo["dir"], demo["run"])
+    owner.start_all()
+    try:
+        LocalRuntime.attach(demo["lab"], demo["run"]).restart("app")
+        new_app = pids(demo["run"])["app"]
+        owner.stop("app")
+        assert wait_until(lambda: not alive(new_app)), "the app the check restarted still runs"
+    finally:
+        owner.stop_all()
+
+
+def test_restarting_the_envoys_gives_fresh_counters_and_keeps_the_apps(demo):
+    runtime = LocalRuntime(demo["lab"], demo["dir"], demo["run"])
+    runtime.start_all()
+    try:
+        import httpx
+        httpx.get(f"http://127.0.0.1:{demo['ports']['listener']}/", trust_env=False)
+        assert runtime.admin("proxy").stat("http.ingress_http.downstream_rq_total") == 1
+        before = pids(demo["run"])
+        assert runtime.restart_envoys() == ["proxy"]
+        after = pids(demo["run"])
+        assert after["app"] == before["app"] and after["proxy"] != before["proxy"]
+        assert runtime.admin("proxy").stat("http.ingress_http.downstream_rq_total") == 0
+    finally:
+        runtime.stop_all()

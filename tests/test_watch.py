@@ -7,11 +7,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import CAN_ISOLATE, ROOT
 from meshlab import isolation
+from meshlab.runtime import stop_run
 from test_teardown import processes_in
 
 pytestmark = pytest.mark.lab_runs
@@ -63,3 +65,56 @@ def test_watch_rechecks_on_save_and_restarts_only_what_changed(lab_copy, state_d
     assert second["pids"]["sidecar"] != first["pids"]["sidecar"]
     assert "is not valid YAML" in broken["error"]
     assert processes_in(starter) == []
+
+
+DETACHED_SCRIPT = """
+import json, sys, threading, time
+from pathlib import Path
+from meshlab.course import load_course
+from meshlab.runtime import LocalRuntime, read_state
+from meshlab.session import run_dir_for
+from meshlab.watch import watch
+
+course = load_course()
+lab = course.find(1)
+lab_dir = Path(sys.argv[1])
+run_dir = run_dir_for(course, lab, lab_dir)
+LocalRuntime(lab, lab_dir, run_dir, detached=True).start_all()  # as `meshlab start 1` does
+events = []
+
+def save_comment():
+    time.sleep(0.5)
+    config = lab_dir / "envoy.yaml"
+    config.write_text(config.read_text() + "# saved again\\n")
+
+def on_result(result, restarted):
+    events.append({"status": result.status, "restarted": restarted})
+    threading.Thread(target=save_comment).start()
+
+watch(course, lab, lab_dir, on_result=on_result, on_error=lambda e: events.append({"error": e.message}),
+      on_waiting=lambda files: None, poll_interval=0.05, max_rounds=2)
+print(json.dumps({"events": events, "run_dir": str(run_dir),
+                  "pids": {n: s.pid for n, s in read_state(run_dir).services.items()}}))
+"""
+
+
+def test_watch_on_a_started_lab_keeps_the_state_true_when_checks_restart_the_app(lab_copy, state_dir):
+    # The README's sequence: `meshlab start 1`, `meshlab watch 1`, save. Lab 01's checks
+    # stop and restart the app; the watcher must follow, not start a second app.
+    solved = lab_copy(1, base="solution", name="solved")
+    argv = [sys.executable, "-c", DETACHED_SCRIPT, str(solved)]
+    if CAN_ISOLATE:
+        argv = isolation.wrap(argv)
+    env = {"MESHLAB_ROOT": str(ROOT), "MESHLAB_STATE_DIR": str(state_dir)}
+    proc = subprocess.run(argv, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=180)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        first, second = report["events"]
+        assert first["status"] == "pass" and second["status"] == "pass", report
+        assert second["restarted"] == ["sidecar"]
+        running = {p.pid for p in processes_in(solved)}
+        assert running == set(report["pids"].values()), "the state file names other processes than run"
+    finally:
+        stop_run(Path(report["run_dir"])) if proc.returncode == 0 else None
+    assert processes_in(solved) == []

@@ -388,11 +388,12 @@ class Inspection:
 
 
 def inspect(path: Path, *, ca: Path | None = None, valid_for: dt.timedelta | None = None,
-            now: dt.datetime | None = None) -> Inspection:
+            now: dt.datetime | None = None, expect_id: str | None = None) -> Inspection:
     """Read the first certificate of PATH as an X.509-SVID. With CA (a CA folder or a
     certificate file), also whether it chains to it; with VALID_FOR, whether it is still
-    valid that long from now. Problems are listed, not raised: only an unreadable file
-    raises."""
+    valid that long from now; with EXPECT_ID, whether it names that SPIFFE ID (a script
+    that keeps valid certificates must not keep one made for an ID since corrected).
+    Problems are listed, not raised: only an unreadable file raises."""
     certs = load_certificates(Path(path))
     leaf = certs[0]
     now = now or _now()
@@ -415,6 +416,8 @@ def inspect(path: Path, *, ca: Path | None = None, valid_for: dt.timedelta | Non
             problems.append(error.message)
     elif len(uris) == 1:
         problems.append(f"its URI SAN {uris[0]} is not a SPIFFE ID")
+    if expect_id is not None and spiffe_id != expect_id:
+        problems.append(f"it names {spiffe_id or 'no SPIFFE ID'}, not {expect_id}")
     usage = _ext(leaf, x509.KeyUsage)
     if not is_ca:
         if usage is None or not usage.digital_signature:

@@ -28,6 +28,8 @@ _AT_ROOT = re.compile(r"invalid JSON in (?P<root>[\w.]+), near [^:]+:\d+ \(offse
 _PGV = re.compile(r"Proto constraint validation failed \((?P<chain>.*)\)")
 _PGV_STEP = re.compile(r"(?P<message>\w+)ValidationError\.(?P<field>\w+)(?:\[(?P<index>[^\]]+)\])?")
 _QUOTED = re.compile(r"'([^']+)'")
+# Lua names a chunk loaded from a string after its first line: [string "-- Lab 05..."]:12:
+_LUA_CHUNK = re.compile(r'\[string "(?P<head>(?:[^"\\]|\\.)*)"\]:(?P<line>\d+): (?P<reason>.*)')
 
 
 def prepare_and_check(lab: Lab, lab_dir: Path) -> None:
@@ -83,6 +85,9 @@ def check_envoy_config(doc: yamlfile.YamlDoc, *, cwd: Path, binary: EnvoyBinary)
 def explain(output: str, doc: yamlfile.YamlDoc) -> EnvoyConfigError:
     """Turn Envoy's validate output into an error at the right line of DOC."""
     message = _envoy_message(output)
+    lua = _lua_error(message, doc)
+    if lua is not None:
+        return lua
     text = doc.file.read_text(encoding="utf-8") if doc.file.exists() else ""
     path, summary, fix = _locate(message, doc)
     where = doc.location(path) if path is not None else Location(doc.file)
@@ -97,6 +102,42 @@ def explain(output: str, doc: yamlfile.YamlDoc) -> EnvoyConfigError:
         fix=fix,
         details="\n".join(d for d in details if d),
     )
+
+
+def _lua_error(message: str, doc: yamlfile.YamlDoc) -> EnvoyConfigError | None:
+    """An error Envoy's Lua reported about a script of DOC, at the line of that script:
+    in its own file (`filename: bucket.lua`) or inside the YAML (`inline_string`)."""
+    match = _LUA_CHUNK.search(message)
+    if match is None:
+        return None
+    head = " ".join(match["head"].removesuffix("...").split())
+    line = int(match["line"])
+    for path, node in doc.walk():
+        if not path or path[-1] not in ("filename", "inline_string") or not isinstance(node, str):
+            continue
+        if path[-1] == "filename":
+            file = doc.file.parent / node
+            text = file.read_text(encoding="utf-8", errors="replace") if file.is_file() else ""
+        else:
+            file, text = doc.file, node
+        if not text or not " ".join(text.split()).startswith(head):
+            continue
+        at = line
+        if file == doc.file:  # the script's first line, found in the YAML from the field on
+            yaml_lines = doc.file.read_text(encoding="utf-8").splitlines()
+            first = next((t for t in text.splitlines() if t.strip()), "").strip()
+            start = doc.location(path).line or 1
+            offset = next((n for n in range(start, len(yaml_lines) + 1) if first and first in yaml_lines[n - 1]), start)
+            at = offset + line - 1 - (len(text) - len(text.lstrip("\n")))
+            text = "\n".join(yaml_lines)
+        return EnvoyConfigError(
+            f"Envoy refused {file.name}: the Lua script does not load: {match['reason']}",
+            where=Location(file, at),
+            details="\n".join(d for d in (yamlfile._excerpt(text, at), f"  Envoy said: {message}") if d),
+            fix="fix the Lua at this line (Lua reports a missing word where it noticed it: look at the line "
+                "before it too)",
+        )
+    return None
 
 
 def _envoy_message(output: str) -> str:
@@ -128,9 +169,12 @@ def _locate(message: str, doc: yamlfile.YamlDoc) -> tuple[tuple | None, str, str
             field = unknown.group(1)
             fields = message_fields(message_type)
             guess = difflib.get_close_matches(field, fields, n=1, cutoff=0.6)
-            fix = f"did you mean '{guess[0]}'?" if guess else (
+            fix = _where_field_belongs(field, at.group("root"), at.groupdict().get("path") or "", doc) or (
+                f"did you mean '{guess[0]}'?" if guess else
                 f"{_short(message_type)} has no field '{field}'" + (f"; its fields: {', '.join(fields)}" if fields else ""))
             return path + (field,), f"unknown field '{field}' in {_short(message_type)}", fix
+        if "missing @type in Any" in reason:
+            return path, f"{path[-1] if path else 'a typed config'} has no \"@type\"", _type_fix(doc, path)
         kind = at.groupdict().get("type") or ""
         return path, f"wrong value ({reason}; expected {kind.strip()})", \
             "give this field a value of the expected type (durations look like 0.25s, ports are numbers)"
@@ -179,6 +223,68 @@ def _locate(message: str, doc: yamlfile.YamlDoc) -> tuple[tuple | None, str, str
         if path is not None:
             return path, message, None
     return None, message, None
+
+
+def _where_field_belongs(field: str, root: str, envoy_path: str, doc: yamlfile.YamlDoc) -> str | None:
+    """For a field unknown where it was written but known one level down or somewhere up
+    the path (Envoy's API descriptors say), where it belongs: an indentation mistake."""
+    chain = _message_chain(root, envoy_path, doc)
+    if not chain:
+        return None
+    here = chain[-1]
+    for child in here.fields:
+        kind = child.message_type
+        if kind is not None and kind.full_name != "google.protobuf.Any" and field in kind.fields_by_name:
+            return f"this field belongs under `{child.name}:` ({kind.name}), not directly in {here.name}: " \
+                   "check the indentation"
+    for ancestor in reversed(chain[:-1]):
+        if field in ancestor.fields_by_name:
+            return f"this field belongs on {ancestor.name}, not on {here.name}: check the indentation"
+    return None
+
+
+def _message_chain(root: str, envoy_path: str, doc: yamlfile.YamlDoc) -> list:
+    """The message descriptors along Envoy's path (`a.b[0].typed_config.<any>.c`) from
+    ROOT; the `@type` of an Any is read from DOC. Shorter when a step cannot be followed."""
+    from google.protobuf import descriptor_pool
+
+    pool = descriptor_pool.Default()
+    try:
+        chain = [pool.FindMessageTypeByName(root)] if _import_package(_package_of(root)) else []
+    except KeyError:
+        return []
+    yaml_path: list = []
+    for piece in (p for p in envoy_path.split(".") if p):
+        if piece == "<any>":
+            type_name = str((doc.get(tuple(yaml_path)) or {}).get("@type", "")).rsplit("/", 1)[-1]
+            try:
+                _import_package(_package_of(type_name))
+                chain[-1] = pool.FindMessageTypeByName(type_name)  # the Any, resolved
+            except (KeyError, TypeError):
+                return chain[:-1]
+            continue
+        match = re.fullmatch(r"([^\[]+)((?:\[\d+\])*)", piece)
+        field = chain[-1].fields_by_name.get(match.group(1)) if match else None
+        if field is None or field.message_type is None or field.message_type.GetOptions().map_entry:
+            return chain
+        yaml_path += [match.group(1), *(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))]
+        chain.append(field.message_type)
+    return chain
+
+
+def _type_fix(doc: yamlfile.YamlDoc, path: tuple) -> str:
+    """What to write for a missing "@type": the message of the extension the sibling
+    `name:` names, when its package has one message named after it."""
+    name = doc.get(tuple(path[:-1]) + ("name",)) if path else None
+    if isinstance(name, str) and name.startswith("envoy."):
+        last = name.rsplit(".", 1)[-1]
+        package = "envoy.extensions." + name.removeprefix("envoy.") + ".v3"
+        matches = [m for m in package_messages(package) if _snake(_short(m)) == last]
+        if len(matches) == 1:
+            return f'add `"@type": type.googleapis.com/{matches[0]}` as its first key (Envoy finds the ' \
+                   "config's message by it)"
+    return 'add `"@type": type.googleapis.com/<the message of this config>` as its first key; the ' \
+           "extension's page in Envoy's API reference names the message"
 
 
 def _parse_path(text: str) -> tuple:

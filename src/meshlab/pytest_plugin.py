@@ -30,6 +30,7 @@ import pytest
 from meshlab.course import Course, Lab, load_course
 from meshlab.errors import MeshlabError
 from meshlab.grading.failures import CheckFailed
+from meshlab.grading.raised import Raised
 from meshlab.session import LabSession, run_dir_for
 
 _REPORT = pytest.StashKey["_Report"]()
@@ -113,6 +114,27 @@ def lab(request: pytest.FixtureRequest) -> Iterator[LabSession]:
         session.close()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    """A check does not start while the learner's code in a service has raised: the
+    exception is the cause of whatever the check would find, and waiting for a service
+    that serves nothing takes long."""
+    session = _active_session(item)
+    raised = session.raised() if session is not None else None
+    if raised is not None:
+        raise _raised_failure(session, raised)
+
+
+def _raised_failure(session: LabSession, raised: Raised) -> CheckFailed:
+    return CheckFailed(
+        raised.summary,
+        expected=f"{raised.service} runs your code without an exception",
+        received=raised.details(),
+        hint=f"fix {raised.where.file} line {raised.where.line}; the whole traceback is in "
+             f"{session.runtime.log_path(raised.service)}",
+    )
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     outcome = yield
@@ -135,6 +157,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         entry["message"] = str(call.excinfo.value) if call.excinfo else ""
     elif not result.passed and call.excinfo is not None:
         error = call.excinfo.value
+        session = _active_session(item)
+        raised = session.raised() if session is not None else None
+        if raised is not None and isinstance(error, CheckFailed) and error.summary != raised.summary:
+            # The learner's code raised while the check ran: that is the cause to show.
+            error = _raised_failure(session, raised)
         if isinstance(error, CheckFailed):
             entry.update(message=error.summary, expected=error.expected, received=error.received,
                          hint=error.hint or entry["hint"])
@@ -145,7 +172,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         else:
             entry.update(status="error", message=f"the check could not run: {type(error).__name__}: {error}",
                          output="".join(traceback.format_exception(error))[-3000:])
-        session = _active_session(item)
         if session is not None:
             entry["logs"] = session.logs()
     report.write("check", **entry)

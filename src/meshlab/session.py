@@ -21,6 +21,7 @@ from meshlab.course import Course, Lab
 from meshlab.envoy import Admin
 from meshlab.errors import PortBusy
 from meshlab.grading import http as grading_http
+from meshlab.grading.raised import Raised, learners_tracebacks
 from meshlab.runtime import LocalRuntime
 
 
@@ -137,4 +138,20 @@ class LabSession:
 
     def logs(self, lines: int = 20) -> dict[str, str]:
         return self.runtime.logs(lines)
+
+    def raised(self) -> Raised | None:
+        """The latest exception the learner's code raised in a service of the lab, as its
+        log shows it since the service last started (None: nothing raised)."""
+        found: list[tuple[float, Raised]] = []
+        for name, service in self.runtime.state.services.items():
+            path = self.runtime.log_path(name)
+            try:
+                log = path.read_text(errors="replace")
+            except FileNotFoundError:
+                continue
+            since_start = log.rsplit(f"--- meshlab: starting {name} at", 1)[-1]
+            tracebacks = learners_tracebacks(name, since_start, self.dir, self.lab.edit)
+            if tracebacks:
+                found.append((path.stat().st_mtime, tracebacks[-1]))
+        return max(found, key=lambda pair: pair[0])[1] if found else None
 

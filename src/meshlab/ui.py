@@ -70,9 +70,9 @@ def show_result(result: LabResult, *, logs: bool = True) -> None:
             if check.message:
                 console.print(f"     {escape(check.message)}")
             if check.expected is not None:
-                console.print(f"     [bold]EXPECTED[/] {escape(str(check.expected))}")
+                console.print(f"     [bold]EXPECTED[/] {_continued(check.expected)}")
             if check.received is not None:
-                console.print(f"     [bold]RECEIVED[/] {escape(str(check.received))}")
+                console.print(f"     [bold]RECEIVED[/] {_continued(check.received)}")
             if check.hint:
                 console.print(f"     [bold cyan]HINT[/]     {escape(check.hint)}")
     failed = [c for c in result.checks if c.status != "pass"]
@@ -83,12 +83,17 @@ def show_result(result: LabResult, *, logs: bool = True) -> None:
             if lines:
                 console.print(f"   [dim]── log of {escape(service)} (last lines) ──[/]")
                 for line in lines:
-                    console.print(f"   [dim]{escape(line[:160])}[/]")
+                    console.print(f"   [dim]{escape(line)}[/]")  # whole: an error ends the line
     total = len(result.checks)
     colour = "green" if result.status == "pass" else "red"
     console.print(f"[{colour}]{result.passed}/{total} checks pass[/] in {result.duration:.1f} s."
                   + ("" if result.status == "pass" else f"  Logs: {escape(relative(result.run_dir or ''))}  "
                      f"More help: meshlab hint {result.number}"))
+
+
+def _continued(text: object) -> str:
+    """TEXT escaped, its later lines indented under the first (a traceback's frames)."""
+    return escape(str(text)).replace("\n", "\n" + " " * 14)
 
 
 @contextlib.contextmanager

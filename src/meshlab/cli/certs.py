@@ -87,14 +87,16 @@ def issue_command(ca_dir: str, spiffe_id: str, out: str, ttl: str, as_json: bool
 @click.argument("file", type=click.Path())
 @click.option("--ca", "ca", type=click.Path(), help="A CA folder or certificate: does FILE chain to it?")
 @click.option("--valid-for", help="Also require that it stays valid this long (like 1h).")
+@click.option("--spiffe-id", "spiffe_id", help="Also require that it names this SPIFFE ID.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def inspect_command(file: str, ca: str | None, valid_for: str | None, as_json: bool) -> None:
+def inspect_command(file: str, ca: str | None, valid_for: str | None, spiffe_id: str | None, as_json: bool) -> None:
     """Show a certificate as an SVID: SPIFFE ID, trust domain, issuer, validity, time left.
 
-    Exit 0 for a valid SVID (chaining to --ca, valid for --valid-for, when given),
-    1 when it is not, 2 when FILE cannot be read as a certificate.
+    Exit 0 for a valid SVID (chaining to --ca, valid for --valid-for, naming --spiffe-id,
+    when given), 1 when it is not, 2 when FILE cannot be read as a certificate.
     """
-    report = certs.inspect(Path(file), ca=Path(ca) if ca else None, valid_for=_duration(valid_for))
+    report = certs.inspect(Path(file), ca=Path(ca) if ca else None, valid_for=_duration(valid_for),
+                           expect_id=spiffe_id)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

@@ -33,10 +33,13 @@ def list_command(as_json: bool) -> None:
 
 @click.command("start")
 @LAB
-def start_command(lab: str) -> None:
+@click.option("--fresh", is_flag=True,
+              help="If LAB is running, restart its Envoys too: their counters start from zero again.")
+def start_command(lab: str, fresh: bool) -> None:
     """Start LAB's services in the background and show how to reach them.
 
-    If the lab is already running, only the services whose files changed restart.
+    If the lab is already running, only the services whose files changed restart
+    (with --fresh, its Envoys too, so that the counters show only your own traffic).
     """
     from meshlab import platform, preflight
     from meshlab.runtime import LocalRuntime
@@ -50,7 +53,10 @@ def start_command(lab: str) -> None:
     runtime = LocalRuntime.attach(spec, run_dir)
     if runtime is not None:
         restarted = runtime.sync()
-        ui.console.print(f"Lab {spec.number:02d} was running; restarted: {', '.join(restarted) or 'nothing (no change)'}")
+        if fresh:  # counters from zero: a check's traffic (or an ejection) is not the learner's
+            restarted += [name for name in runtime.restart_envoys() if name not in restarted]
+        ui.console.print(f"Lab {spec.number:02d} was running; restarted: {', '.join(restarted) or 'nothing (no change)'}"
+                         + (" (fresh counters)" if fresh else ""))
     else:
         runtime = LocalRuntime(spec, spec.workspace, run_dir, detached=True)
         with ui.console.status(f"starting lab {spec.number:02d}..."):

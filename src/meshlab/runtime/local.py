@@ -105,12 +105,25 @@ class LocalRuntime:
         """True in the process that owns this run (its services die with it)."""
         return self.state.owner_pid == os.getpid()
 
+    def refresh(self) -> None:
+        """Take the state file as the truth about what runs: another process (a check
+        that restarted the app) may have changed it since this one last looked. Acting
+        on a stale copy would start a second app, or stop a process that is gone and
+        leave its successor running unrecorded."""
+        state = read_state(self.run_dir)
+        if state is None or state.started_at != self.state.started_at:
+            return  # no run recorded, or another run: what we hold is all we know
+        self.state = state
+        for name, popen in list(self._popen.items()):
+            service = state.services.get(name)
+            if service is None or service.pid != popen.pid:
+                popen.poll()  # our child, replaced by another process's: reap, forget
+                del self._popen[name]
+
     def adopt(self) -> list[str]:
         """Re-read the state another process may have changed, and restart under this
         owner the services it restarted (so they die with us again)."""
-        state = read_state(self.run_dir)
-        if state is not None:
-            self.state = state
+        self.refresh()
         strays = [name for name, service in self.state.services.items()
                   if name not in self._popen or self._popen[name].pid != service.pid]
         for name in strays:
@@ -140,6 +153,7 @@ class LocalRuntime:
 
     def start(self, name: str) -> ServiceState:
         spec = self.lab.service(name)
+        self.refresh()
         if self.is_running(name):
             return self.state.services[name]
         argv = self._argv(spec)
@@ -189,6 +203,7 @@ class LocalRuntime:
         return service
 
     def stop(self, name: str) -> None:
+        self.refresh()
         service = self.state.services.get(name)
         if service is None:
             return
@@ -206,6 +221,7 @@ class LocalRuntime:
         return self.start(name)
 
     def stop_all(self) -> None:
+        self.refresh()
         for name in reversed(list(self.state.services)):
             self.stop(name)
         if self.pods is not None:
@@ -215,6 +231,7 @@ class LocalRuntime:
     def sync(self) -> list[str]:
         """Restart the services whose input files changed since they started, and start
         those that are not running. Returns the names of what was (re)started."""
+        self.refresh()
         changed = []
         for spec in self._start_order():
             service = self.state.services.get(spec.name)
@@ -226,6 +243,15 @@ class LocalRuntime:
                 changed.append(spec.name)
                 self.restart(spec.name)
         return changed + self._apply_pod_rules()
+
+    def restart_envoys(self) -> list[str]:
+        """Restart every Envoy of the lab, in start order, and nothing else: their
+        counters start from zero again (a check's traffic leaves its own counts, an
+        ejected host stays ejected), while the apps keep running."""
+        envoys = [spec.name for spec in self._start_order() if spec.kind == "envoy"]
+        for name in envoys:
+            self.restart(name)
+        return envoys
 
     # -- observing ---------------------------------------------------------------
 
