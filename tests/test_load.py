@@ -302,4 +302,4 @@ def test_a_connection_closed_while_idle_is_reopened_and_garbage_is_a_counted_err
     assert (first.status, second.status, second.body) == (200, 200, b"ok")
     result = load.run(url, engine="builtin", requests=1, concurrency=1, timeout=5)
     thread.join(timeout=5)
-    assert result.ret_codes == {load.NO_RESPONSE: 1} and result.error_kinds == {"ProtocolError": 1}
+    assert result.ret_codes == {load.NO_RESPONSE: 1} and result.error_kinds == {"Http1ProtocolError": 1}
