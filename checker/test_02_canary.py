@@ -9,13 +9,12 @@ the plausible wrong ones (50/50, 100/0, 80/20) pass once in a million.
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 
 from meshlab import load
-from meshlab.grading import check, fail
+from meshlab.grading import check, eventually, fail
 from meshlab.grading.stats import expect_share, sample_size
 
 pytestmark = pytest.mark.lab("02-canary")
@@ -125,12 +124,12 @@ def copies_received(lab, traffic: Traffic, *, timeout: float = 5.0) -> list[dict
     nothing in flight every copy is in the journal."""
     admin, clusters = lab.envoy(), lab.envoy().clusters_reaching(V2_PORT)
     gauges = [f"cluster.{c}.{g}" for c in clusters for g in ("upstream_rq_active", "upstream_rq_pending_active")]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def idle() -> bool:
         stats = admin.stats(r"^cluster\.")
-        if not any(stats.get(name, 0) for name in gauges):
-            break
-        time.sleep(0.02)
+        return not any(stats.get(name, 0) for name in gauges)
+
+    eventually(idle, timeout)
     return traffic.received("v2")
 
 

@@ -20,13 +20,12 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import datetime
-from typing import Callable, TypeVar
 
 import httpx
 import pytest
 import yaml
 
-from meshlab.grading import CheckFailed, check, describe, fail
+from meshlab.grading import CheckFailed, check, describe, eventually, fail
 from meshlab.grading.borrowed import BorrowedFile
 
 pytestmark = pytest.mark.lab("06-xds")
@@ -64,19 +63,6 @@ TYPO = {**MOVED, "services": {**MOVED["services"], "green": {"endpoints": [{"add
 STEPS_HINT = "finish steps 1-4 of control_plane.py; its log (and `meshlab xds status`) says what Envoy got"
 VERSION_HINT = ("step 5: the snapshot's version must change when the resources change; with the same version "
                 "the cache considers Envoy up to date and pushes nothing")
-
-T = TypeVar("T")
-
-
-def wait_until(probe: Callable[[], T], timeout: float, interval: float = 0.02) -> T | None:
-    """PROBE's first truthy result within TIMEOUT seconds (None if there is none)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result or time.monotonic() >= deadline:
-            return result or None
-        time.sleep(interval)
-
 
 # -- what reached the backends ----------------------------------------------------------
 
@@ -275,7 +261,7 @@ class Intent:
             elsewhere_since.clear()
             return False
 
-        wait_until(settled, PATIENCE_S)
+        eventually(settled, PATIENCE_S)
         return only_backend(self.lab, backend)
 
 
@@ -407,7 +393,7 @@ def test_change_applied_without_restart(lab, intent):
         statuses.append(response.status_code)
         return response.headers.get("x-served-by") == "green"
 
-    arrived = wait_until(moved, PATIENCE_S)
+    arrived = eventually(moved, PATIENCE_S)
     if not (lab.runtime.is_running("envoy") and lab.runtime.state.services["envoy"].pid == envoy.pid
             and admin.stat("server.hot_restart_epoch") == epoch_before):
         fail("Envoy was restarted to apply the change",
@@ -449,13 +435,13 @@ def test_change_applied_without_restart(lab, intent):
         changed = {v for name, v in subscription_versions(admin).items() if accepted_before.get(name) != v}
         return changed.pop() if len(changed) == 1 else None
 
-    new_version = wait_until(one_version, 2.0)
+    new_version = eventually(one_version, 2.0)
     snapshot = (control_plane(lab) or {}).get("snapshot") or {}
     current = snapshot.get("version")
     resource_versions = {v for named in snapshot.get("resources", {}).values() for v in named.values()}
     shown = dumped_since(xds_state(admin), written - 0.05)
     stale = {name: v for name, v in shown.items() if v not in {new_version, *resource_versions}}
-    if new_version is None or (current and new_version != current) or stale:
+    if not new_version or (current and new_version != current) or stale:
         fail("Envoy does not report the control plane's new version for what it updated",
              expected=f"every updated subscription (and its config_dump entries) at version {current or 'a new one'}",
              received=f"versions Envoy accepted: {subscription_versions(admin)}; config_dump entries updated: {shown}")
@@ -472,7 +458,7 @@ def test_nack_reported_while_traffic_flows(lab, intent):
     rejected_before = rejections(admin)
     before = versions(xds_state(admin))
     written = intent.write(TYPO)
-    if not wait_until(lambda: rejections(admin) > rejected_before, PATIENCE_S):
+    if not eventually(lambda: rejections(admin) > rejected_before, PATIENCE_S):
         fail("Envoy rejected nothing after intent.yaml gave green the port 80820",
              expected="a NACK: Envoy refuses an endpoint on port 80820 (ports end at 65535), counter "
                       "*.update_rejected grows",
@@ -496,7 +482,7 @@ def test_nack_reported_while_traffic_flows(lab, intent):
         nack = (control_plane(lab) or {}).get("last_nack")
         return nack if nack and nack.get("at", 0) >= written - 1 else None
 
-    nack = wait_until(reported, 2.0)
+    nack = eventually(reported, 2.0)
     if nack is None:
         log = lab.logs(200).get("control-plane", "")
         if "NACK" in log and "65535" in log:
