@@ -19,9 +19,7 @@ from meshlab.grading.stats import expect_share, sample_size
 
 pytestmark = pytest.mark.lab("02-canary")
 
-ENVOY = "http://127.0.0.1:10000"
 STABLE, CANARY = "Version 1.0 (Stable)", "Version 2.0 (Canary)"
-V2_PORT = 8082
 CANARY_SHARE = 0.10
 MIRROR_SHARE = 0.50
 # Wrong setups each sample must tell apart from the target, with certainty 1 - 1e-6.
@@ -43,7 +41,7 @@ class Traffic:
     def __init__(self, lab, path: str = "/"):
         self.lab = lab
         self.id = uuid.uuid4().hex
-        self.url = f"{ENVOY}{path}{'&' if '?' in path else '?'}run={self.id}"
+        self.url = lab.url("envoy", "listener", f"{path}{'&' if '?' in path else '?'}run={self.id}")
         self.positions = {app: lab.journal_position(app) for app in ("v1", "v2")}
 
     def received(self, app: str) -> list[dict]:
@@ -122,7 +120,7 @@ def copies_received(lab, traffic: Traffic, *, timeout: float = 5.0) -> list[dict
     each copy when it forwards the real request, so by the time every client has its
     answer the copies are sent; an app journals a request before answering it, so with
     nothing in flight every copy is in the journal."""
-    admin, clusters = lab.envoy(), lab.envoy().clusters_reaching(V2_PORT)
+    admin, clusters = lab.envoy(), lab.envoy().clusters_reaching(lab.port("v2"))
     gauges = [f"cluster.{c}.{g}" for c in clusters for g in ("upstream_rq_active", "upstream_rq_pending_active")]
 
     def idle() -> bool:
