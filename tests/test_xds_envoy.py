@@ -79,9 +79,10 @@ def serving_one(backends: dict[str, int], workdir, *, delta: bool):
 @PROTOCOLS
 def test_listener_appears_and_an_update_applies_in_place(delta, backends, tmp_path):
     with serving_one(backends, tmp_path, delta=delta) as (cache, control_plane, envoy, listener_port):
-        dump = envoy.admin.config_dump()["configs"]
-        listeners = next(c for c in dump if c["@type"].endswith("ListenersConfigDump"))
-        assert "static_listeners" not in listeners and len(listeners["dynamic_listeners"]) == 1
+        dump = envoy.admin.configuration()
+        assert dump.static_listeners == [] and list(dump.listeners) == ["ingress"] and dump.warming_listeners == []
+        assert dump.listener_at(listener_port, "127.0.0.1")[0] == "ingress"
+        assert dump.static_clusters == ["xds"] and list(dump.clusters) == ["one"] and list(dump.route_configs) == ["routes"]
 
         pid = envoy.pid
         second = to("two", backends, listener_port)
