@@ -22,41 +22,36 @@ from meshlab.grading import (
     responds_with_header,
     responds_with_status,
 )
+from meshlab.grading.upstreams import clusters_reaching
 
 pytestmark = pytest.mark.lab("01-hello-mesh")
 
-ENVOY = "http://127.0.0.1:10000"
-APP_PORT = 8080
 LISTENER_HINT = "define a listener on 127.0.0.1:10000 whose HTTP connection manager routes every path to the app's cluster"
 
 
 def through_envoy(lab, *, require_app: bool = True):
     """GET / through Envoy with a unique probe; (response, the app's record of it or None)."""
     probe = uuid.uuid4().hex
+    app = f"127.0.0.1:{lab.port('app')}"
     before = lab.journal_position("app")
-    response = lab.get(f"{ENVOY}/", params={"probe": probe}, hint=LISTENER_HINT)
+    response = lab.get(lab.url("sidecar", "listener", "/"), params={"probe": probe}, hint=LISTENER_HINT)
     seen = next((e for e in lab.journal("app", since=before) if e["query"].get("probe") == [probe]), None)
     if require_app and seen is None:
         if response.status_code == 200 and response.text.strip() == GREETING:
             fail("Envoy answered with the app's words, but the request never reached the app",
-                 expected="the request forwarded to the app at 127.0.0.1:8080",
+                 expected=f"the request forwarded to the app at {app}",
                  received=f"{describe(response)}; the app's journal has no such request",
                  hint="route to a cluster (`route: { cluster: NAME }`) instead of answering with a direct_response")
-        fail("the request sent to :10000 never reached the app",
-             expected="Envoy forwards GET / to the app at 127.0.0.1:8080",
+        fail(f"the request sent to :{lab.port('sidecar', 'listener')} never reached the app",
+             expected=f"Envoy forwards GET / to the app at {app}",
              received=describe(response),
-             hint="the route must name a cluster whose endpoint is 127.0.0.1:8080")
+             hint=f"the route must name a cluster whose endpoint is {app}")
     return response, seen
 
 
-def app_clusters(admin) -> list[str]:
+def app_clusters(lab) -> list[str]:
     """The clusters (whatever their names) that have the app as an endpoint."""
-    clusters = admin.clusters_reaching(APP_PORT)
-    if not clusters:
-        fail("no cluster of Envoy has the app as an endpoint",
-             expected="a cluster with endpoint 127.0.0.1:8080",
-             received="clusters: " + (", ".join(sorted({c for c, *_ in admin.hosts()})) or "none"))
-    return clusters
+    return clusters_reaching(lab.envoy(), lab.port("app"), what="the app")
 
 
 @check("The app's greeting arrives through Envoy on :10000", hint=LISTENER_HINT)
@@ -69,24 +64,25 @@ def test_greeting_through_envoy(lab):
 @check("Envoy listens on 127.0.0.1:10000, loopback only",
        hint="set the listener's socket_address to address 127.0.0.1, port_value 10000")
 def test_listener_on_loopback(lab):
+    port = lab.port("sidecar", "listener")
     addresses = lab.envoy().listener_addresses()
-    if ("127.0.0.1", 10000) in addresses:
+    if ("127.0.0.1", port) in addresses:
         return
     shown = ", ".join(f"{a}:{p}" for a, p in addresses) or "no listeners at all"
-    if any(port == 10000 for _, port in addresses):
-        fail("the listener on port 10000 accepts connections from every network, not only this machine",
-             expected="a listener bound to 127.0.0.1:10000",
+    if any(bound == port for _, bound in addresses):
+        fail(f"the listener on port {port} accepts connections from every network, not only this machine",
+             expected=f"a listener bound to 127.0.0.1:{port}",
              received=f"Envoy's listeners: {shown}",
              hint="a sidecar listens on loopback: the app's clients are on this host; use address 127.0.0.1")
-    fail("Envoy has no listener on 127.0.0.1:10000",
-         expected="a listener bound to 127.0.0.1:10000", received=f"Envoy's listeners: {shown}")
+    fail(f"Envoy has no listener on 127.0.0.1:{port}",
+         expected=f"a listener bound to 127.0.0.1:{port}", received=f"Envoy's listeners: {shown}")
 
 
 @check("Envoy adds x-my-injected-header: envoy-was-here to the app's response",
        hint="add `response_headers_to_add` with key x-my-injected-header, value envoy-was-here "
             "to the virtual host (or route)")
 def test_injected_header(lab):
-    direct = lab.get(f"http://127.0.0.1:{APP_PORT}/")
+    direct = lab.get(lab.url("app", path="/"))
     lacks_header(direct, "x-my-injected-header")  # so whoever adds it is between client and app
     response, seen = through_envoy(lab)
     if "x-my-injected-header" not in response.headers and "x-my-injected-header" in seen["headers"]:
@@ -100,7 +96,7 @@ def test_injected_header(lab):
 @check("The client talks to Envoy: `server: envoy` replaces the app's own server header",
        hint="the response must come from the app through Envoy; Envoy rewrites `server` by default")
 def test_server_is_envoy(lab):
-    direct = lab.get(f"http://127.0.0.1:{APP_PORT}/")
+    direct = lab.get(lab.url("app", path="/"))
     app_server = direct.headers.get("server", "")
     response, _ = through_envoy(lab)
     responds_with_header(response, "server", "envoy",
@@ -123,7 +119,7 @@ def test_upstream_service_time(lab):
        hint="the cluster must have the app (127.0.0.1:8080) as its endpoint")
 def test_cluster_counters(lab):
     admin = lab.envoy()
-    clusters = app_clusters(admin)
+    clusters = app_clusters(lab)
     sent = 5
     with admin.delta(r"^cluster\.") as delta:
         for _ in range(sent):
@@ -139,10 +135,10 @@ def test_cluster_counters(lab):
        hint="this works once the route sends to a cluster; Envoy answers 503 when it cannot connect to it")
 def test_503_when_app_down(lab):
     admin = lab.envoy()
-    clusters = app_clusters(admin)
+    clusters = app_clusters(lab)
     with lab.stopped("app"):
         with admin.delta(r"^cluster\.") as delta:
-            response = lab.get(f"{ENVOY}/")
+            response = lab.get(lab.url("sidecar", "listener", "/"))
         responds_with_status(response, 503,
                              hint="with the app stopped, nothing but Envoy can answer; a 200 means Envoy "
                                   "is not forwarding to the app")

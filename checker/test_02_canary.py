@@ -9,20 +9,17 @@ the plausible wrong ones (50/50, 100/0, 80/20) pass once in a million.
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 
 from meshlab import load
-from meshlab.grading import check, fail
+from meshlab.grading import check, eventually, fail
 from meshlab.grading.stats import expect_share, sample_size
 
 pytestmark = pytest.mark.lab("02-canary")
 
-ENVOY = "http://127.0.0.1:10000"
 STABLE, CANARY = "Version 1.0 (Stable)", "Version 2.0 (Canary)"
-V2_PORT = 8082
 CANARY_SHARE = 0.10
 MIRROR_SHARE = 0.50
 # Wrong setups each sample must tell apart from the target, with certainty 1 - 1e-6.
@@ -44,7 +41,7 @@ class Traffic:
     def __init__(self, lab, path: str = "/"):
         self.lab = lab
         self.id = uuid.uuid4().hex
-        self.url = f"{ENVOY}{path}{'&' if '?' in path else '?'}run={self.id}"
+        self.url = lab.url("envoy", "listener", f"{path}{'&' if '?' in path else '?'}run={self.id}")
         self.positions = {app: lab.journal_position(app) for app in ("v1", "v2")}
 
     def received(self, app: str) -> list[dict]:
@@ -123,14 +120,14 @@ def copies_received(lab, traffic: Traffic, *, timeout: float = 5.0) -> list[dict
     each copy when it forwards the real request, so by the time every client has its
     answer the copies are sent; an app journals a request before answering it, so with
     nothing in flight every copy is in the journal."""
-    admin, clusters = lab.envoy(), lab.envoy().clusters_reaching(V2_PORT)
+    admin, clusters = lab.envoy(), lab.envoy().clusters_reaching(lab.port("v2"))
     gauges = [f"cluster.{c}.{g}" for c in clusters for g in ("upstream_rq_active", "upstream_rq_pending_active")]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def idle() -> bool:
         stats = admin.stats(r"^cluster\.")
-        if not any(stats.get(name, 0) for name in gauges):
-            break
-        time.sleep(0.02)
+        return not any(stats.get(name, 0) for name in gauges)
+
+    eventually(idle, timeout)
     return traffic.received("v2")
 
 

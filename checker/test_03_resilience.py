@@ -21,11 +21,11 @@ from meshlab.grading.accesslog import (
     AccessLog, count_flags, describe_flags, duration_s, require_fields, with_flag,
 )
 from meshlab.grading.stats import expect_share, sample_size
+from meshlab.grading.upstreams import clusters_reaching
 
 pytestmark = pytest.mark.lab("03-resilience")
 
-ENVOY = "http://127.0.0.1:10000"
-SLOW, POOL_BAD, FLAKY, STALLED, RATINGS = 8081, 8084, 8085, 8086, 8087
+BROKEN = "pool-3"         # the instance of the pool that answers 500
 
 OVERLOAD = 50            # concurrent requests against the slow service (1 s each)
 MOST_ADMITTED = 5        # with limits of 1, two get through (one in flight, one pending)
@@ -51,13 +51,14 @@ FAULT_HINT = ("on the /faulty route, typed_per_filter_config for envoy.filters.h
               "and delay fixed_delay 2s, each with percentage numerator 10, denominator HUNDRED")
 
 
-def clusters_of(lab, port: int, hint: str) -> list[str]:
-    names = lab.envoy().clusters_reaching(port)
-    if not names:
-        fail(f"no cluster of Envoy has the service on port {port} as an endpoint",
-             expected=f"a cluster with endpoint 127.0.0.1:{port}",
-             received="clusters: " + ", ".join(sorted({c for c, *_ in lab.envoy().hosts()})), hint=hint)
-    return names
+def clusters_of(lab, service: str, hint: str) -> list[str]:
+    """The clusters that have SERVICE (by its port in the manifest) as an endpoint."""
+    port = lab.port(service)
+    return clusters_reaching(lab.envoy(), port, what=f"the service on port {port}", hint=hint)
+
+
+def envoy_url(lab, path: str) -> str:
+    return lab.url("envoy", "listener", path)
 
 
 def counter(delta, clusters: list[str], name: str) -> int:
@@ -84,13 +85,12 @@ class Run:
     reached: int = 0        # requests the app behind the route received
 
 
-def loaded(lab, path: str, port: int, service: str, hint: str, *, log_timeout: float = 6.0,
-           **options) -> Run:
-    clusters = clusters_of(lab, port, hint)
+def loaded(lab, path: str, service: str, hint: str, *, log_timeout: float = 6.0, **options) -> Run:
+    clusters = clusters_of(lab, service, hint)
     admin, log = lab.envoy(), access_log(lab)
     mark, position = log.position(), lab.journal_position(service)
     with admin.delta(r"^(cluster|http)\.") as delta:
-        result = load.run(ENVOY + path, engine="builtin", **options)
+        result = load.run(envoy_url(lab, path), engine="builtin", **options)
     entries = log.wait(mark, result.total, where=on_path(path), timeout=log_timeout)
     require_fields(entries)
     return Run(result, delta, entries, clusters, reached=len(lab.journal(service, since=position)))
@@ -101,7 +101,7 @@ def loaded(lab, path: str, port: int, service: str, hint: str, *, log_timeout: f
 @pytest.fixture(scope="module")
 def overload(lab) -> Run:
     # The client waits 4 s at most: with the limits, the two admitted requests take 2 s.
-    return loaded(lab, "/slow", SLOW, "slow", BREAKER_HINT, requests=OVERLOAD, concurrency=OVERLOAD, timeout=4.0)
+    return loaded(lab, "/slow", "slow", BREAKER_HINT, requests=OVERLOAD, concurrency=OVERLOAD, timeout=4.0)
 
 
 def refused(run: Run) -> int:
@@ -169,16 +169,16 @@ def test_breaker_fails_fast(overload):
 # -- step 2: outlier detection -------------------------------------------------------
 
 def bad_host(lab, clusters: list[str]) -> tuple[dict[str, int], list[str]]:
-    for cluster, _, port, stats, flags in lab.envoy().hosts():
-        if cluster in clusters and port == POOL_BAD:
-            return stats, flags
+    for host in lab.envoy().hosts():
+        if host.cluster in clusters and host.port == lab.port(BROKEN):
+            return host.stats, list(host.health_flags)
     return {}, []
 
 
 @check("Step 2: outlier detection ejects the instance that answers 500, and traffic avoids it",
        hint=OUTLIER_HINT)
 def test_outlier_ejection(lab):
-    clusters = clusters_of(lab, POOL_BAD, OUTLIER_HINT)
+    clusters = clusters_of(lab, BROKEN, OUTLIER_HINT)
     admin = lab.envoy()
     errors = 0
     with admin.delta(r"^cluster\.") as delta:
@@ -188,11 +188,11 @@ def test_outlier_ejection(lab):
             if already or "failed_outlier_check" in flags:
                 break
             for _ in range(3):  # one round over the three instances
-                errors += lab.get(ENVOY + "/pool", hint=OUTLIER_HINT).status_code >= 500
+                errors += lab.get(envoy_url(lab, "/pool"), hint=OUTLIER_HINT).status_code >= 500
             _, flags = bad_host(lab, clusters)
     ejected = counter(delta, clusters, "outlier_detection.ejections_enforced_total")
     if "failed_outlier_check" not in flags:
-        fail("the instance on port 8084 was never ejected",
+        fail(f"the instance on port {lab.port(BROKEN)} was never ejected",
              expected="its /clusters health flags to include failed_outlier_check",
              received=f"{errors} of {3 * 60} requests answered 5xx; its flags: {', '.join(flags) or 'none'}; "
                       f"ejections_enforced_total +{ejected}", hint=OUTLIER_HINT)
@@ -200,9 +200,9 @@ def test_outlier_ejection(lab):
         fail("Envoy's counters show no enforced ejection",
              expected=f"cluster.{clusters[0]}.outlier_detection.ejections_enforced_total to grow",
              received=f"changes: {delta.changed()}", hint=OUTLIER_HINT)
-    position = lab.journal_position("pool-3")
-    after = [lab.get(ENVOY + "/pool").status_code for _ in range(30)]
-    leaked = len(lab.journal("pool-3", since=position))
+    position = lab.journal_position(BROKEN)
+    after = [lab.get(envoy_url(lab, "/pool")).status_code for _ in range(30)]
+    leaked = len(lab.journal(BROKEN, since=position))
     if leaked or any(code != 200 for code in after):
         fail("requests still reach the ejected instance",
              expected="30 of 30 requests answered 200 by the two healthy instances",
@@ -243,7 +243,7 @@ def retry_hint(lab) -> str:
 
 @pytest.fixture(scope="module")
 def retried(lab) -> Run:
-    return loaded(lab, "/flaky", FLAKY, "flaky", RETRY_HINT, requests=RETRIED, concurrency=RETRYING, timeout=5.0,
+    return loaded(lab, "/flaky", "flaky", RETRY_HINT, requests=RETRIED, concurrency=RETRYING, timeout=5.0,
                   count_header="x-envoy-attempt-count")
 
 
@@ -287,7 +287,7 @@ def test_attempt_count_visible(lab, retried):
 
 @check("Step 4: the route gives up on the 2 s service after 0.5 s with 504 (Envoy's clock)", hint=TIMEOUT_HINT)
 def test_route_timeout(lab):
-    run = loaded(lab, "/stalled", STALLED, "stalled", TIMEOUT_HINT, requests=TIMED, concurrency=TIMED, timeout=5.0)
+    run = loaded(lab, "/stalled", "stalled", TIMEOUT_HINT, requests=TIMED, concurrency=TIMED, timeout=5.0)
     if run.result.count(504) != TIMED:
         fail(f"{run.result.count(504)} of {TIMED} requests to /stalled timed out",
              expected=f"{TIMED} x 504 after about {TIMEOUT_S} s",
@@ -310,7 +310,7 @@ def test_route_timeout(lab):
 @pytest.fixture(scope="module")
 def faulted(lab) -> Run:
     # A fixed rate: the delayed 10 % hold a connection for 2 s each while the rest go on.
-    return loaded(lab, "/faulty", RATINGS, "ratings", FAULT_HINT, requests=FAULT_REQUESTS, concurrency=100,
+    return loaded(lab, "/faulty", "ratings", FAULT_HINT, requests=FAULT_REQUESTS, concurrency=100,
                   qps=FAULT_QPS, timeout=6.0, log_timeout=8.0)
 
 

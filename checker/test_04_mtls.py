@@ -26,8 +26,6 @@ from meshlab.grading import check, describe, fail
 
 pytestmark = pytest.mark.lab("04-mtls")
 
-APP_A = "http://127.0.0.1:8081"
-MTLS_PORT = 10443
 TRUST_DOMAIN = "cluster.local"
 ID_A = f"spiffe://{TRUST_DOMAIN}/ns/default/sa/app-a"
 ID_B = f"spiffe://{TRUST_DOMAIN}/ns/default/sa/app-b"
@@ -36,6 +34,17 @@ CERTS_HINT = "step 2: certs.sh makes certs/ca, certs/app-a and certs/app-b (mesh
 SERVER_HINT = ("step 3: sidecar-b's filter chain needs a transport_socket with a DownstreamTlsContext: "
                "require_client_certificate: true, app-b's SVID, trusted_ca certs/ca/ca.pem and a URI SAN match "
                f"on {ID_A}")
+
+
+# -- the lab's ports, from its manifest ------------------------------------------
+
+def mtls_port(lab) -> int:
+    """sidecar-b's mutual-TLS listener."""
+    return lab.port("sidecar-b", "mtls")
+
+
+def relay_hint(lab) -> str:
+    return f"app-a (:{lab.port('app-a')}) relays to sidecar-a on :{lab.port('sidecar-a', 'outbound')}"
 
 
 # -- test clients ----------------------------------------------------------------
@@ -130,8 +139,8 @@ def test_identity_reaches_app_b(lab):
     before = lab.journal_position("app-b")
     # app-a also claims to be somebody else: a header only the sidecars may set.
     forged = f"URI=spiffe://{TRUST_DOMAIN}/ns/default/sa/admin"
-    response = lab.get(f"{APP_A}/whoami", params={"probe": probe}, headers={"x-forwarded-client-cert": forged},
-                       hint="app-a (:8081) relays to sidecar-a on :10000; both must be running")
+    response = lab.get(lab.url("app-a", path="/whoami"), params={"probe": probe},
+                       headers={"x-forwarded-client-cert": forged}, hint=relay_hint(lab) + "; both must be running")
     seen = next((e for e in lab.journal("app-b", since=before) if e["query"].get("probe") == [probe]), None)
     if seen is None:
         fail("app-a's request never reached app-b",
@@ -175,7 +184,8 @@ def expect_rejection(lab, reason_key: str, svid: Path | None, who: str) -> None:
     client for REASON_KEY, by its alert and by sidecar-b's counter."""
     reason = mtls.REASONS[reason_key]
     admin = lab.envoy("sidecar-b")
-    attempts = [mtls.probe("127.0.0.1", MTLS_PORT, tls=tls, svid=svid, admin=admin) for tls in ("1.3", "1.2")]
+    port = mtls_port(lab)
+    attempts = [mtls.probe("127.0.0.1", port, tls=tls, svid=svid, admin=admin) for tls in ("1.3", "1.2")]
     spoken = [a for a in attempts if a.outcome != "version-refused"]
     seen = "; ".join(a.describe() for a in attempts)
     expected = (f"a handshake rejected because {reason.words}: alert "
@@ -189,8 +199,8 @@ def expect_rejection(lab, reason_key: str, svid: Path | None, who: str) -> None:
             fail(f"sidecar-b let in {who} ({version}) and answered HTTP {attempt.status}",
                  expected=expected, received=seen, hint=_accepted_hint(reason_key))
         if attempt.outcome in ("not-tls", "refused"):
-            fail(f"sidecar-b does not speak TLS on :{MTLS_PORT}" if attempt.outcome == "not-tls"
-                 else f"nothing listens on 127.0.0.1:{MTLS_PORT}", expected=expected, received=seen, hint=SERVER_HINT)
+            fail(f"sidecar-b does not speak TLS on :{port}" if attempt.outcome == "not-tls"
+                 else f"nothing listens on 127.0.0.1:{port}", expected=expected, received=seen, hint=SERVER_HINT)
         # The server's counter decides; the alert is what the client saw (shown, and
         # the same as the counter's reason with Envoy's default certificate validator).
         got = attempt.reason
@@ -235,16 +245,17 @@ def test_wrong_identity_rejected(lab, clients):
        hint="every filter chain of sidecar-b's listener must have the TLS transport_socket; no plaintext chain")
 def test_plaintext_rejected(lab):
     before = lab.journal_position("app-b")
-    attempt = mtls.probe("127.0.0.1", MTLS_PORT, tls=None, admin=lab.envoy("sidecar-b"))
+    port = mtls_port(lab)
+    attempt = mtls.probe("127.0.0.1", port, tls=None, admin=lab.envoy("sidecar-b"))
     reached = lab.journal("app-b", since=before)
     expected = "the connection closed without an HTTP response, and sidecar-b's ssl.connection_error +1"
     if attempt.outcome == "accepted" or reached:
-        fail(f"sidecar-b answered plaintext HTTP on :{MTLS_PORT} (HTTP {attempt.status})",
+        fail(f"sidecar-b answered plaintext HTTP on :{port} (HTTP {attempt.status})",
              expected=expected, received=attempt.describe() + ("; app-b received it" if reached else ""),
              hint="a listener that also accepts plaintext (a 'permissive' filter chain) lets anyone in without "
                   "a certificate: keep only the TLS filter chain")
     if attempt.outcome == "refused":
-        fail(f"nothing listens on 127.0.0.1:{MTLS_PORT}", expected=expected, received=attempt.describe(),
+        fail(f"nothing listens on 127.0.0.1:{port}", expected=expected, received=attempt.describe(),
              hint=SERVER_HINT)
     if attempt.counters.get("connection_error", 0) < 1:
         fail("the plaintext request was refused, but not by sidecar-b's TLS",
@@ -308,10 +319,10 @@ def test_client_verifies_server(lab, clients):
     svid = mesh_client(clients, "impostor")
     admin = lab.envoy("sidecar-a")
     with lab.stopped("sidecar-b"):
-        with Impostor(svid, MTLS_PORT) as impostor, admin.delta(r"^cluster\..*\.ssl\.") as delta:
-            response = lab.get(f"{APP_A}/", hint="app-a (:8081) relays to sidecar-a on :10000")
+        with Impostor(svid, mtls_port(lab)) as impostor, admin.delta(r"^cluster\..*\.ssl\.") as delta:
+            response = lab.get(lab.url("app-a", path="/"), hint=relay_hint(lab))
             if not impostor.events:  # the request met a pooled connection to the stopped sidecar-b
-                response = lab.get(f"{APP_A}/", hint="app-a (:8081) relays to sidecar-a on :10000")
+                response = lab.get(lab.url("app-a", path="/"), hint=relay_hint(lab))
     refused = sum(v for k, v in delta.changed().items() if k.endswith((".ssl.fail_verify_san", ".ssl.fail_verify_error")))
     seen = f"{describe(response)}; the impostor saw: {', '.join(impostor.events) or 'no connection'}"
     expected = ("sidecar-a aborts the handshake (its cluster's ssl.fail_verify_san +1) and app-a gets 503: "

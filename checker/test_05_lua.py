@@ -28,7 +28,6 @@ from meshlab.ports import free_port
 
 pytestmark = pytest.mark.lab("05-lua")
 
-ENVOY = "http://127.0.0.1:10000"
 VERSION_OF = {"experimental": "v2", "stable": "v1"}
 BUCKET_HINT = ("bucket.lua: h = 5381; for each byte c of x-user-id, h = (h * 33 + c) % 4294967296; experimental "
                "when h % 100 < 20; then request_handle:headers():replace('x-user-bucket', bucket)")
@@ -73,8 +72,8 @@ def send(lab, users: list[str | None], *, extra: dict[str, str] | None = None) -
         headers = dict(extra or {})
         if user is not None:
             headers["x-user-id"] = user
-        response = lab.get(f"{ENVOY}/", params={"probe": probe}, headers=headers,
-                           hint="Envoy listens on 127.0.0.1:10000")
+        response = lab.get(lab.url("envoy", "listener", "/"), params={"probe": probe}, headers=headers,
+                           hint=f"Envoy listens on 127.0.0.1:{lab.port('envoy', 'listener')}")
         sent.append(Sent(user, probe, response))
     by_probe = {s.probe: s for s in sent}
     for version in ("v1", "v2"):
@@ -279,26 +278,26 @@ static_resources:
     connect_timeout: 1s
     load_assignment:
       cluster_name: v1
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 8081}}}}}}}}]}}]
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {v1}}}}}}}}}]}}]
 """
 
 
-def _plain_envoy(tmp: Path) -> tuple[EnvoyProcess, str]:
+def _plain_envoy(lab, tmp: Path) -> tuple[EnvoyProcess, str]:
     """An Envoy like the learner's but without the Lua filter, on a free port."""
     port = free_port()
     config = tmp / "plain-envoy.yaml"
-    config.write_text(_PLAIN_ENVOY.format(port=port))
+    config.write_text(_PLAIN_ENVOY.format(port=port, v1=lab.port("v1")))
     return EnvoyProcess(config, workdir=tmp, name="plain-envoy").start(), f"http://127.0.0.1:{port}/"
 
 
 @check("The filter answers 200 requests in a row, each one marked (the latency it adds is shown as a note)",
        hint="every response through the filter must be 200 with x-envoy-lua-processed: true")
 def test_filter_latency(lab, tmp_path, record_property):
-    plain, plain_url = _plain_envoy(tmp_path)
+    plain, plain_url = _plain_envoy(lab, tmp_path)
     options = dict(engine="builtin", requests=LATENCY_REQUESTS, concurrency=1, headers={"x-user-id": "alice"})
     try:
         # The load engine, one connection, back to back: the same route with and without the filter.
-        with_lua = load.run(f"{ENVOY}/", count_header="x-envoy-lua-processed", **options)
+        with_lua = load.run(lab.url("envoy", "listener", "/"), count_header="x-envoy-lua-processed", **options)
         without = load.run(plain_url, **options)
     finally:
         plain.stop()

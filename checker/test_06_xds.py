@@ -20,46 +20,26 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import datetime
-from typing import Callable, TypeVar
 
 import httpx
 import pytest
 import yaml
 
-from meshlab.grading import CheckFailed, check, describe, fail
+from meshlab.envoy import ConfigDump
+from meshlab.grading import CheckFailed, check, describe, eventually, fail
 from meshlab.grading.borrowed import BorrowedFile
 
 pytestmark = pytest.mark.lab("06-xds")
 
-ENVOY = "http://127.0.0.1:10000"
-CONTROL_PLANE_ADMIN = "http://127.0.0.1:18001"
 NODE_ID = "lab06-envoy"
-BACKENDS = {"blue": 8081, "green": 8082}
+BACKENDS = ("blue", "green")
 # How long a correct control plane may take to notice the file and Envoy to apply it.
 APPLY_WITHIN_S = 1.0
 # How long we watch for something that should take milliseconds before calling it absent.
 PATIENCE_S = 5.0
 
-# The intents the checks use: as shipped (START), "/" moved to green (MOVED), and the
-# same with a typo Envoy must reject (port 80820 does not exist: ports end at 65535).
-START = {
-    "listener": {"port": 10000},
-    "routes": [{"prefix": "/shop", "service": "shop"}, {"prefix": "/", "service": "blue"}],
-    "services": {
-        "blue": {"endpoints": [{"address": "127.0.0.1", "port": 8081}]},
-        "shop": {"endpoints": [{"address": "127.0.0.1", "port": 8081, "weight": 3},
-                               {"address": "127.0.0.1", "port": 8082, "weight": 1}]},
-    },
-}
-MOVED = {
-    "listener": {"port": 10000},
-    "routes": [{"prefix": "/shop", "service": "shop"}, {"prefix": "/", "service": "green"}],
-    "services": {
-        "green": {"endpoints": [{"address": "127.0.0.1", "port": 8082}]},
-        "shop": START["services"]["shop"],
-    },
-}
-TYPO = {**MOVED, "services": {**MOVED["services"], "green": {"endpoints": [{"address": "127.0.0.1", "port": 80820}]}}}
+# Requests sent down each route of the intent to see which cluster Envoy counts them in.
+ROUTE_REQUESTS = 4
 
 STEPS_HINT = "finish steps 1-4 of control_plane.py; its log (and `meshlab xds status`) says what Envoy got"
 VERSION_HINT = ("step 5: the snapshot's version must change when the resources change; with the same version "
@@ -68,28 +48,48 @@ VERSION_HINT = ("step 5: the snapshot's version must change when the resources c
 UNCHANGED_HINT = ("step 5: derive the version from the resources (a digest), not from the time or a counter of "
                   "saves: equal resources must give an equal version")
 
-T = TypeVar("T")
+
+# -- the lab's ports (from its manifest) and the intents the checks use ------------------
+
+def listener_url(lab, path: str) -> str:
+    return lab.url("envoy", "listener", path)
 
 
-def wait_until(probe: Callable[[], T], timeout: float, interval: float = 0.02) -> T | None:
-    """PROBE's first truthy result within TIMEOUT seconds (None if there is none)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result or time.monotonic() >= deadline:
-            return result or None
-        time.sleep(interval)
+def intents(lab) -> tuple[dict, dict, dict]:
+    """As shipped (start), "/" moved to green (moved), and the same with a typo Envoy
+    must reject (typo: green's port with a digit too many, which does not exist: ports
+    end at 65535)."""
+    blue, green = (lab.port(name) for name in BACKENDS)
+    shop = {"endpoints": [{"address": "127.0.0.1", "port": blue, "weight": 3},
+                          {"address": "127.0.0.1", "port": green, "weight": 1}]}
+    start = {
+        "listener": {"port": lab.port("envoy", "listener")},
+        "routes": [{"prefix": "/shop", "service": "shop"}, {"prefix": "/", "service": "blue"}],
+        "services": {"blue": {"endpoints": [{"address": "127.0.0.1", "port": blue}]}, "shop": shop},
+    }
+    moved = {
+        "listener": {"port": lab.port("envoy", "listener")},
+        "routes": [{"prefix": "/shop", "service": "shop"}, {"prefix": "/", "service": "green"}],
+        "services": {"green": {"endpoints": [{"address": "127.0.0.1", "port": green}]}, "shop": shop},
+    }
+    typo = {**moved, "services": {**moved["services"],
+                                  "green": {"endpoints": [{"address": "127.0.0.1", "port": typo_port(lab)}]}}}
+    return start, moved, typo
+
+
+def typo_port(lab) -> int:
+    return lab.port("green") * 10
 
 
 # -- what reached the backends ----------------------------------------------------------
 
 def served_by(lab, path: str = "/") -> tuple[httpx.Response | None, str | None]:
     """GET PATH through Envoy with a unique probe: (response, the backend whose journal
-    has the probe). (None, None) when nothing listens on :10000."""
+    has the probe). (None, None) when nothing listens on Envoy's listener."""
     probe = uuid.uuid4().hex
     positions = {name: lab.journal_position(name) for name in BACKENDS}
     try:
-        response = lab.get(ENVOY + path, params={"probe": probe})
+        response = lab.get(listener_url(lab, path), params={"probe": probe})
     except CheckFailed:
         return None, None
     for name in BACKENDS:
@@ -101,7 +101,7 @@ def served_by(lab, path: str = "/") -> tuple[httpx.Response | None, str | None]:
 def quick_backend(lab) -> str | None:
     """Which backend answers / (by its x-served-by header; for tight polling loops)."""
     try:
-        response = lab.http.get(ENVOY + "/", timeout=2.0)
+        response = lab.http.get(listener_url(lab, "/"), timeout=2.0)
     except httpx.HTTPError:
         return None
     return response.headers.get("x-served-by") if response.status_code == 200 else None
@@ -118,7 +118,7 @@ def only_backend(lab, backend: str, answers: int = 6) -> bool:
 def control_plane(lab) -> dict | None:
     """The control plane's admin view for our Envoy's node (None if it has none)."""
     try:
-        status = lab.http.get(CONTROL_PLANE_ADMIN + "/status", timeout=2.0).json()
+        status = lab.http.get(lab.url("control-plane", "admin", "/status"), timeout=2.0).json()
     except (httpx.HTTPError, ValueError):
         return None
     return status.get("nodes", {}).get(NODE_ID) or {}
@@ -131,7 +131,8 @@ def snapshot_version(lab) -> str | None:
 def control_plane_summary(lab) -> str:
     node = control_plane(lab)
     if node is None:
-        return "the control plane's admin view (127.0.0.1:18001/status) does not answer"
+        admin = f"127.0.0.1:{lab.port('control-plane', 'admin')}"
+        return f"the control plane's admin view ({admin}/status) does not answer"
     snapshot = node.get("snapshot")
     if not snapshot:
         return f"the control plane has no snapshot for {NODE_ID}"
@@ -148,40 +149,10 @@ def in_sync(lab) -> bool:
 
 # -- what Envoy reports ---------------------------------------------------------------------
 
-def xds_state(admin) -> dict:
-    """Envoy's config_dump, reduced to what the checks need."""
-    dump = admin.config_dump()
-    state = {"static_listeners": [], "static_clusters": [], "listeners": {}, "warming_listeners": [],
-             "clusters": {}, "warming_clusters": [], "routes": {}, "lds_version": None, "cds_version": None}
-    for config in dump.get("configs", []):
-        kind = config.get("@type", "").rsplit(".", 1)[-1]
-        if kind == "ListenersConfigDump":
-            state["lds_version"] = config.get("version_info")
-            state["static_listeners"] = [s["listener"]["name"] for s in config.get("static_listeners", [])]
-            for entry in config.get("dynamic_listeners", []):
-                if "active_state" in entry:
-                    state["listeners"][entry["name"]] = entry["active_state"]
-                elif "warming_state" in entry:
-                    state["warming_listeners"].append(entry["name"])
-        elif kind == "ClustersConfigDump":
-            state["cds_version"] = config.get("version_info")
-            state["static_clusters"] = [s["cluster"]["name"] for s in config.get("static_clusters", [])]
-            for entry in config.get("dynamic_active_clusters", []):
-                state["clusters"][entry["cluster"]["name"]] = entry
-            state["warming_clusters"] = [e["cluster"]["name"] for e in config.get("dynamic_warming_clusters", [])]
-        elif kind == "RoutesConfigDump":
-            for entry in config.get("dynamic_route_configs", []):
-                state["routes"][entry["route_config"]["name"]] = entry
-    return state
-
-
-def listener_on_10000(state: dict, *, loopback: bool = True) -> tuple[str, dict] | None:
-    """(name, active state) of the listener on port 10000 (on 127.0.0.1, if LOOPBACK)."""
-    for name, active in state["listeners"].items():
-        sock = active["listener"].get("address", {}).get("socket_address", {})
-        if sock.get("port_value") == 10000 and (sock.get("address") == "127.0.0.1" or not loopback):
-            return name, active
-    return None
+def clusters_with_hosts(admin) -> dict[str, dict[int, int]]:
+    """Cluster -> {port: weight} of its hosts on 127.0.0.1, from /clusters."""
+    return {name: {h.port: h.weight for h in hosts if h.address == "127.0.0.1"}
+            for name, hosts in admin.cluster_hosts().items()}
 
 
 def connection_manager(listener: dict) -> dict | None:
@@ -193,23 +164,11 @@ def connection_manager(listener: dict) -> dict | None:
     return None
 
 
-def clusters_with_hosts(admin) -> dict[str, dict[int, int]]:
-    """Cluster -> {port: weight} of its hosts on 127.0.0.1, from /clusters."""
-    found = {}
-    for cluster in admin.clusters():
-        hosts = {}
-        for host in cluster.get("host_statuses", []):
-            sock = host.get("address", {}).get("socket_address", {})
-            if sock.get("address") == "127.0.0.1":
-                hosts[int(sock.get("port_value", 0))] = int(host.get("weight", 1))
-        found[cluster["name"]] = hosts
-    return found
-
-
-def versions(state: dict) -> dict[str, str | None]:
+def versions(dump: ConfigDump) -> dict[str, str | None]:
     """The version of each type as Envoy last accepted it (routes: of the listener's)."""
-    routes = sorted({entry.get("version_info") for entry in state["routes"].values()})
-    return {"LDS": state["lds_version"], "CDS": state["cds_version"], "RDS": routes[0] if len(routes) == 1 else None}
+    routes = sorted({entry.get("version_info") for entry in dump.route_configs.values()})
+    return {"LDS": dump.version("Listeners"), "CDS": dump.version("Clusters"),
+            "RDS": routes[0] if len(routes) == 1 else None}
 
 
 def subscription_versions(admin) -> dict[str, str]:
@@ -222,11 +181,11 @@ def subscription_versions(admin) -> dict[str, str]:
     return versions
 
 
-def dumped_since(state: dict, since: float) -> dict[str, str]:
+def dumped_since(dump: ConfigDump, since: float) -> dict[str, str]:
     """config_dump entries (listeners, routes, clusters) updated after SINCE: name -> version."""
-    entries = {f"listener {n}": a for n, a in state["listeners"].items()}
-    entries.update({f"routes {n}": e for n, e in state["routes"].items()})
-    entries.update({f"cluster {n}": e for n, e in state["clusters"].items()})
+    entries = {f"listener {n}": a for n, a in dump.listeners.items()}
+    entries.update({f"routes {n}": e for n, e in dump.route_configs.items()})
+    entries.update({f"cluster {n}": e for n, e in dump.clusters.items()})
     return {name: entry.get("version_info") for name, entry in entries.items()
             if _timestamp(entry.get("last_updated")) >= since}
 
@@ -244,11 +203,13 @@ def rejections(admin) -> int:
 # -- the intent, borrowed -------------------------------------------------------------------
 
 class Intent:
-    """intent.yaml, under the checker's control for the run."""
+    """intent.yaml, under the checker's control for the run, and the intents the checks
+    write into it (`start`, `moved`, `typo`: see `intents`)."""
 
     def __init__(self, lab, borrowed: BorrowedFile):
         self.lab = lab
         self.file = borrowed
+        self.start, self.moved, self.typo = intents(lab)
 
     def write(self, intent: dict) -> float:
         text = "# Written by `meshlab check 6`; your own intent.yaml comes back when the checks end.\n"
@@ -278,7 +239,7 @@ class Intent:
             elsewhere_since.clear()
             return False
 
-        wait_until(settled, PATIENCE_S)
+        eventually(settled, PATIENCE_S)
         return only_backend(self.lab, backend)
 
 
@@ -290,7 +251,7 @@ def intent(lab):
 
 def require_start(lab, intent: Intent) -> None:
     """The precondition of the later checks: the shipped intent is served (blue on /)."""
-    if not intent.use(START, "blue"):
+    if not intent.use(intent.start, "blue"):
         fail("Envoy does not send / to blue with the lab's intent, so this check cannot start",
              expected="GET / through Envoy answered by blue (the first check)",
              received=control_plane_summary(lab), hint=STEPS_HINT)
@@ -301,39 +262,42 @@ def require_start(lab, intent: Intent) -> None:
 @check("Envoy gets a listener on 127.0.0.1:10000 from your control plane, and it sends / to blue",
        hint=STEPS_HINT)
 def test_listener_arrives_over_xds(lab, intent):
-    intent.use(START, "blue")
+    intent.use(intent.start, "blue")
     admin = lab.envoy()
+    port, xds_port = lab.port("envoy", "listener"), lab.port("control-plane", "xds")
     if admin.stat("control_plane.connected_state") != 1:
         fail("Envoy is not connected to your control plane",
-             expected="control_plane.connected_state = 1 (an open ADS stream to 127.0.0.1:18000)",
+             expected=f"control_plane.connected_state = 1 (an open ADS stream to 127.0.0.1:{xds_port})",
              received=f"control_plane.connected_state = {admin.stat('control_plane.connected_state')}; "
                       + control_plane_summary(lab),
-             hint="the control plane must serve on --xds-port (18000); read its log: meshlab check shows its tail")
-    state = xds_state(admin)
-    if state["static_listeners"] or set(state["static_clusters"]) - {"xds"}:
+             hint=f"the control plane must serve on --xds-port ({xds_port}); read its log: meshlab check shows "
+                  "its tail")
+    dump = admin.configuration()
+    if dump.static_listeners or set(dump.static_clusters) - {"xds"}:
         fail("Envoy's bootstrap defines listeners or clusters itself",
              expected="static resources: only the cluster `xds` (the way to the control plane)",
-             received=f"static listeners {state['static_listeners']}, static clusters {state['static_clusters']}",
+             received=f"static listeners {dump.static_listeners}, static clusters {dump.static_clusters}",
              hint="restore envoy.yaml (meshlab reset 6 keeps a backup); everything else must come over xDS")
-    found = listener_on_10000(state)
-    elsewhere = listener_on_10000(state, loopback=False)
+    found = dump.listener_at(port, "127.0.0.1")
+    elsewhere = dump.listener_at(port)
     if found is None and elsewhere is not None:
         address = elsewhere[1]["listener"]["address"]["socket_address"].get("address")
-        fail(f"the listener on port 10000 listens on {address}, not only on this machine",
-             expected="a listener bound to 127.0.0.1:10000", received=f"listener {elsewhere[0]!r} on {address}:10000",
+        fail(f"the listener on port {port} listens on {address}, not only on this machine",
+             expected=f"a listener bound to 127.0.0.1:{port}",
+             received=f"listener {elsewhere[0]!r} on {address}:{port}",
              hint="step 1: the socket address is 127.0.0.1 (a sidecar's clients are on the same host)")
     if found is None:
-        warming = f"; warming (waiting for routes or clusters): {state['warming_listeners']}" \
-            if state["warming_listeners"] else ""
-        fail("Envoy has no active listener on 127.0.0.1:10000",
-             expected="a listener on 127.0.0.1:10000 received over LDS",
-             received=f"dynamic listeners: {sorted(state['listeners']) or 'none'}{warming}; "
+        warming = f"; warming (waiting for routes or clusters): {dump.warming_listeners}" \
+            if dump.warming_listeners else ""
+        fail(f"Envoy has no active listener on 127.0.0.1:{port}",
+             expected=f"a listener on 127.0.0.1:{port} received over LDS",
+             received=f"dynamic listeners: {sorted(dump.listeners) or 'none'}{warming}; "
                       + control_plane_summary(lab),
              hint="step 1 builds it; a listener stays warming until its route configuration (RDS) arrives")
     response, backend = served_by(lab, "/")
     if backend != "blue":
         fail("GET / through Envoy did not reach blue",
-             expected="the route for / sends to the cluster of service blue (127.0.0.1:8081)",
+             expected=f"the route for / sends to the cluster of service blue (127.0.0.1:{lab.port('blue')})",
              received=(describe(response) if response is not None else "no answer")
                       + (f", served by {backend}" if backend else ", and no backend saw the request"),
              hint="steps 2-4: the route names the cluster, the cluster gets the endpoints over EDS")
@@ -344,8 +308,8 @@ def test_listener_arrives_over_xds(lab, intent):
 def test_routes_and_endpoints_over_rds_and_eds(lab, intent):
     require_start(lab, intent)
     admin = lab.envoy()
-    state = xds_state(admin)
-    name, active = listener_on_10000(state, loopback=False) or ("?", {"listener": {}})
+    dump = admin.configuration()
+    name, active = dump.listener_at(lab.port("envoy", "listener")) or ("?", {"listener": {}})
     manager = connection_manager(active["listener"]) or {}
     if "rds" not in manager:
         fail("the listener carries its routes inside itself, not over RDS",
@@ -353,18 +317,52 @@ def test_routes_and_endpoints_over_rds_and_eds(lab, intent):
              received=f"listener {name!r}: " + ("an inline route_config" if "route_config" in manager
                                                 else f"connection manager fields {sorted(manager)}"))
     route_name = manager["rds"].get("route_config_name")
-    if route_name not in state["routes"]:
+    if route_name not in dump.route_configs:
         fail(f"Envoy has no route configuration {route_name!r}, which the listener asks for",
              expected=f"a RouteConfiguration named {route_name!r} received over RDS",
-             received=f"route configurations: {sorted(state['routes']) or 'none'}")
-    blue = [c for c, hosts in clusters_with_hosts(admin).items() if set(hosts) == {BACKENDS["blue"]}]
-    eds = [c for c in blue if state["clusters"].get(c, {}).get("cluster", {}).get("type") == "EDS"]
+             received=f"route configurations: {sorted(dump.route_configs) or 'none'}")
+    blue_port = lab.port("blue")
+    blue = [c for c, hosts in clusters_with_hosts(admin).items() if set(hosts) == {blue_port}]
+    eds = [c for c in blue if dump.clusters.get(c, {}).get("cluster", {}).get("type") == "EDS"]
     if not eds:
-        kinds = {c: state["clusters"].get(c, {}).get("cluster", {}).get("type", "STATIC") for c in blue}
+        kinds = {c: dump.clusters.get(c, {}).get("cluster", {}).get("type", "STATIC") for c in blue}
         fail("the cluster of service blue does not get its endpoints over EDS",
-             expected="a dynamic cluster of type EDS whose endpoint 127.0.0.1:8081 came in a ClusterLoadAssignment",
-             received=f"clusters with the endpoint 127.0.0.1:8081: {kinds or 'none'}",
+             expected=f"a dynamic cluster of type EDS whose endpoint 127.0.0.1:{blue_port} came in a "
+                      "ClusterLoadAssignment",
+             received=f"clusters with the endpoint 127.0.0.1:{blue_port}: {kinds or 'none'}",
              hint="step 3: type EDS with eds_cluster_config.eds_config = ads(); step 4 sends the endpoints")
+    for route in intent.start["routes"]:
+        route_reaches_its_service(lab, intent.start, route)
+
+
+def route_reaches_its_service(lab, wanted: dict, route: dict) -> None:
+    """Requests under ROUTE's prefix are counted by the cluster of ROUTE's service (known
+    by its endpoints in WANTED), and by no other. Envoy takes the first route that
+    matches, so routes sent in another order than the intent's (the catch-all "/" first)
+    fail here: "/" then takes the requests of "/shop"."""
+    admin = lab.envoy()
+    service = route["service"]
+    endpoints = {e["port"] for e in wanted["services"][service]["endpoints"]}
+    hosts = clusters_with_hosts(admin)
+    clusters = [c for c, ports in hosts.items() if set(ports) == endpoints]
+    path = route["prefix"].rstrip("/") + "/meshlab-route-probe"
+    shown = ", ".join(f"127.0.0.1:{p}" for p in sorted(endpoints))
+    expected = (f"the {ROUTE_REQUESTS} requests to {path} counted by the cluster of service {service} "
+                f"(endpoints {shown}): upstream_rq_total +{ROUTE_REQUESTS}")
+    with admin.delta(r"^cluster\.") as delta:
+        responses = [lab.get(listener_url(lab, path)) for _ in range(ROUTE_REQUESTS)]
+    failed = [r for r in responses if r.status_code != 200]
+    if failed:
+        fail(f"requests to {path} (route {route['prefix']} of the intent) were not answered",
+             expected=expected, received=describe(failed[0]),
+             hint="every route of the intent becomes a route to its service's cluster, in the intent's order")
+    counted = {c: delta[f"cluster.{c}.upstream_rq_total"] for c in hosts}
+    if sum(counted.get(c, 0) for c in clusters) != ROUTE_REQUESTS:
+        elsewhere = ", ".join(f"{c} +{n}" for c, n in sorted(counted.items()) if n) or "no cluster"
+        fail(f"requests to {path} did not go to service {service}, as the intent's route {route['prefix']} says",
+             expected=expected, received=f"upstream_rq_total moved for: {elsewhere}",
+             hint="Envoy tries the routes in order and takes the first that matches: send them in the intent's "
+                  "order (a prefix \"/\" before \"/shop\" takes every request)")
 
 
 @check("Endpoint weights follow the intent: shop sends 3 of 4 requests to :8081, 1 to :8082",
@@ -372,16 +370,17 @@ def test_routes_and_endpoints_over_rds_and_eds(lab, intent):
 def test_endpoint_weights(lab, intent):
     require_start(lab, intent)
     clusters = clusters_with_hosts(lab.envoy())
-    shop = {c: hosts for c, hosts in clusters.items() if set(hosts) == set(BACKENDS.values())}
+    blue, green = (lab.port(name) for name in BACKENDS)
+    shop = {c: hosts for c, hosts in clusters.items() if set(hosts) == {blue, green}}
     if not shop:
         fail("no cluster of Envoy has both endpoints of service shop",
-             expected="a cluster with endpoints 127.0.0.1:8081 and 127.0.0.1:8082",
+             expected=f"a cluster with endpoints 127.0.0.1:{blue} and 127.0.0.1:{green}",
              received="clusters and their ports: " + "; ".join(f"{c}: {sorted(h)}" for c, h in clusters.items()))
-    expected = {BACKENDS["blue"]: 3, BACKENDS["green"]: 1}
+    expected = {blue: 3, green: 1}
     for name, hosts in shop.items():
         if hosts != expected:
             fail(f"the weights of cluster {name!r} are not the intent's",
-                 expected="127.0.0.1:8081 weight 3, 127.0.0.1:8082 weight 1",
+                 expected=f"127.0.0.1:{blue} weight 3, 127.0.0.1:{green} weight 1",
                  received=", ".join(f"127.0.0.1:{port} weight {weight}" for port, weight in sorted(hosts.items())))
 
 
@@ -392,16 +391,16 @@ def test_change_applied_without_restart(lab, intent):
     admin = lab.envoy()
     envoy = lab.runtime.state.services["envoy"]
     epoch_before = admin.stat("server.hot_restart_epoch")
-    before = versions(xds_state(admin))
+    before = versions(admin.configuration())
     accepted_before = subscription_versions(admin)
     applied_before = admin.stats(r"update_time$")
 
-    written = intent.write(MOVED)
+    written = intent.write(intent.moved)
     statuses: list[int] = []
 
     def moved() -> bool:
         try:
-            response = lab.http.get(ENVOY + "/", timeout=2.0)
+            response = lab.http.get(listener_url(lab, "/"), timeout=2.0)
         except httpx.HTTPError as error:
             statuses.append(0)
             raise CheckFailed("Envoy stopped answering while the change was applied",
@@ -410,7 +409,7 @@ def test_change_applied_without_restart(lab, intent):
         statuses.append(response.status_code)
         return response.headers.get("x-served-by") == "green"
 
-    arrived = wait_until(moved, PATIENCE_S)
+    arrived = eventually(moved, PATIENCE_S)
     if not (lab.runtime.is_running("envoy") and lab.runtime.state.services["envoy"].pid == envoy.pid
             and admin.stat("server.hot_restart_epoch") == epoch_before):
         fail("Envoy was restarted to apply the change",
@@ -418,7 +417,7 @@ def test_change_applied_without_restart(lab, intent):
              received=f"PID {lab.runtime.state.services['envoy'].pid}, epoch {admin.stat('server.hot_restart_epoch')}",
              hint="only the control plane changes: it pushes the new snapshot over the open stream")
     if not arrived:
-        after = versions(xds_state(admin))
+        after = versions(admin.configuration())
         same = snapshot_version(lab) in before.values()
         fail(f"traffic to / still does not reach green {PATIENCE_S:.0f} s after intent.yaml sent it there",
              expected="Envoy applies the new snapshot (version changes) and / reaches green",
@@ -434,7 +433,8 @@ def test_change_applied_without_restart(lab, intent):
     _, backend = served_by(lab, "/")
     if backend != "green":
         fail("Envoy says green, but green's journal has no such request",
-             expected="the request reaches green (127.0.0.1:8082)", received=f"reached: {backend or 'nobody'}")
+             expected=f"the request reaches green (127.0.0.1:{lab.port('green')})",
+             received=f"reached: {backend or 'nobody'}")
     applied = {name: value for name, value in admin.stats(r"update_time$").items()
                if name.endswith("update_time") and value != applied_before.get(name)}
     took = max(applied.values()) / 1000 - written if applied else None
@@ -452,13 +452,13 @@ def test_change_applied_without_restart(lab, intent):
         changed = {v for name, v in subscription_versions(admin).items() if accepted_before.get(name) != v}
         return changed.pop() if len(changed) == 1 else None
 
-    new_version = wait_until(one_version, 2.0)
+    new_version = eventually(one_version, 2.0)
     snapshot = (control_plane(lab) or {}).get("snapshot") or {}
     current = snapshot.get("version")
     resource_versions = {v for named in snapshot.get("resources", {}).values() for v in named.values()}
-    shown = dumped_since(xds_state(admin), written - 0.05)
+    shown = dumped_since(admin.configuration(), written - 0.05)
     stale = {name: v for name, v in shown.items() if v not in {new_version, *resource_versions}}
-    if new_version is None or (current and new_version != current) or stale:
+    if not new_version or (current and new_version != current) or stale:
         fail("Envoy does not report the control plane's new version for what it updated",
              expected=f"every updated subscription (and its config_dump entries) at version {current or 'a new one'}",
              received=f"versions Envoy accepted: {subscription_versions(admin)}; config_dump entries updated: {shown}")
@@ -485,7 +485,7 @@ def test_unchanged_intent_pushes_nothing(lab, intent):
 
     # A control plane that passed the previous check acts on a save within 1 s: a new
     # snapshot version in its admin view, and updates counted by Envoy if it sends any.
-    wait_until(lambda: pushed() or snapshot_version(lab) != version_before, 2 * APPLY_WITHIN_S)
+    eventually(lambda: pushed() or snapshot_version(lab) != version_before, 2 * APPLY_WITHIN_S)
     moved, version_after = pushed(), snapshot_version(lab)
     if moved or version_after != version_before:
         fail("a save that changed only a comment of intent.yaml made a new snapshot version"
@@ -500,19 +500,19 @@ def test_unchanged_intent_pushes_nothing(lab, intent):
 @check("An intent Envoy rejects is a NACK your control plane reports, while traffic flows on the last good version",
        hint="let the translation pass values through; Envoy validates them and NACKs; the toolkit records the NACK")
 def test_nack_reported_while_traffic_flows(lab, intent):
-    if not intent.use(MOVED, "green"):
+    if not intent.use(intent.moved, "green"):
         fail("Envoy does not send / to green with a valid changed intent, so this check cannot start",
              expected="GET / answered by green (the previous check)", received=control_plane_summary(lab),
              hint=VERSION_HINT)
     admin = lab.envoy()
     rejected_before = rejections(admin)
-    before = versions(xds_state(admin))
-    written = intent.write(TYPO)
-    if not wait_until(lambda: rejections(admin) > rejected_before, PATIENCE_S):
-        fail("Envoy rejected nothing after intent.yaml gave green the port 80820",
-             expected="a NACK: Envoy refuses an endpoint on port 80820 (ports end at 65535), counter "
+    before = versions(admin.configuration())
+    written = intent.write(intent.typo)
+    if not eventually(lambda: rejections(admin) > rejected_before, PATIENCE_S):
+        fail(f"Envoy rejected nothing after intent.yaml gave green the port {typo_port(lab)}",
+             expected=f"a NACK: Envoy refuses an endpoint on port {typo_port(lab)} (ports end at 65535), counter "
                       "*.update_rejected grows",
-             received=f"update_rejected unchanged; Envoy's versions {versions(xds_state(admin))}; "
+             received=f"update_rejected unchanged; Envoy's versions {versions(admin.configuration())}; "
                       + control_plane_summary(lab),
              hint="pass the intent's values through to the resources: this check wants to see Envoy's own "
                   "validation at work (and " + VERSION_HINT.split(": ", 1)[1] + ")")
@@ -523,7 +523,7 @@ def test_nack_reported_while_traffic_flows(lab, intent):
                  expected="Envoy keeps serving the last version it accepted: / answered by green",
                  received=(describe(response) if response is not None else "no answer")
                           + f"; reached: {backend or 'nobody'}")
-    after = versions(xds_state(admin))
+    after = versions(admin.configuration())
     if after["LDS"] != before["LDS"] or after["RDS"] != before["RDS"]:
         fail("the listener or routes changed although the update was rejected",
              expected=f"listeners and routes stay at {before['LDS']}", received=f"now {after}",
@@ -532,7 +532,7 @@ def test_nack_reported_while_traffic_flows(lab, intent):
         nack = (control_plane(lab) or {}).get("last_nack")
         return nack if nack and nack.get("at", 0) >= written - 1 else None
 
-    nack = wait_until(reported, 2.0)
+    nack = eventually(reported, 2.0)
     if nack is None:
         log = lab.logs(200).get("control-plane", "")
         if "NACK" in log and "65535" in log:

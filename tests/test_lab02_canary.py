@@ -1,9 +1,9 @@
-"""Lab 02 graded for real: the starter fails every check, the solution passes, setups
-that only look right (50/50, 80/20, a header route in the wrong place or matching
-mere presence, a mirror that copies everything, answers from v2, or sits on the wrong
-route) fail the check they should, and unusual correct ones (weights 9/1 and 900/100,
-a regex header match, a mirror fraction out of ten thousand without the -shadow
-suffix) pass."""
+"""Lab 02 graded for real: setups that only look right (50/50, 80/20, a header route in
+the wrong place or matching mere presence, a mirror that copies everything, answers
+from v2, or sits on the wrong route) fail the check they should, and unusual correct
+ones (weights 9/1 and 900/100, a regex header match, a mirror fraction out of ten
+thousand without the -shadow suffix) pass. tests/test_course_proves_itself.py grades
+the starter and the solution."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lab_variants import fails_only, passes
 
 pytestmark = pytest.mark.lab_runs
 
@@ -18,7 +19,7 @@ SOLUTION = (Path(__file__).resolve().parents[1] / "solutions" / "02-canary" / "e
 # The solution around its route list, so tests can put routes of their own in between.
 HEAD = SOLUTION[:SOLUTION.index("              routes:\n") + len("              routes:\n")]
 TAIL = SOLUTION[SOLUTION.index("          http_filters:"):]
-CHECKS = {"test_weighted_split", "test_header_route", "test_mirroring"}
+EVERY_CHECK = {"test_weighted_split", "test_header_route", "test_mirroring"}
 
 
 def mirror_route(numerator: int = 50, denominator: str = "HUNDRED", extra: str = "") -> str:
@@ -54,35 +55,14 @@ def config(*routes: str) -> dict[str, str]:
     return {"envoy.yaml": HEAD + "".join(routes) + TAIL}
 
 
-def failing(checks: dict[str, dict]) -> set[str]:
-    return {cid for cid, c in checks.items() if c["status"] != "pass"}
-
-
 def test_the_routes_rebuilt_here_are_the_solution():
     rebuilt = config(mirror_route(), header_route(), split_route())["envoy.yaml"]
     assert yaml.safe_load(rebuilt) == yaml.safe_load(SOLUTION)
 
 
-def test_starter_fails_every_check_with_its_reason(grade):
-    code, checks, _ = grade(2, base="starter")
-    assert code == 1 and set(checks) == CHECKS and failing(checks) == CHECKS
-    for check in checks.values():
-        assert check["message"] and check["expected"] and check["received"] and check["hint"], check
-    assert "canary got none" in checks["test_weighted_split"]["message"]
-    assert "went to v1" in checks["test_header_route"]["message"]
-    assert "no copy" in checks["test_mirroring"]["message"]
-
-
-def test_solution_passes_every_check(grade):
-    code, checks, data = grade(2, base="solution")
-    assert code == 0, data
-    assert failing(checks) == set()
-
-
 def test_fifty_fifty_a_presence_match_and_a_full_mirror_fail(grade):
-    code, checks, _ = grade(2, files=config(mirror_route(numerator=0), header_route("present_match: true"),
-                                            split_route(50, 50)))
-    assert code == 1 and failing(checks) == CHECKS
+    checks = fails_only(grade, 2, config(mirror_route(numerator=0), header_route("present_match: true"),
+                                         split_route(50, 50)), EVERY_CHECK)
     split = checks["test_weighted_split"]
     assert "exact binomial test" in split["expected"] and "interval" in split["received"]
     assert "x-canary: false went to v2" in checks["test_header_route"]["message"]
@@ -90,9 +70,8 @@ def test_fifty_fifty_a_presence_match_and_a_full_mirror_fail(grade):
 
 
 def test_eighty_twenty_a_late_header_route_and_a_split_checkout_fail(grade):
-    code, checks, _ = grade(2, files=config(split_route(50, 50, prefix="/checkout"), split_route(80, 20),
-                                            header_route()))
-    assert code == 1 and failing(checks) == CHECKS
+    checks = fails_only(grade, 2, config(split_route(50, 50, prefix="/checkout"), split_route(80, 20),
+                                         header_route()), EVERY_CHECK)
     assert "not about 10 %" in checks["test_weighted_split"]["message"]
     assert "in order" in checks["test_header_route"]["hint"]
     assert "got answers from v2" in checks["test_mirroring"]["message"]
@@ -101,16 +80,14 @@ def test_eighty_twenty_a_late_header_route_and_a_split_checkout_fail(grade):
 def test_a_mirror_on_the_catch_all_route_fails_the_split_and_the_mirror(grade):
     copy_all = ("                  request_mirror_policies:\n"
                 "                  - cluster: v2\n")
-    _, checks, _ = grade(2, files=config(header_route(), split_route(extra=copy_all)))
-    assert failing(checks) == {"test_weighted_split", "test_mirroring"}
+    checks = fails_only(grade, 2, config(header_route(), split_route(extra=copy_all)),
+                        {"test_weighted_split", "test_mirroring"})
     assert "mirrored copies" in checks["test_weighted_split"]["message"]
 
 
 def test_unusual_correct_configurations_pass(grade):
-    code, _, data = grade(2, files=config(
+    passes(grade, 2, config(
         mirror_route(5000, "TEN_THOUSAND", extra="                    disable_shadow_host_suffix_append: true\n"),
         header_route('string_match: { safe_regex: { regex: "^true$" } }'),
         split_route(9, 1)))
-    assert code == 0, data
-    code, _, data = grade(2, files=config(mirror_route(), header_route(), split_route(900, 100)))
-    assert code == 0, data
+    passes(grade, 2, config(mirror_route(), header_route(), split_route(900, 100)))

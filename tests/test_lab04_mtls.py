@@ -1,6 +1,7 @@
-"""Lab 04 graded for real: the starter fails, the solution passes, configurations that
-only look right fail the check they should (each for its own reason), and unusual
-correct ones pass, certificates made with openssl among them."""
+"""Lab 04 graded for real: configurations that only look right fail the check they
+should (each for its own reason), and unusual correct ones pass, certificates made with
+openssl among them. tests/test_course_proves_itself.py grades the starter and the
+solution."""
 
 from __future__ import annotations
 
@@ -17,11 +18,6 @@ pytestmark = pytest.mark.lab_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "04-mtls"
-CHECKS = {
-    "test_sidecars_hold_svids", "test_identity_reaches_app_b", "test_no_certificate_rejected",
-    "test_other_ca_rejected", "test_wrong_identity_rejected", "test_plaintext_rejected",
-    "test_client_verifies_server",
-}
 ID_A = "spiffe://cluster.local/ns/default/sa/app-a"
 
 
@@ -53,25 +49,6 @@ def variant(*, server=None, client=None, certs_sh: str | None = None) -> dict[st
     return files
 
 
-# -- starter and solution ------------------------------------------------------------
-
-def test_starter_fails_every_check_without_crashing(grade):
-    code, checks, data = grade(4, base="starter")
-    assert code == 1 and data["status"] == "fail", data  # no certificates yet: a failing scorecard, not exit 2
-    assert set(checks) == CHECKS
-    assert {cid for cid, c in checks.items() if c["status"] == "fail"} == CHECKS
-    for check in checks.values():
-        assert check["message"] and check["expected"] and check["received"] and check["hint"], check
-    assert "holds no certificate" in checks["test_sidecars_hold_svids"]["message"]
-    assert "does not speak TLS" in checks["test_no_certificate_rejected"]["message"]
-
-
-def test_solution_passes_every_check(grade):
-    code, checks, data = grade(4, base="solution")
-    assert code == 0, data
-    assert {cid for cid, c in checks.items() if c["status"] == "pass"} == CHECKS
-
-
 # -- plausible but wrong ---------------------------------------------------------------
 
 def test_trusting_the_mesh_ca_without_requiring_a_certificate(grade):
@@ -80,8 +57,7 @@ def test_trusting_the_mesh_ca_without_requiring_a_certificate(grade):
         tls.pop("require_client_certificate")
         tls["common_tls_context"]["validation_context"].pop("match_typed_subject_alt_names")
 
-    checks = fails_only(grade, 4, variant(server=lax),
-                               {"test_no_certificate_rejected", "test_wrong_identity_rejected"})
+    checks = fails_only(grade, 4, variant(server=lax), {"test_no_certificate_rejected", "test_wrong_identity_rejected"})
     assert "let in a client without a certificate" in checks["test_no_certificate_rejected"]["message"]
     assert "require_client_certificate" in checks["test_no_certificate_rejected"]["hint"]
 
@@ -118,7 +94,7 @@ def test_a_permissive_listener_that_also_takes_plaintext(grade):
 
 def test_client_identity_not_passed_to_the_app(grade):
     checks = fails_only(grade, 4, variant(server=lambda b: server_hcm(b).pop("set_current_client_cert_details")),
-                               {"test_identity_reaches_app_b"})
+                        {"test_identity_reaches_app_b"})
     assert "does not name app-a" in checks["test_identity_reaches_app_b"]["message"]
 
 

@@ -1,5 +1,6 @@
-"""Lab 05 graded for real: the starter fails, the solution passes, Lua that only looks
-right fails the check it should, and unusual correct filters pass."""
+"""Lab 05 graded for real: Lua that only looks right fails the check it should, and
+unusual correct filters pass. tests/test_course_proves_itself.py grades the starter
+(whose empty filter fails every check but the one about Lua errors) and the solution."""
 
 from __future__ import annotations
 
@@ -14,11 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "05-lua"
 LUA = (SOLUTION / "bucket.lua").read_text()
 ENVOY = (SOLUTION / "envoy.yaml").read_text()
-CHECKS = {
-    "test_bucket_follows_spec", "test_version_follows_bucket", "test_same_user_same_bucket",
-    "test_no_header_is_stable", "test_client_cannot_choose_bucket", "test_response_marked",
-    "test_filter_latency", "test_no_lua_errors",
-}
 
 
 def lua(old: str, new: str) -> dict[str, str]:
@@ -31,29 +27,12 @@ def envoy(old: str, new: str) -> dict[str, str]:
     return {"envoy.yaml": ENVOY.replace(old, new)}
 
 
-def test_starter_fails_with_a_helpful_scorecard(grade):
-    code, checks, data = grade(5, base="starter")
-    assert code == 1 and set(checks) == CHECKS, data
-    # Every check fails, "no Lua errors" too: an empty filter raises none, but proves nothing.
-    assert {cid for cid, c in checks.items() if c["status"] == "fail"} == CHECKS
-    for cid, check in checks.items():
-        assert check["message"] and check["expected"] and check["received"] and check["hint"], check
-    assert "no x-user-bucket header at all" in checks["test_bucket_follows_spec"]["message"]
-    assert "does nothing yet" in checks["test_no_lua_errors"]["message"]
-
-
-def test_solution_passes_and_shows_the_latency_note(grade):
-    checks = passes(grade, 5, {})
-    notes = checks["test_filter_latency"]["notes"]
-    assert len(notes) == 1 and "with the Lua filter p50" in notes[0] and "without it p50" in notes[0]
-
-
 # -- plausible but wrong ------------------------------------------------------------
 
 def test_signed_32_bit_arithmetic(grade):
     checks = fails_only(grade, 5, lua("h = (h * 33 + text:byte(i)) % 4294967296",
                                           "h = bit.tobit(h * 33 + text:byte(i))"),
-                               {"test_bucket_follows_spec"})
+                        {"test_bucket_follows_spec"})
     assert "signed 32-bit" in checks["test_bucket_follows_spec"]["hint"]
 
 
@@ -64,7 +43,7 @@ def test_off_by_one_threshold(grade):
 
 def test_add_lets_the_client_pick_its_bucket(grade):
     checks = fails_only(grade, 5, lua('headers:replace("x-user-bucket"', 'headers:add("x-user-bucket"'),
-                               {"test_client_cannot_choose_bucket"})
+                        {"test_client_cannot_choose_bucket"})
     assert "replace" in checks["test_client_cannot_choose_bucket"]["hint"]
 
 
@@ -87,11 +66,10 @@ def test_a_nil_user_id_crashes_the_filter(grade):
 
 
 def test_a_random_bucket(grade):
-    code, checks, data = grade(5, files=lua("  if djb2(id) % 100 < 20 then", "  if math.random(100) <= 20 then"))
-    failing = {cid for cid, c in checks.items() if c["status"] != "pass"}
     # Whether the ten cheating clients happen to draw "stable" is chance; the rest is certain.
-    assert {"test_bucket_follows_spec", "test_same_user_same_bucket"} <= failing, failing
-    assert failing <= {"test_bucket_follows_spec", "test_same_user_same_bucket", "test_client_cannot_choose_bucket"}
+    checks = fails_only(grade, 5, lua("  if djb2(id) % 100 < 20 then", "  if math.random(100) <= 20 then"),
+                        {"test_bucket_follows_spec", "test_same_user_same_bucket"},
+                        may_fail={"test_client_cannot_choose_bucket"})
     assert "changed bucket or version" in checks["test_same_user_same_bucket"]["message"]
 
 

@@ -1,22 +1,18 @@
-"""Lab 06 graded for real: the starter fails every check, the solution passes, control
-planes that only look right fail the check they should, unusual correct ones pass, and
-the learner's intent.yaml comes back exactly as it was."""
+"""Lab 06 graded for real: control planes that only look right fail the check they
+should, unusual correct ones pass, and the learner's intent.yaml comes back exactly as
+it was. tests/test_course_proves_itself.py grades the starter and the solution."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from lab_variants import fails_only, passes
 
 pytestmark = pytest.mark.lab_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = (ROOT / "solutions/06-xds/control_plane.py").read_text()
-CHECKS = {
-    "test_listener_arrives_over_xds", "test_routes_and_endpoints_over_rds_and_eds", "test_endpoint_weights",
-    "test_change_applied_without_restart", "test_unchanged_intent_pushes_nothing",
-    "test_nack_reported_while_traffic_flows",
-}
 
 
 def solution_with(*edits: tuple[str, str]) -> dict[str, str]:
@@ -28,35 +24,10 @@ def solution_with(*edits: tuple[str, str]) -> dict[str, str]:
     return {"control_plane.py": text}
 
 
-def statuses(checks: dict[str, dict]) -> dict[str, str]:
-    return {cid: c["status"] for cid, c in checks.items()}
-
-
-def test_starter_fails_every_check(grade):
-    code, checks, data = grade(6, base="starter")
-    assert code == 1 and data["status"] == "fail", data
-    assert set(checks) == CHECKS
-    assert {cid for cid, c in checks.items() if c["status"] == "fail"} == CHECKS
-    for check in checks.values():
-        assert check["message"] and check["expected"] and check["received"] and check["hint"], check
-    assert "no active listener" in checks["test_listener_arrives_over_xds"]["message"]
-    assert "version 'v1', no resources" in checks["test_listener_arrives_over_xds"]["received"]
-
-
-def test_solution_passes_every_check(grade):
-    code, checks, data = grade(6, base="solution")
-    assert code == 0, data
-    assert statuses(checks) == {cid: "pass" for cid in CHECKS}
-
-
 def test_a_fixed_version_never_reaches_envoy(grade):
     """Steps 1-4 done, step 5 not: the first snapshot works, no change ever arrives."""
-    code, checks, _ = grade(6, files=solution_with(
-        ('    return "intent-" + digest.hexdigest()[:10]', '    return "v1"')))
-    assert code == 1
-    assert statuses(checks) == {**{cid: "pass" for cid in CHECKS},
-                                "test_change_applied_without_restart": "fail",
-                                "test_nack_reported_while_traffic_flows": "fail"}
+    checks = fails_only(grade, 6, solution_with(('    return "intent-" + digest.hexdigest()[:10]', '    return "v1"')),
+                        {"test_change_applied_without_restart", "test_nack_reported_while_traffic_flows"})
     change = checks["test_change_applied_without_restart"]
     assert "still does not reach green" in change["message"] and "step 5" in change["hint"]
 
@@ -74,58 +45,62 @@ def test_a_version_that_changes_when_nothing_changed_fails_the_unchanged_check(g
 
 
 def test_inline_routes_and_static_endpoints_fail_the_xds_check(grade):
-    """Traffic flows, but routes do not come over RDS: only the RDS/EDS check fails."""
-    code, checks, _ = grade(6, files=solution_with(
+    """Traffic flows, but routes do not come over RDS: the RDS/EDS check fails. A change
+    then replaces the whole listener, and Envoy drains the old one gradually: the
+    checker's kept-alive connection may stay on the old routes for seconds, so the
+    checks that follow a change may fail too (whether they do is chance)."""
+    checks = fails_only(grade, 6, solution_with(
         ("        rds=hcm.Rds(route_config_name=ROUTE_CONFIG_NAME, config_source=ads()),",
          "        route_config=build_route_configuration(CURRENT[0]),"),
         ("    manager = hcm.HttpConnectionManager(", "    CURRENT[:] = [intent]\n    manager = hcm.HttpConnectionManager("),
         ("    resources = [build_listener(intent), build_route_configuration(intent)]",
          "    resources = [build_listener(intent)]"),
         ('log = logging.getLogger("control-plane")', 'log = logging.getLogger("control-plane")\nCURRENT: list = []'),
-    ))
-    assert code == 1
-    assert checks["test_listener_arrives_over_xds"]["status"] == "pass"
-    failed = checks["test_routes_and_endpoints_over_rds_and_eds"]
-    assert failed["status"] == "fail" and "not over RDS" in failed["message"]
+    ), {"test_routes_and_endpoints_over_rds_and_eds"},
+        may_fail={"test_change_applied_without_restart", "test_nack_reported_while_traffic_flows"})
+    assert "not over RDS" in checks["test_routes_and_endpoints_over_rds_and_eds"]["message"]
 
 
 def test_static_clusters_fail_the_eds_check(grade):
-    code, checks, _ = grade(6, files=solution_with(
+    checks = fails_only(grade, 6, solution_with(
         ("        type=cluster_pb2.Cluster.EDS,\n        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads()),",
          "        type=cluster_pb2.Cluster.STATIC,\n        load_assignment=build_load_assignment(service),"),
         ("        resources += [build_cluster(service), build_load_assignment(service)]",
          "        resources += [build_cluster(service)]"),
-    ))
-    assert code == 1
-    assert checks["test_listener_arrives_over_xds"]["status"] == "pass"
+    ), {"test_routes_and_endpoints_over_rds_and_eds"})
     failed = checks["test_routes_and_endpoints_over_rds_and_eds"]
-    assert failed["status"] == "fail" and "over EDS" in failed["message"] and "STATIC" in failed["received"]
+    assert "over EDS" in failed["message"] and "STATIC" in failed["received"]
+
+
+def test_routes_in_reverse_order_fail_the_route_check(grade):
+    """The catch-all "/" first: Envoy takes the first match, so / works and /shop never
+    reaches shop. Only traffic down every route of the intent tells."""
+    reversed_routes = solution_with(("    ) for route in intent.routes]", "    ) for route in reversed(intent.routes)]"))
+    checks = fails_only(grade, 6, reversed_routes, {"test_routes_and_endpoints_over_rds_and_eds"})
+    failed = checks["test_routes_and_endpoints_over_rds_and_eds"]
+    assert "/shop/meshlab-route-probe did not go to service shop" in failed["message"], failed
+    assert "in order" in failed["hint"]
 
 
 def test_ignored_weights_fail_the_weights_check(grade):
-    code, checks, _ = grade(6, files=solution_with(
-        ("                load_balancing_weight=wrappers_pb2.UInt32Value(value=e.weight),\n", "")))
-    assert code == 1
-    assert checks["test_endpoint_weights"]["status"] == "fail"
+    checks = fails_only(grade, 6, solution_with(
+        ("                load_balancing_weight=wrappers_pb2.UInt32Value(value=e.weight),\n", "")),
+        {"test_endpoint_weights"})
     assert "weight 1, 127.0.0.1:8082 weight 1" in checks["test_endpoint_weights"]["received"]
-    assert {cid for cid, s in statuses(checks).items() if s == "fail"} == {"test_endpoint_weights"}
 
 
 def test_a_listener_on_every_address_fails_the_listener_check(grade):
-    code, checks, _ = grade(6, files=solution_with(('            address="127.0.0.1", port_value=intent.listener_port',
-                                                    '            address="0.0.0.0", port_value=intent.listener_port')))
-    assert code == 1
-    failed = checks["test_listener_arrives_over_xds"]
-    assert failed["status"] == "fail" and "listens on 0.0.0.0" in failed["message"]
+    checks = fails_only(grade, 6, solution_with(('            address="127.0.0.1", port_value=intent.listener_port',
+                                                 '            address="0.0.0.0", port_value=intent.listener_port')),
+                        {"test_listener_arrives_over_xds"})
+    assert "listens on 0.0.0.0" in checks["test_listener_arrives_over_xds"]["message"]
 
 
 def test_a_control_plane_that_filters_bad_ports_shows_no_nack(grade):
-    code, checks, _ = grade(6, files=solution_with(
-        ("            ) for e in service.endpoints])],", "            ) for e in service.endpoints if e.port < 65536])],")))
-    assert code == 1
-    failed = checks["test_nack_reported_while_traffic_flows"]
-    assert failed["status"] == "fail" and "rejected nothing" in failed["message"]
-    assert {cid for cid, s in statuses(checks).items() if s == "fail"} == {"test_nack_reported_while_traffic_flows"}
+    checks = fails_only(grade, 6, solution_with(
+        ("            ) for e in service.endpoints])],", "            ) for e in service.endpoints if e.port < 65536])],")),
+        {"test_nack_reported_while_traffic_flows"})
+    assert "rejected nothing" in checks["test_nack_reported_while_traffic_flows"]["message"]
 
 
 def test_unusual_but_correct_control_planes_pass(grade):
@@ -143,8 +118,7 @@ def test_unusual_but_correct_control_planes_pass(grade):
         ("        cluster_name=service.name,", "        cluster_name=f\"svc-{service.name}\","),
     )
     envoy = (ROOT / "labs/06-xds/envoy.yaml").read_text().replace("api_type: GRPC", "api_type: DELTA_GRPC")
-    code, checks, data = grade(6, files={**files, "envoy.yaml": envoy})
-    assert code == 0, data
+    passes(grade, 6, {**files, "envoy.yaml": envoy})
 
 
 def test_the_learners_intent_comes_back_exactly(grade, lab_copy):
@@ -154,8 +128,7 @@ def test_the_learners_intent_comes_back_exactly(grade, lab_copy):
     intent = folder / "intent.yaml"
     intent.write_text(intent.read_text().replace("    service: blue", "    service: shop"))
     before = (intent.read_bytes(), intent.stat().st_mtime_ns, intent.stat().st_mode)
-    code, checks, data = grade(6, path=folder)
-    assert code == 0, data
+    passes(grade, 6, path=folder)
     assert (intent.read_bytes(), intent.stat().st_mtime_ns, intent.stat().st_mode) == before
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from meshlab.grading import eventually
 from meshlab.runtime import processes
 from meshlab.xds import SnapshotCache, serve_in_thread
 from meshlab.xds.proxy import DynamicEnvoy
@@ -45,7 +45,4 @@ def test_a_child_of_a_threaded_parent_dies_with_it(tmp_path: Path):
     assert processes.alive(child_pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 5
-    while processes.alive(child_pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not processes.alive(child_pid)
+    assert eventually(lambda: not processes.alive(child_pid), 5)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_until
 from meshlab import ports
 from meshlab.course import load_course
 from meshlab.errors import PortBusy, ServiceFailed
+from meshlab.grading import eventually
 from meshlab.runtime import LocalRuntime, read_state, stop_orphaned_runs, stop_run
 from meshlab.runtime.processes import alive
 
@@ -106,7 +106,7 @@ def test_services_die_with_an_owner_killed_by_sigkill(demo):
     assert all(alive(pid) for pid in started.values())
     child.kill()
     child.wait()
-    assert wait_until(lambda: not any(alive(pid) for pid in started.values())), started
+    assert eventually(lambda: not any(alive(pid) for pid in started.values()), 10), started
 
 
 def test_a_detached_run_outlives_its_starter_until_stopped(demo):
@@ -127,7 +127,7 @@ def test_a_service_restarted_by_another_process_is_stopped_once_the_owner_dies(d
     assert new_app != started["app"]
     child.kill()
     child.wait()
-    assert wait_until(lambda: not alive(started["proxy"]))
+    assert eventually(lambda: not alive(started["proxy"]), 10)
     assert alive(new_app), "the restarted app does not die with the owner by itself..."
     assert stop_orphaned_runs(demo["run"].parent) == [demo["run"].name]
     assert not alive(new_app), "...so the next meshlab command stops it"

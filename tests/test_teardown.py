@@ -13,7 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import CAN_ISOLATE, ROOT, wait_until
+from conftest import CAN_ISOLATE, ROOT
+
+from meshlab.grading import eventually
 
 pytestmark = pytest.mark.lab_runs
 
@@ -70,25 +72,25 @@ def test_nothing_is_left_after_a_check(meshlab, lab_copy, base):
 def test_ctrl_c_stops_the_lab_and_exits_130(lab_copy, state_dir, started):
     folder = lab_copy(1)
     cli = start_check(folder, state_dir, started)
-    assert wait_until(lambda: lab_is_up(folder), timeout=30), "the lab never came up"
+    assert eventually(lambda: lab_is_up(folder), 30), "the lab never came up"
     os.killpg(cli.pid, signal.SIGINT)
     assert cli.wait(timeout=30) == 130
-    assert wait_until(lambda: processes_in(folder) == [], timeout=5), processes_in(folder)
+    assert eventually(lambda: processes_in(folder) == [], 5), processes_in(folder)
 
 
 def test_a_cli_killed_with_sigkill_leaves_nothing(lab_copy, state_dir, started):
     folder = lab_copy(1)
     cli = start_check(folder, state_dir, started)
-    assert wait_until(lambda: lab_is_up(folder), timeout=30), "the lab never came up"
+    assert eventually(lambda: lab_is_up(folder), 30), "the lab never came up"
     cli.kill()  # the CLI alone, with no chance to clean up
     cli.wait()
-    assert wait_until(lambda: processes_in(folder) == [], timeout=5), processes_in(folder)
+    assert eventually(lambda: processes_in(folder) == [], 5), processes_in(folder)
 
 
 def test_a_checker_killed_with_sigkill_leaves_nothing_and_is_exit_2(lab_copy, state_dir, started):
     folder = lab_copy(1)
     cli = start_check(folder, state_dir, started)
-    assert wait_until(lambda: lab_is_up(folder), timeout=30), "the lab never came up"
+    assert eventually(lambda: lab_is_up(folder), 30), "the lab never came up"
     def is_pytest(child: psutil.Process) -> bool:
         try:
             return "pytest" in " ".join(child.cmdline())
@@ -98,4 +100,4 @@ def test_a_checker_killed_with_sigkill_leaves_nothing_and_is_exit_2(lab_copy, st
     pytest_process.kill()
     assert cli.wait(timeout=30) == 2
     assert b"did not run to completion" in cli.stdout.read()
-    assert wait_until(lambda: processes_in(folder) == [], timeout=5), processes_in(folder)
+    assert eventually(lambda: processes_in(folder) == [], 5), processes_in(folder)

@@ -18,7 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 
@@ -204,20 +204,26 @@ class Admin:
     def server_info(self) -> dict:
         return self.get("/server_info").json()
 
+    def configuration(self) -> "ConfigDump":
+        """`/config_dump`, read by kind: static and dynamic listeners, clusters, routes."""
+        return ConfigDump(self.config_dump())
+
     # Views that checks need often, independent of the names a learner chose.
 
-    def hosts(self) -> Iterator[tuple[str, str, int, dict[str, int], list[str]]]:
-        """(cluster, address, port, host stats, health flags) for every upstream host."""
+    def hosts(self) -> list["Host"]:
+        """Every upstream host of every cluster."""
+        return [host for hosts in self.cluster_hosts().values() for host in hosts]
+
+    def cluster_hosts(self) -> dict[str, list["Host"]]:
+        """Every cluster by name (one without hosts too), with its upstream hosts."""
+        found: dict[str, list[Host]] = {}
         for cluster in self.clusters():
-            for host in cluster.get("host_statuses", []):
-                sock = host.get("address", {}).get("socket_address", {})
-                stats = {s["name"]: int(s.get("value", 0)) for s in host.get("stats", [])}
-                flags = _health_flags(host.get("health_status", {}))
-                yield cluster["name"], sock.get("address", ""), int(sock.get("port_value", 0)), stats, flags
+            found[cluster["name"]] = [Host.from_status(cluster["name"], h) for h in cluster.get("host_statuses", [])]
+        return found
 
     def clusters_reaching(self, port: int, address: str = "127.0.0.1") -> list[str]:
         """Names of the clusters with an endpoint at ADDRESS:PORT."""
-        return sorted({c for c, a, p, _, _ in self.hosts() if p == port and a in (address, "localhost")})
+        return sorted({h.cluster for h in self.hosts() if h.port == port and h.address in (address, "localhost")})
 
     def listener_addresses(self) -> list[tuple[str, int]]:
         out = []
@@ -227,11 +233,100 @@ class Admin:
         return out
 
 
+@dataclass(frozen=True)
+class Host:
+    """One upstream host of a cluster, as `/clusters` reports it."""
+
+    cluster: str
+    address: str
+    port: int
+    weight: int
+    stats: dict[str, int]
+    health_flags: tuple[str, ...]
+
+    @classmethod
+    def from_status(cls, cluster: str, status: dict) -> "Host":
+        sock = status.get("address", {}).get("socket_address", {})
+        return cls(cluster=cluster, address=sock.get("address", ""), port=int(sock.get("port_value", 0)),
+                   weight=int(status.get("weight", 1)),
+                   stats={s["name"]: int(s.get("value", 0)) for s in status.get("stats", [])},
+                   health_flags=tuple(_health_flags(status.get("health_status", {}))))
+
+
 def _health_flags(status: dict) -> list[str]:
     flags = [name for name, value in status.items() if value is True]
     if status.get("eds_health_status") not in (None, "HEALTHY"):
         flags.append(str(status["eds_health_status"]).lower())
     return flags
+
+
+class ConfigDump:
+    """Envoy's `/config_dump`, by kind: what the bootstrap defined (static), what came
+    over xDS and is in use (dynamic, by name), what is still warming, and the version
+    Envoy accepted last for listeners and clusters.
+
+        dump = admin.configuration()
+        dump.listeners["ingress"]["listener"]["address"]
+        dump.route_configs["routes"]["version_info"]
+    """
+
+    def __init__(self, data: dict):
+        self.data = data
+        self._sections = {c.get("@type", "").rsplit(".", 1)[-1]: c for c in data.get("configs", [])}
+
+    def section(self, kind: str) -> dict:
+        """One part of the dump by kind: `Listeners`, `Clusters`, `Routes`, ... ({} if absent)."""
+        return self._sections.get(f"{kind}ConfigDump", {})
+
+    def version(self, kind: str) -> str | None:
+        """The version of the last update of KIND (`Listeners` or `Clusters`) Envoy accepted."""
+        return self.section(kind).get("version_info")
+
+    @property
+    def static_listeners(self) -> list[str]:
+        return [entry["listener"]["name"] for entry in self.section("Listeners").get("static_listeners", [])]
+
+    @property
+    def listeners(self) -> dict[str, dict]:
+        """Dynamic listeners in use, by name: each one's active state (`listener`,
+        `version_info`, `last_updated`)."""
+        return {entry["name"]: entry["active_state"]
+                for entry in self.section("Listeners").get("dynamic_listeners", []) if "active_state" in entry}
+
+    @property
+    def warming_listeners(self) -> list[str]:
+        """Dynamic listeners waiting for their routes or clusters."""
+        return [entry["name"] for entry in self.section("Listeners").get("dynamic_listeners", [])
+                if "active_state" not in entry and "warming_state" in entry]
+
+    @property
+    def static_clusters(self) -> list[str]:
+        return [entry["cluster"]["name"] for entry in self.section("Clusters").get("static_clusters", [])]
+
+    @property
+    def clusters(self) -> dict[str, dict]:
+        """Dynamic clusters in use, by name (`cluster`, `version_info`, `last_updated`)."""
+        return {entry["cluster"]["name"]: entry
+                for entry in self.section("Clusters").get("dynamic_active_clusters", [])}
+
+    @property
+    def warming_clusters(self) -> list[str]:
+        return [entry["cluster"]["name"] for entry in self.section("Clusters").get("dynamic_warming_clusters", [])]
+
+    @property
+    def route_configs(self) -> dict[str, dict]:
+        """Route configurations received over RDS, by name (`route_config`, `version_info`,
+        `last_updated`)."""
+        return {entry["route_config"]["name"]: entry
+                for entry in self.section("Routes").get("dynamic_route_configs", [])}
+
+    def listener_at(self, port: int, address: str | None = None) -> tuple[str, dict] | None:
+        """(name, active state) of a dynamic listener on PORT (and ADDRESS, if given)."""
+        for name, active in self.listeners.items():
+            sock = active["listener"].get("address", {}).get("socket_address", {})
+            if sock.get("port_value") == port and (address is None or sock.get("address") == address):
+                return name, active
+        return None
 
 
 class StatsDelta:

@@ -85,6 +85,26 @@ class LabSession:
             self._admins[name] = self.runtime.admin(name)
         return self._admins[name]
 
+    # -- the lab's ports, from its manifest -------------------------------------
+
+    def port(self, service: str, role: str | None = None) -> int:
+        """The port the manifest gives SERVICE for ROLE (`listener`, `admin`, ...); ROLE
+        may be left out when the service has one port.
+
+            lab.port("sidecar", "listener")   # 10000 in lab 01
+            lab.port("app")                   # 8080
+        """
+        ports = self.lab.service(service).ports
+        if role is None:
+            if len(ports) != 1:
+                raise ValueError(f"service {service} of lab {self.lab.slug} has ports {sorted(ports)}: name one")
+            return next(iter(ports.values()))
+        return ports[role]
+
+    def url(self, service: str, role: str | None = None, path: str = "") -> str:
+        """`http://127.0.0.1:PORT` + PATH for SERVICE's port (see `port`)."""
+        return f"http://127.0.0.1:{self.port(service, role)}{path}"
+
     # -- traffic -----------------------------------------------------------------
 
     def get(self, url: str, *, hint: str | None = None, **kwargs: object) -> httpx.Response:
@@ -108,16 +128,13 @@ class LabSession:
             self._pods[key] = self.runtime.pods.client(name, uds=uds, timeout=10.0)
         return self._pods[key]
 
-    def app_url(self, service: str) -> str:
-        port = next(iter(self.lab.service(service).ports.values()))
-        return f"http://127.0.0.1:{port}"
-
     def journal(self, service: str, since: int = 0) -> list[dict]:
         """Requests the app SERVICE received after sequence number SINCE, asked of the
         app directly (not through Envoy; from inside its pod for an app in a pod)."""
-        pod = self.lab.service(service).pod
-        http = self.pod(pod) if pod else self.http
-        response = http.get(self.app_url(service) + JOURNAL_PATH, params={"since": since})
+        spec = self.lab.service(service)
+        http = self.pod(spec.pod) if spec.pod else self.http
+        role = next(iter(spec.ports))  # an app journals on its (first) HTTP port
+        response = http.get(self.url(service, role, JOURNAL_PATH), params={"since": since})
         response.raise_for_status()
         return response.json()
 

@@ -23,6 +23,7 @@ from meshlab.grading.http import (
     responds_with_header,
     responds_with_status,
 )
+from meshlab.grading.polling import eventually
 
 F = TypeVar("F", bound=Callable)
 
@@ -34,6 +35,6 @@ def check(title: str, *, hint: str | None = None) -> Callable[[F], F]:
 
 
 __all__ = [
-    "CheckFailed", "check", "describe", "fail", "lacks_header", "responds_with_body",
+    "CheckFailed", "check", "describe", "eventually", "fail", "lacks_header", "responds_with_body",
     "responds_with_header", "responds_with_status",
 ]

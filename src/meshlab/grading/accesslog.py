@@ -14,12 +14,12 @@ Response flags say what Envoy did to a request, in its own words (`FLAGS`).
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 from meshlab.grading.failures import CheckFailed
+from meshlab.grading.polling import eventually
 
 FLAGS = {
     "UO": "upstream overflow: a circuit breaker refused the request",
@@ -73,19 +73,20 @@ class AccessLog:
     def wait(self, position: int, count: int, *, timeout: float = 5.0, where=None) -> list[dict]:
         """The entries after POSITION once there are at least COUNT of them matching
         WHERE (a predicate); fails the check, saying why, when they do not come."""
-        deadline = time.monotonic() + timeout
-        while True:
-            entries = [e for e in self.since(position) if where is None or where(e)]
-            if len(entries) >= count:
-                return entries
-            if time.monotonic() > deadline:
-                raise CheckFailed(
-                    f"Envoy's access log has {len(entries)} matching entries, expected {count}",
-                    expected=f"one JSON line per request in {self.path.name}",
-                    received=f"{len(entries)} after {timeout:.0f} s" +
-                             ("" if self.since(position) else " (nothing new at all)"),
-                    hint=_FORMAT_HINT)
-            time.sleep(0.02)
+        entries: list[dict] = []
+
+        def enough() -> bool:
+            entries[:] = [e for e in self.since(position) if where is None or where(e)]
+            return len(entries) >= count
+
+        if not eventually(enough, timeout):
+            raise CheckFailed(
+                f"Envoy's access log has {len(entries)} matching entries, expected {count}",
+                expected=f"one JSON line per request in {self.path.name}",
+                received=f"{len(entries)} after {timeout:.0f} s" +
+                         ("" if self.since(position) else " (nothing new at all)"),
+                hint=_FORMAT_HINT)
+        return entries
 
 
 def require_fields(entries: Iterable[dict]) -> None:

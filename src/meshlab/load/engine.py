@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
-from meshlab.load.http1 import Connection, ProtocolError, Target
+from meshlab.load.http1 import Connection, Http1ProtocolError, Target
 from meshlab.load.results import NO_RESPONSE, Histogram, LoadResult, now_rfc3339
 
 # on_progress(done, expected total or None, seconds elapsed)
@@ -124,7 +124,7 @@ async def _run(plan: Plan, on_progress: OnProgress | None) -> LoadResult:
                     async with asyncio.timeout(plan.timeout):
                         response = await connection.send(request, head=head)
                 except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
-                        ValueError, ProtocolError) as exc:
+                        ValueError, Http1ProtocolError) as exc:
                     tally.record(NO_RESPONSE, time.monotonic() - sent, error=type(exc).__name__)
                 else:
                     tally.record(response.status, time.monotonic() - sent, response.headers)

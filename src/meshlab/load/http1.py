@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 _NO_BODY_STATUSES = {204, 304}
 
 
-class ProtocolError(Exception):
+class Http1ProtocolError(Exception):
     """The server's answer is not HTTP/1.x as we can read it."""
 
 
@@ -103,7 +103,7 @@ class Connection:
         status_line, *header_lines = raw[:-4].decode("latin-1").split("\r\n")
         version, _, rest = status_line.partition(" ")
         if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
-            raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:60]!r}")
+            raise Http1ProtocolError(f"not an HTTP/1.x status line: {status_line[:60]!r}")
         status = int(rest[:3])
         headers = {}
         for line in header_lines:

@@ -33,7 +33,7 @@ from meshlab.xds.cache import SnapshotCache
 from meshlab.xds.delta import DeltaStream
 from meshlab.xds.sotw import SotwStream
 from meshlab.xds.status import StatusBoard
-from meshlab.xds.stream import ProtocolError, Stream, Waker
+from meshlab.xds.stream import Stream, Waker, XdsProtocolError
 
 log = logging.getLogger("meshlab.xds")
 
@@ -111,7 +111,7 @@ class XdsServer:
             try:
                 async for request in requests:
                     stream.receive(request)
-            except ProtocolError as error:
+            except XdsProtocolError as error:
                 outbox.put_nowait(error)
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
                 pass  # the proxy went away
@@ -128,7 +128,7 @@ class XdsServer:
                 if item is _END:
                     return
                 if isinstance(item, Exception):
-                    code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(item, ProtocolError) \
+                    code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(item, XdsProtocolError) \
                         else grpc.StatusCode.INTERNAL
                     await context.abort(code, str(item))
                 yield item

@@ -73,7 +73,7 @@ class Plan:
         return Sent(nonce, self.label, {n: r.version for n, r in self.updates.items()}, self.removals, self.full)
 
 
-class ProtocolError(Exception):
+class XdsProtocolError(Exception):
     """The proxy sent something the protocol does not allow (the stream is closed)."""
 
 
@@ -172,7 +172,7 @@ class Stream:
             self._identify(request)
         type_url = request.type_url
         if not type_url:
-            raise ProtocolError("a discovery request without type_url")
+            raise XdsProtocolError("a discovery request without type_url")
         state = self.types.get(type_url)
         if state is None:
             state = self.types[type_url] = TypeState(type_url)
@@ -191,7 +191,7 @@ class Stream:
 
     def _identify(self, request: Message) -> None:
         if not request.HasField("node") or not request.node.id:
-            raise ProtocolError("the first request of a stream must carry the node (with its id)")
+            raise XdsProtocolError("the first request of a stream must carry the node (with its id)")
         self.node = request.node
         self.key = self.cache.node_key(request.node)
         snapshot = self.cache.watch(self.key, self)
