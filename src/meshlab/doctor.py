@@ -56,6 +56,26 @@ def diagnose(course: Course | None, course_error: MeshlabError | None = None) ->
         path = shutil.which(tool)
         status = "ok" if path else ("missing" if tool in required else "absent")
         found.append(Finding("tools", tool, status, path or "not installed", None if path else install_hint(tool)))
+    found.extend(_docker())
+    return found
+
+
+def _docker() -> list[Finding]:
+    """The Docker engine and the course's images: optional (the Docker path, `--runtime docker`)."""
+    from meshlab.container.engine import connect, describe, likely_present
+
+    if not likely_present():
+        return [Finding("docker", "engine", "absent", "no Docker engine", install_hint("docker"))]
+    try:
+        info = describe(connect(timeout=5))
+    except MeshlabError as error:
+        return [Finding("docker", "engine", "absent", error.message, error.fix)]
+    found = [Finding("docker", "engine", "ok", f"Docker {info.version} (API {info.api_version}, "
+                                               f"{info.os}/{info.architecture})")]
+    for name, image_id in info.images.items():
+        make = "meshlab image base" if "base" in name else "meshlab image build"
+        found.append(Finding("docker", name, "ok" if image_id else "absent", image_id or "not built",
+                             None if image_id else make))
     return found
 
 
