@@ -8,7 +8,7 @@ import sys
 import click
 
 from meshlab import progress, ui, workspace
-from meshlab.cli.options import JSON, LAB, lab_dir_for, open_course
+from meshlab.cli.options import JSON, LAB, RUNTIME, lab_dir_for, open_course
 from meshlab.errors import MeshlabError
 
 
@@ -98,12 +98,18 @@ def stop_command(lab: str | None, service: str | None) -> None:
         folders = [d for d in (runs.iterdir() if runs.is_dir() else []) if d.name.split("@")[0] == spec.slug]
     else:
         folders = list(runs.iterdir()) if runs.is_dir() else []
-    stopped = {folder.name: stop_run(folder) for folder in folders}
+    stopped = {folder.name: stop_run(folder) + _stop_docker_run(folder) for folder in folders}
     stopped = {name: services for name, services in stopped.items() if services}
     if not stopped:
         ui.console.print("Nothing was running." if lab is None else f"Lab {lab} was not running.")
     for name, services in stopped.items():
         ui.console.print(f"Stopped {name}: {', '.join(services)}")
+
+
+def _stop_docker_run(folder) -> list[str]:
+    from meshlab.runtime.docker import MARKER, stop_docker_run
+
+    return stop_docker_run(folder) if (folder / MARKER).is_file() else []
 
 
 @click.command("status")
@@ -143,8 +149,10 @@ def status_command(as_json: bool) -> None:
 @click.option("--solution", is_flag=True, help="Grade the course's solution (solutions/NN-slug).")
 @click.option("--isolate", is_flag=True,
               help="Run in a private network namespace (fixed ports never collide; needs Linux namespaces).")
+@RUNTIME
 @JSON
-def check_command(lab: str, path: str | None, solution: bool, isolate: bool, as_json: bool) -> None:
+def check_command(lab: str, path: str | None, solution: bool, isolate: bool, runtime: str | None,
+                  as_json: bool) -> None:
     """Grade LAB against real Envoy: a scorecard of checks, EXPECTED / RECEIVED, hints.
 
     Exit 0 when every check passes, 1 when one fails, 2 when the lab files or the
@@ -152,19 +160,25 @@ def check_command(lab: str, path: str | None, solution: bool, isolate: bool, as_
     """
     from meshlab import isolation
     from meshlab.checking import run_checks
+    from meshlab.runtime.interface import selected
 
     course = open_course()
     spec = course.find(lab)
     lab_dir = lab_dir_for(course, spec, path, solution)
+    runtime = selected(runtime)
+    if isolate and runtime == "docker":
+        raise MeshlabError("--isolate and the docker runtime exclude each other: the lab's ports are published "
+                           "on the host's 127.0.0.1, which a private namespace cannot reach",
+                           fix="drop --isolate (containers are isolated already; only the published ports are shared)")
     if isolate and not isolation.available():
         raise MeshlabError("--isolate needs network namespaces, which this machine does not allow",
                            fix="run without --isolate, or as root / with unprivileged user namespaces")
     if as_json:
-        result = run_checks(course, spec, lab_dir, isolate=isolate)
+        result = run_checks(course, spec, lab_dir, isolate=isolate, runtime=runtime)
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         with ui.check_progress(spec) as on_event:
-            result = run_checks(course, spec, lab_dir, isolate=isolate, on_event=on_event)
+            result = run_checks(course, spec, lab_dir, isolate=isolate, on_event=on_event, runtime=runtime)
         ui.show_result(result)
     if lab_dir == spec.workspace and result.status != "error":
         progress.record_check(course, spec, result.status, result.passed, len(result.checks))
