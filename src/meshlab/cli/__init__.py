@@ -9,6 +9,7 @@ One module per command group, each exporting its click commands:
     mtls.py    meshlab mtls probe
     xds.py     meshlab xds status
     image.py   meshlab image: the course's Docker images
+    compose.py meshlab compose: a Compose sandbox per lab, from its lab.yaml
     dev.py     meshlab dev: the course authors' commands
 
 Command functions are named `<command>_command` and groups `<group>_group`; output goes
@@ -75,10 +76,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from meshlab.cli import certs, course, dev, image, labs, load, mtls, xds
+    from meshlab.cli import certs, compose, course, dev, image, labs, load, mtls, xds
 
     for command in (*labs.COMMANDS, *course.COMMANDS, load.load_command, certs.certs_group, mtls.mtls_group,
-                    xds.xds_group, image.image_group, dev.dev_group):
+                    xds.xds_group, image.image_group, compose.compose_command, dev.dev_group):
         main.add_command(command)
 
 
