@@ -25,9 +25,10 @@ pytestmark = [pytest.mark.lab_runs, pytest.mark.xdist_group("host-ports")]
 
 
 def ours(client) -> tuple[list, list]:
-    """Every container and network a meshlab run made, on the whole engine."""
+    """Every container and network a meshlab run made, on the whole engine (as the
+    engine's list gives them: dicts with Id, Labels, State)."""
     selector = {"label": [LABEL]}
-    return client.containers.list(all=True, filters=selector), client.networks.list(filters=selector)
+    return client.api.containers(all=True, filters=selector), client.api.networks(filters=selector)
 
 
 @pytest.fixture
@@ -37,9 +38,9 @@ def clean_engine(docker_client, toolbox):
     yield docker_client
     containers, networks = ours(docker_client)
     for container in containers:
-        container.remove(force=True)
+        docker_client.api.remove_container(container["Id"], force=True)
     for network in networks:
-        network.remove()
+        docker_client.api.remove_network(network["Id"])
     assert (containers, networks) == ([], []), "a run left containers or networks behind"
 
 
@@ -49,7 +50,10 @@ def grade_in_docker(meshlab, folder, number: int) -> tuple[int, dict]:
     return result.code, result.json()
 
 
-@pytest.mark.parametrize("number", [1, 2, 3, 4])
+# Not lab 04 yet: one of its checks plays an impostor server on 127.0.0.1 inside the
+# checker's process, which a sidecar in the pod's namespace cannot reach while the
+# checker runs on the host (docs/architecture.md, "Two runtimes").
+@pytest.mark.parametrize("number", [1, 2, 3])
 def test_starter_fails_and_solution_passes_in_docker(number, meshlab, lab_copy, clean_engine):
     code, data = grade_in_docker(meshlab, lab_copy(number, base="starter", name="starter"), number)
     assert code == 1 and data["status"] == "fail"
@@ -68,7 +72,7 @@ def _start_check(state_dir, folder) -> subprocess.Popen:
 
 
 def _services_up(client, count: int) -> bool:
-    running = [c for c in ours(client)[0] if c.status == "running"]
+    running = [c for c in ours(client)[0] if c["State"] == "running"]
     return len(running) >= count
 
 
@@ -89,7 +93,7 @@ def test_the_next_command_removes_what_a_killed_checker_left(meshlab, state_dir,
     try:
         assert wait_until(lambda: _services_up(clean_engine, 3), timeout=60), "the lab's containers never ran"
         # The checker (the pytest child owning the run) dies without any chance to clean up.
-        _, owner_pid, _ = json.loads(ours(clean_engine)[0][0].labels[f"{LABEL}.owner"])
+        _, owner_pid, _ = json.loads(ours(clean_engine)[0][0]["Labels"][f"{LABEL}.owner"])
         os.kill(owner_pid, signal.SIGKILL)
         cli.wait(timeout=60)
     finally:

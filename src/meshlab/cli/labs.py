@@ -33,13 +33,14 @@ def list_command(as_json: bool) -> None:
 
 @click.command("start")
 @LAB
-def start_command(lab: str) -> None:
+@RUNTIME
+def start_command(lab: str, runtime: str | None) -> None:
     """Start LAB's services in the background and show how to reach them.
 
     If the lab is already running, only the services whose files changed restart.
     """
     from meshlab import platform, preflight
-    from meshlab.runtime import LocalRuntime
+    from meshlab.runtime.interface import runtime_class
     from meshlab.session import run_dir_for
 
     course = open_course()
@@ -47,18 +48,19 @@ def start_command(lab: str) -> None:
     platform.require(spec.requires, lab_ref=f"lab {spec.number:02d}")
     preflight.prepare_and_check(spec, spec.workspace)
     run_dir = run_dir_for(course, spec, spec.workspace)
-    runtime = LocalRuntime.attach(spec, run_dir)
+    runtime_type = runtime_class(runtime)
+    runtime = runtime_type.attach(spec, run_dir)
     if runtime is not None:
         restarted = runtime.sync()
         ui.console.print(f"Lab {spec.number:02d} was running; restarted: {', '.join(restarted) or 'nothing (no change)'}")
     else:
-        runtime = LocalRuntime(spec, spec.workspace, run_dir, detached=True)
+        runtime = runtime_type(spec, spec.workspace, run_dir, detached=True)
         with ui.console.status(f"starting lab {spec.number:02d}..."):
             runtime.start_all()
         ui.console.print(f"[bold]Lab {spec.number:02d} · {spec.title}[/] is running.")
-    for service in runtime.state.services.values():
+    for service in spec.services:
         where = ", ".join(f"127.0.0.1:{port} ({role})" for role, port in service.ports.items())
-        ui.console.print(f"  {service.name:<10} {service.kind:<7} {where}  [dim]pid {service.pid}[/]")
+        ui.console.print(f"  {service.name:<10} {service.kind:<7} {where}  [dim]{_where_it_runs(runtime, service.name)}[/]")
     if spec.try_commands:
         ui.console.print("Try:")
         for command in spec.try_commands:
@@ -104,6 +106,13 @@ def stop_command(lab: str | None, service: str | None) -> None:
         ui.console.print("Nothing was running." if lab is None else f"Lab {lab} was not running.")
     for name, services in stopped.items():
         ui.console.print(f"Stopped {name}: {', '.join(services)}")
+
+
+def _where_it_runs(runtime, name: str) -> str:
+    state = getattr(runtime, "state", None)  # the local runtime: a process
+    if state is not None and name in state.services:
+        return f"pid {state.services[name].pid}"
+    return f"container {runtime.prefix}-{name}" if hasattr(runtime, "prefix") else ""
 
 
 def _stop_docker_run(folder) -> list[str]:

@@ -116,11 +116,9 @@ def require_image(client, name: str = TOOLBOX_IMAGE):
 
 def port_owner(client, port: int) -> str | None:
     """The container that publishes PORT on the host, if a container does."""
-    for container in client.containers.list():
-        for bindings in (container.attrs.get("HostConfig", {}).get("PortBindings") or {}).values():
-            for binding in bindings or []:
-                if str(binding.get("HostPort")) == str(port):
-                    return container.name
+    for container in client.api.containers():
+        if any(published.get("PublicPort") == port for published in container.get("Ports") or []):
+            return container["Names"][0].lstrip("/")
     return None
 
 

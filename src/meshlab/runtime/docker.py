@@ -182,9 +182,16 @@ class DockerRuntime:
         return labels
 
     def _container(self, name: str):
-        found = self.client.containers.list(all=True, filters={"label": [f"{engine.LABEL}.run={self.id}",
-                                                                         f"{engine.LABEL}.service={name}"]})
-        return found[0] if found else None
+        import docker.errors
+
+        # The list only gives ids: inspect the one we want (another process may have
+        # removed it in between: then it is gone, which is an answer too).
+        found = self.client.api.containers(all=True, filters={"label": [f"{engine.LABEL}.run={self.id}",
+                                                                        f"{engine.LABEL}.service={name}"]})
+        try:
+            return self.client.containers.get(found[0]["Id"]) if found else None
+        except docker.errors.NotFound:
+            return None
 
     def _remove(self, name: str) -> None:
         import docker.errors
@@ -320,12 +327,12 @@ def remove_run(client, run: str) -> list[str]:
 
     removed = []
     selector = {"label": [f"{engine.LABEL}.run={run}"]}
-    containers = client.containers.list(all=True, filters=selector)
+    containers = client.api.containers(all=True, filters=selector)
     # Services first, the namespace owner last.
-    for container in sorted(containers, key=lambda c: c.labels.get(f"{engine.LABEL}.service") == POD):
+    for container in sorted(containers, key=lambda c: c["Labels"].get(f"{engine.LABEL}.service") == POD):
         try:
-            container.remove(force=True)
-            removed.append(container.labels.get(f"{engine.LABEL}.service", container.name))
+            client.api.remove_container(container["Id"], force=True)
+            removed.append(container["Labels"].get(f"{engine.LABEL}.service", container["Id"][:12]))
         except docker.errors.NotFound:
             pass
     for network in client.networks.list(filters=selector):
