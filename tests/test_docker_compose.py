@@ -65,3 +65,14 @@ def test_every_sandbox_is_valid_compose(number, course):
     path = path_for(course, course.find(number))
     proc = subprocess.run([*command, "-f", str(path), "config", "-q"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_toolbox_service_uses_this_versions_image():
+    import yaml
+
+    from meshlab.container.engine import TOOLBOX_IMAGE
+
+    service = yaml.safe_load((ROOT / "compose" / "compose.yaml").read_text())["services"]["meshlab"]
+    assert service["image"] == TOOLBOX_IMAGE, "compose/compose.yaml names another version's image"
+    context = (ROOT / "compose" / service["build"]["context"]).resolve()
+    assert context == ROOT and (context / service["build"]["dockerfile"]).is_file()
