@@ -6,7 +6,10 @@ On a developer machine without Docker these tests are skipped, with the reason. 
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +40,15 @@ def toolbox(docker_client):
         if find_image(docker_client, name) is None:
             _unavailable(f"the image {name} is missing (make it: meshlab image base; meshlab image build)")
     return TOOLBOX_IMAGE
+
+
+@pytest.fixture
+def host_ports():
+    """Held while a test publishes the labs' fixed ports on the host's 127.0.0.1: one such
+    test at a time on this machine, whichever worker (or pytest run) it is in."""
+    with open(Path(tempfile.gettempdir()) / "meshlab-docker-host-ports.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -3,7 +3,7 @@ one shared network namespace. The same checks as on local processes: starters fa
 solutions pass; and nothing is left behind, after a pass, a Ctrl-C or a killed checker.
 
 These runs publish the labs' fixed ports on the host's 127.0.0.1 (a private network
-namespace cannot reach them), so they run one at a time on one worker.
+namespace cannot reach them), so they run one at a time (the `host_ports` lock).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import ROOT, wait_until
-from docker_support import docker_client, toolbox  # noqa: F401 - fixtures
+from docker_support import docker_client, host_ports, toolbox  # noqa: F401 - fixtures
 from meshlab.container.engine import LABEL
 
 pytestmark = [pytest.mark.lab_runs, pytest.mark.xdist_group("host-ports")]
@@ -32,7 +32,7 @@ def ours(client) -> tuple[list, list]:
 
 
 @pytest.fixture
-def clean_engine(docker_client, toolbox):
+def clean_engine(host_ports, docker_client, toolbox):
     leftovers = ours(docker_client)
     assert leftovers == ([], []), f"containers or networks of another run are there: {leftovers}"
     yield docker_client
@@ -122,3 +122,22 @@ def test_a_port_published_by_another_container_is_exit_2(meshlab, lab_copy, clea
 def test_isolate_and_docker_exclude_each_other(cli):
     result = cli("check", "1", "--runtime", "docker", "--isolate")
     assert result.code == 2 and "exclude each other" in result.output
+
+
+def test_start_check_attaches_and_stop_removes_everything(meshlab, clean_engine):
+    started = meshlab("start", "1", "--runtime", "docker")
+    try:
+        assert started.code == 0, started.output
+        assert "container meshlab-01-" in started.stdout and "--runtime docker" in started.stdout
+        # The app answers on the host's 127.0.0.1 through the pod's published port.
+        import httpx
+
+        assert httpx.get("http://127.0.0.1:8080/", trust_env=False, timeout=5).status_code == 200
+        checked = meshlab("check", "1", "--runtime", "docker", "--json")
+        assert checked.code == 1, checked.output  # the starter, graded on the running sandbox
+        assert len([c for c in ours(clean_engine)[0] if c["State"] == "running"]) == 3, \
+            "a check must leave a run it attached to running"
+    finally:
+        stopped = meshlab("stop", "1")
+    assert stopped.code == 0 and "sidecar" in stopped.stdout and "app" in stopped.stdout
+    assert ours(clean_engine) == ([], [])

@@ -66,7 +66,8 @@ def start_command(lab: str, runtime: str | None) -> None:
         for command in spec.try_commands:
             ui.console.print(f"  {command}")
     ui.console.print(f"Logs: {ui.relative(run_dir)}/")
-    ui.console.print(f"Edit {ui.relative(spec.workspace)}/, then [bold]meshlab check {spec.number}[/]. "
+    on_docker = " --runtime docker" if getattr(runtime, "name", "local") == "docker" else ""
+    ui.console.print(f"Edit {ui.relative(spec.workspace)}/, then [bold]meshlab check {spec.number}{on_docker}[/]. "
                      f"Stop with [bold]meshlab stop {spec.number}[/].")
 
 
@@ -112,7 +113,7 @@ def _where_it_runs(runtime, name: str) -> str:
     state = getattr(runtime, "state", None)  # the local runtime: a process
     if state is not None and name in state.services:
         return f"pid {state.services[name].pid}"
-    return f"container {runtime.prefix}-{name}" if hasattr(runtime, "prefix") else ""
+    return f"container {runtime.prefix}-{name}" if getattr(runtime, "name", "local") == "docker" else ""
 
 
 def _stop_docker_run(folder) -> list[str]:
