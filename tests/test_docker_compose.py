@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from conftest import ROOT
-from docker_support import docker_client, toolbox  # noqa: F401 - fixtures
+from conftest import wait_until
+from docker_support import docker_client, host_ports, toolbox  # noqa: F401 - fixtures
 
 
 def compose_command() -> list[str]:
@@ -76,3 +77,29 @@ def test_the_toolbox_service_uses_this_versions_image():
     assert service["image"] == TOOLBOX_IMAGE, "compose/compose.yaml names another version's image"
     context = (ROOT / "compose" / service["build"]["context"]).resolve()
     assert context == ROOT and (context / service["build"]["dockerfile"]).is_file()
+
+
+@pytest.mark.lab_runs
+def test_lab_01s_sandbox_answers_on_the_hosts_loopback(toolbox, host_ports, docker_client, course):
+    # `up -d`, then what the lab README's curl commands reach from the host: the app on
+    # :8080 and Envoy's admin on :9901, both listening on the pod's 127.0.0.1.
+    import httpx
+
+    from meshlab.container.compose import path_for
+
+    compose = [*compose_command(), "-p", "meshlab-test-sandbox", "-f", str(path_for(course, course.find(1)))]
+    subprocess.run([*compose, "up", "-d"], check=True, capture_output=True, timeout=120)
+    try:
+        def answers(url: str) -> str:
+            try:
+                return httpx.get(url, timeout=2, trust_env=False).text.strip()
+            except httpx.HTTPError:
+                return ""
+
+        assert wait_until(lambda: answers("http://127.0.0.1:9901/ready") == "LIVE", timeout=30)
+        assert "hello" in answers("http://127.0.0.1:8080/").lower()
+    finally:
+        subprocess.run([*compose, "down"], capture_output=True, timeout=120)
+    selector = {"label": ["com.docker.compose.project=meshlab-test-sandbox"]}
+    assert docker_client.api.containers(all=True, filters=selector) == []
+    assert docker_client.api.networks(filters=selector) == []
