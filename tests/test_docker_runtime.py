@@ -50,14 +50,23 @@ def grade_in_docker(meshlab, folder, number: int) -> tuple[int, dict]:
     return result.code, result.json()
 
 
+def test_lab_01s_starter_fails_and_its_solution_passes_in_docker(meshlab, lab_copy, clean_engine):
+    code, data = grade_in_docker(meshlab, lab_copy(1, base="starter", name="starter"), 1)
+    assert code == 1 and data["status"] == "fail"
+    assert all(c["status"] == "fail" for c in data["checks"])
+    assert ours(clean_engine) == ([], [])
+    code, data = grade_in_docker(meshlab, lab_copy(1, base="solution"), 1)
+    assert code == 0 and all(c["status"] == "pass" for c in data["checks"]), json.dumps(data, indent=2)[:4000]
+    assert ours(clean_engine) == ([], [])
+
+
+# The other labs' solutions, unchanged, on containers (their starters fail on local
+# processes already; a starter fails the same way in a container, as lab 01 shows).
 # Not lab 04 yet: one of its checks plays an impostor server on 127.0.0.1 inside the
 # checker's process, which a sidecar in the pod's namespace cannot reach while the
 # checker runs on the host (docs/architecture.md, "Two runtimes").
-@pytest.mark.parametrize("number", [1, 2, 3])
-def test_starter_fails_and_solution_passes_in_docker(number, meshlab, lab_copy, clean_engine):
-    code, data = grade_in_docker(meshlab, lab_copy(number, base="starter", name="starter"), number)
-    assert code == 1 and data["status"] == "fail"
-    assert ours(clean_engine) == ([], [])
+@pytest.mark.parametrize("number", [2, 3, 5, 6])
+def test_solution_passes_in_docker(number, meshlab, lab_copy, clean_engine):
     code, data = grade_in_docker(meshlab, lab_copy(number, base="solution"), number)
     failed = [c for c in data["checks"] if c["status"] != "pass"]
     assert code == 0 and not failed, json.dumps(failed, indent=2)[:4000]

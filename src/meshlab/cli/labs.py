@@ -58,9 +58,10 @@ def start_command(lab: str, runtime: str | None) -> None:
         with ui.console.status(f"starting lab {spec.number:02d}..."):
             runtime.start_all()
         ui.console.print(f"[bold]Lab {spec.number:02d} · {spec.title}[/] is running.")
+    running = runtime.state.services
     for service in spec.services:
         where = ", ".join(f"127.0.0.1:{port} ({role})" for role, port in service.ports.items())
-        ui.console.print(f"  {service.name:<10} {service.kind:<7} {where}  [dim]{_where_it_runs(runtime, service.name)}[/]")
+        ui.console.print(f"  {service.name:<10} {service.kind:<7} {where}  [dim]{_where_it_runs(running, service.name)}[/]")
     if spec.try_commands:
         ui.console.print("Try:")
         for command in spec.try_commands:
@@ -109,11 +110,12 @@ def stop_command(lab: str | None, service: str | None) -> None:
         ui.console.print(f"Stopped {name}: {', '.join(services)}")
 
 
-def _where_it_runs(runtime, name: str) -> str:
-    state = getattr(runtime, "state", None)  # the local runtime: a process
-    if state is not None and name in state.services:
-        return f"pid {state.services[name].pid}"
-    return f"container {runtime.prefix}-{name}" if getattr(runtime, "name", "local") == "docker" else ""
+def _where_it_runs(services: dict, name: str) -> str:
+    service = services.get(name)
+    if service is None:
+        return ""
+    container = getattr(service, "container", None)  # the docker runtime's services
+    return f"container {container}" if container else f"pid {service.pid}"
 
 
 def _stop_docker_run(folder) -> list[str]:

@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -37,6 +38,23 @@ from meshlab.runtime import processes
 
 MARKER = "docker.json"
 POD = "pod"
+
+
+@dataclass(frozen=True)
+class DockerService:
+    name: str
+    kind: str
+    pid: int
+    ports: dict[str, int]
+    container: str
+
+
+@dataclass(frozen=True)
+class DockerRunState:
+    lab: str
+    lab_dir: str
+    detached: bool
+    services: dict[str, DockerService] = field(default_factory=dict)
 
 
 def run_id(run_dir: Path) -> str:
@@ -150,6 +168,19 @@ class DockerRuntime:
         return changed
 
     # -- observing ---------------------------------------------------------------
+
+    @property
+    def state(self) -> "DockerRunState":
+        """What runs now, shaped like the local runtime's state: each service's PID is its
+        container's first process on the host, so a restarted container has a new one."""
+        services = {}
+        for spec in self.lab.services:
+            container = self._container(spec.name)
+            if container is not None and container.status == "running":
+                services[spec.name] = DockerService(name=spec.name, kind=spec.kind, pid=container.attrs["State"]["Pid"],
+                                                    ports=dict(spec.ports), container=container.name)
+        return DockerRunState(lab=self.lab.slug, lab_dir=str(self.lab_dir), detached=self.owner_pid is None,
+                              services=services)
 
     def is_running(self, name: str) -> bool:
         container = self._container(name)

@@ -27,6 +27,9 @@ class Runtime(Protocol):
     lab: Lab
     lab_dir: Path
     run_dir: Path
+    # What runs now: `.services[name]` with `.pid` and `.ports` (a check may compare PIDs
+    # to prove a service was not restarted).
+    state: object
 
     @classmethod
     def attach(cls, lab: Lab, run_dir: Path) -> "Runtime | None": ...
