@@ -72,7 +72,22 @@ def test_doctor_reports_the_engine_and_the_images(cli, toolbox):
     findings = {(f["group"], f["name"]): f for f in json.loads(cli("doctor", "--json").stdout)["findings"]}
     assert findings[("docker", "engine")]["status"] == "ok"
     assert "API 1." in findings[("docker", "engine")]["detail"]
-    assert findings[("docker", toolbox)]["status"] == "ok"
+    # "warn" when the image was built from other sources than this checkout (see below).
+    assert findings[("docker", toolbox)]["status"] in ("ok", "warn")
+
+
+def test_an_image_built_from_other_sources_is_stale(docker_client, toolbox, course, tmp_path):
+    import shutil
+
+    from meshlab.container.images import image_is_stale, source_fingerprint
+
+    changed = tmp_path / "checkout"
+    shutil.copytree(course.root / "src", changed / "src")
+    shutil.copy(course.root / "pyproject.toml", changed)
+    assert source_fingerprint(changed) == source_fingerprint(course.root)
+    (changed / "src" / "meshlab" / "apps" / "hello.py").write_text("# another app\n")
+    assert source_fingerprint(changed) != source_fingerprint(course.root)
+    assert image_is_stale(docker_client, changed) is True
 
 
 def test_doctor_without_an_engine_calls_it_optional(cli, tmp_path):

@@ -172,6 +172,31 @@ def _pip(args: list[str]) -> None:
 
 # -- the toolbox --------------------------------------------------------------------
 
+SOURCE_LABEL = f"{LABEL}.source"
+
+
+def source_fingerprint(root: Path) -> str:
+    """A digest of the engine's sources (src/meshlab and pyproject.toml) in the checkout at
+    ROOT: the toolbox image carries the one it was built from, so a stale image shows."""
+    digest = hashlib.sha256()
+    files = [root / "pyproject.toml", *sorted((root / "src" / "meshlab").rglob("*.py"))]
+    for path in files:
+        if path.is_file():
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def image_is_stale(client, root: Path) -> bool | None:
+    """True when the toolbox image was built from other sources than the checkout at ROOT
+    (None when there is no image)."""
+    from meshlab.container.engine import find_image
+
+    image = find_image(client, TOOLBOX_IMAGE)
+    if image is None:
+        return None
+    return (image.labels or {}).get(SOURCE_LABEL) != source_fingerprint(root)
+
+
 def build_toolbox(client, root: Path, cache: Path, *, say: Say = print) -> str:
     """Build TOOLBOX_IMAGE from the checkout at ROOT; CACHE keeps the wheelhouse between
     builds. Returns the image's short id."""
@@ -194,7 +219,8 @@ def build_toolbox(client, root: Path, cache: Path, *, say: Say = print) -> str:
     try:
         for chunk in client.api.build(fileobj=archive, custom_context=True, tag=TOOLBOX_IMAGE, rm=True,
                                       forcerm=True, decode=True,
-                                      labels={f"{LABEL}.version": __version__}):
+                                      labels={f"{LABEL}.version": __version__,
+                                              SOURCE_LABEL: source_fingerprint(root)}):
             if "stream" in chunk:
                 log.append(chunk["stream"].rstrip())
             if "error" in chunk:
