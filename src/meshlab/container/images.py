@@ -230,6 +230,11 @@ def build_toolbox(client, root: Path, cache: Path, *, say: Say = print) -> str:
     except docker.errors.APIError as error:
         raise DockerUnavailable(f"building {TOOLBOX_IMAGE} failed", details=f"  {error.explanation}",
                                 fix="check the engine's log") from None
+    # The install stage and the previous toolbox are left untagged: ~0.4 GB each per build.
+    try:
+        client.images.prune(filters={"dangling": True, "label": f"{LABEL}.base"})
+    except docker.errors.APIError:
+        pass  # another build or a container still uses them: next time
     return require_image(client, TOOLBOX_IMAGE).short_id.split(":")[-1]
 
 
