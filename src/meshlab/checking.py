@@ -78,7 +78,8 @@ OnEvent = Callable[[Event], None]
 
 
 def run_checks(course: Course, lab: Lab, lab_dir: Path, *, isolate: bool = False,
-               run_dir: Path | None = None, on_event: OnEvent | None = None) -> LabResult:
+               run_dir: Path | None = None, on_event: OnEvent | None = None,
+               runtime: str | None = None) -> LabResult:
     """Grade LAB_DIR against LAB's checker; never raises for a broken lab (status error)."""
     lab_dir = Path(lab_dir).resolve()
     report_dir = course.state_dir / "reports"
@@ -95,6 +96,8 @@ def run_checks(course: Course, lab: Lab, lab_dir: Path, *, isolate: bool = False
     if isolate:
         argv = isolation.wrap(argv)
     env = {**os.environ, "MESHLAB_ROOT": str(course.root), "MESHLAB_STATE_DIR": str(course.state_dir)}
+    if runtime is not None:
+        env["MESHLAB_RUNTIME"] = runtime  # the checker's session starts the lab on it
     result = LabResult(lab=lab.slug, number=lab.number, title=lab.title, path=str(lab_dir), status="error",
                        run_dir=str(run_dir or run_dir_for(course, lab, lab_dir)))
     started = time.monotonic()

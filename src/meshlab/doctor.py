@@ -56,6 +56,33 @@ def diagnose(course: Course | None, course_error: MeshlabError | None = None) ->
         path = shutil.which(tool)
         status = "ok" if path else ("missing" if tool in required else "absent")
         found.append(Finding("tools", tool, status, path or "not installed", None if path else install_hint(tool)))
+    found.extend(_docker(course))
+    return found
+
+
+def _docker(course: Course | None) -> list[Finding]:
+    """The Docker engine and the course's images: optional (the Docker path, `--runtime docker`)."""
+    from meshlab.container.engine import connect, describe, likely_present
+
+    if not likely_present():
+        return [Finding("docker", "engine", "absent", "no Docker engine", install_hint("docker"))]
+    try:
+        info = describe(connect(timeout=5))
+    except MeshlabError as error:
+        return [Finding("docker", "engine", "absent", error.message, error.fix)]
+    found = [Finding("docker", "engine", "ok", f"Docker {info.version} (API {info.api_version}, "
+                                               f"{info.os}/{info.architecture})")]
+    from meshlab.container.engine import TOOLBOX_IMAGE
+    from meshlab.container.images import image_is_stale
+
+    for name, image_id in info.images.items():
+        make = "meshlab image base" if "base" in name else "meshlab image build"
+        if image_id and name == TOOLBOX_IMAGE and course is not None and image_is_stale(connect(), course.root):
+            found.append(Finding("docker", name, "warn", f"{image_id}, built from other sources than this checkout",
+                                 "rebuild it: meshlab image build"))
+            continue
+        found.append(Finding("docker", name, "ok" if image_id else "absent", image_id or "not built",
+                             None if image_id else make))
     return found
 
 

@@ -23,6 +23,7 @@ from meshlab.errors import PortBusy
 from meshlab.grading import http as grading_http
 from meshlab.grading.raised import Raised, learners_tracebacks
 from meshlab.runtime import LocalRuntime
+from meshlab.runtime.interface import runtime_class
 
 
 def run_dir_for(course: Course, lab: Lab, lab_dir: Path) -> Path:
@@ -52,14 +53,15 @@ class LabSession:
         lab_ref = f"lab {lab.number:02d} ({lab.slug})"
         platform.require(lab.requires, lab_ref=lab_ref)
         preflight.prepare_and_check(lab, lab_dir)
-        running = LocalRuntime.attach(lab, run_dir)
+        runtime_type = runtime_class()  # local, or MESHLAB_RUNTIME's choice
+        running = runtime_type.attach(lab, run_dir)
         if running is not None:
             if running.lab_dir != lab_dir:
                 raise PortBusy(f"{lab_ref} is already running from {running.lab_dir}",
                                fix=f"stop it first: meshlab stop {lab.number}")
             running.sync()  # restart what the learner changed since `meshlab start`
             return cls(lab, lab_dir, running, owned=False)
-        runtime = LocalRuntime(lab, lab_dir, run_dir, detached=False)
+        runtime = runtime_type(lab, lab_dir, run_dir, detached=False)
         runtime.start_all()
         return cls(lab, lab_dir, runtime, owned=True)
 

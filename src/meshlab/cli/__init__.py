@@ -9,6 +9,8 @@ One module per command group, each exporting its click commands:
     mtls.py    meshlab mtls probe
     xds.py     meshlab xds status
     traces.py  meshlab traces (a lab's trace store as waterfalls)
+    image.py   meshlab image: the course's Docker images
+    compose.py meshlab compose: a Compose sandbox per lab, from its lab.yaml
     dev.py     meshlab dev: the course authors' commands
 
 Command functions are named `<command>_command` and groups `<group>_group`; output goes
@@ -75,10 +77,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from meshlab.cli import certs, course, dev, labs, load, mtls, traces, xds
+    from meshlab.cli import certs, compose, course, dev, image, labs, load, mtls, traces, xds
 
     for command in (*labs.COMMANDS, *course.COMMANDS, load.load_command, certs.certs_group, mtls.mtls_group,
-                    xds.xds_group, traces.traces_command, dev.dev_group):
+                    xds.xds_group, traces.traces_command, image.image_group, compose.compose_command, dev.dev_group):
         main.add_command(command)
 
 

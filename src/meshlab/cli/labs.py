@@ -8,7 +8,7 @@ import sys
 import click
 
 from meshlab import progress, ui, workspace
-from meshlab.cli.options import JSON, LAB, lab_dir_for, open_course
+from meshlab.cli.options import JSON, LAB, RUNTIME, lab_dir_for, open_course
 from meshlab.errors import MeshlabError
 
 
@@ -35,14 +35,15 @@ def list_command(as_json: bool) -> None:
 @LAB
 @click.option("--fresh", is_flag=True,
               help="If LAB is running, restart its Envoys too: their counters start from zero again.")
-def start_command(lab: str, fresh: bool) -> None:
+@RUNTIME
+def start_command(lab: str, fresh: bool, runtime: str | None) -> None:
     """Start LAB's services in the background and show how to reach them.
 
     If the lab is already running, only the services whose files changed restart
     (with --fresh, its Envoys too, so that the counters show only your own traffic).
     """
     from meshlab import platform, preflight
-    from meshlab.runtime import LocalRuntime
+    from meshlab.runtime.interface import runtime_class
     from meshlab.session import run_dir_for
 
     course = open_course()
@@ -50,30 +51,36 @@ def start_command(lab: str, fresh: bool) -> None:
     platform.require(spec.requires, lab_ref=f"lab {spec.number:02d}")
     preflight.prepare_and_check(spec, spec.workspace)
     run_dir = run_dir_for(course, spec, spec.workspace)
-    runtime = LocalRuntime.attach(spec, run_dir)
+    runtime_type = runtime_class(runtime)
+    runtime = runtime_type.attach(spec, run_dir)
     if runtime is not None:
         restarted = runtime.sync()
+        if fresh and not hasattr(runtime, "restart_envoys"):
+            raise MeshlabError("--fresh works with the local runtime only",
+                               fix=f"restart the lab instead: meshlab stop {spec.number}, then meshlab start {spec.number}")
         if fresh:  # counters from zero: a check's traffic (or an ejection) is not the learner's
             restarted += [name for name in runtime.restart_envoys() if name not in restarted]
         ui.console.print(f"Lab {spec.number:02d} was running; restarted: {', '.join(restarted) or 'nothing (no change)'}"
                          + (" (fresh counters)" if fresh else ""))
     else:
-        runtime = LocalRuntime(spec, spec.workspace, run_dir, detached=True)
+        runtime = runtime_type(spec, spec.workspace, run_dir, detached=True)
         with ui.console.status(f"starting lab {spec.number:02d}..."):
             runtime.start_all()
         ui.console.print(f"[bold]Lab {spec.number:02d} · {spec.title}[/] is running.")
-    for service in runtime.state.services.values():
-        pod = spec.service(service.name).pod if service.name in {s.name for s in spec.services} else None
+    running = runtime.state.services
+    pods = getattr(runtime, "pods", None)
+    for service in spec.services:
         # A pod's ports are in its own namespace: name it (`ip netns exec NAME ...` reaches them).
-        host = f"{runtime.pods.record.namespaces[pod]} " if pod and runtime.pods else "127.0.0.1:"
+        host = f"{pods.record.namespaces[service.pod]} " if service.pod and pods else "127.0.0.1:"
         where = ", ".join(f"{host}{port} ({role})" for role, port in service.ports.items())
-        ui.console.print(f"  {service.name:<10} {service.kind:<7} {where}  [dim]pid {service.pid}[/]")
+        ui.console.print(f"  {service.name:<10} {service.kind:<7} {where}  [dim]{_where_it_runs(running, service.name)}[/]")
     if spec.try_commands:
         ui.console.print("Try:")
         for command in spec.try_commands:
             ui.console.print(f"  {command}")
     ui.console.print(f"Logs: {ui.relative(run_dir)}/")
-    ui.console.print(f"Edit {ui.relative(spec.workspace)}/, then [bold]meshlab check {spec.number}[/]. "
+    on_docker = " --runtime docker" if getattr(runtime, "name", "local") == "docker" else ""
+    ui.console.print(f"Edit {ui.relative(spec.workspace)}/, then [bold]meshlab check {spec.number}{on_docker}[/]. "
                      f"Stop with [bold]meshlab stop {spec.number}[/].")
 
 
@@ -107,12 +114,26 @@ def stop_command(lab: str | None, service: str | None) -> None:
         folders = [d for d in (runs.iterdir() if runs.is_dir() else []) if d.name.split("@")[0] == spec.slug]
     else:
         folders = list(runs.iterdir()) if runs.is_dir() else []
-    stopped = {folder.name: stop_run(folder) for folder in folders}
+    stopped = {folder.name: stop_run(folder) + _stop_docker_run(folder) for folder in folders}
     stopped = {name: services for name, services in stopped.items() if services}
     if not stopped:
         ui.console.print("Nothing was running." if lab is None else f"Lab {lab} was not running.")
     for name, services in stopped.items():
         ui.console.print(f"Stopped {name}: {', '.join(services)}")
+
+
+def _where_it_runs(services: dict, name: str) -> str:
+    service = services.get(name)
+    if service is None:
+        return ""
+    container = getattr(service, "container", None)  # the docker runtime's services
+    return f"container {container}" if container else f"pid {service.pid}"
+
+
+def _stop_docker_run(folder) -> list[str]:
+    from meshlab.runtime.docker import MARKER, stop_docker_run
+
+    return stop_docker_run(folder) if (folder / MARKER).is_file() else []
 
 
 @click.command("status")
@@ -152,8 +173,10 @@ def status_command(as_json: bool) -> None:
 @click.option("--solution", is_flag=True, help="Grade the course's solution (solutions/NN-slug).")
 @click.option("--isolate", is_flag=True,
               help="Run in a private network namespace (fixed ports never collide; needs Linux namespaces).")
+@RUNTIME
 @JSON
-def check_command(lab: str, path: str | None, solution: bool, isolate: bool, as_json: bool) -> None:
+def check_command(lab: str, path: str | None, solution: bool, isolate: bool, runtime: str | None,
+                  as_json: bool) -> None:
     """Grade LAB against real Envoy: a scorecard of checks, EXPECTED / RECEIVED, hints.
 
     Exit 0 when every check passes, 1 when one fails, 2 when the lab files or the
@@ -161,19 +184,25 @@ def check_command(lab: str, path: str | None, solution: bool, isolate: bool, as_
     """
     from meshlab import isolation
     from meshlab.checking import run_checks
+    from meshlab.runtime.interface import selected
 
     course = open_course()
     spec = course.find(lab)
     lab_dir = lab_dir_for(course, spec, path, solution)
+    runtime = selected(runtime)
+    if isolate and runtime == "docker":
+        raise MeshlabError("--isolate and the docker runtime exclude each other: the lab's ports are published "
+                           "on the host's 127.0.0.1, which a private namespace cannot reach",
+                           fix="drop --isolate (containers are isolated already; only the published ports are shared)")
     if isolate and not isolation.available():
         raise MeshlabError("--isolate needs network namespaces, which this machine does not allow",
                            fix="run without --isolate, or as root / with unprivileged user namespaces")
     if as_json:
-        result = run_checks(course, spec, lab_dir, isolate=isolate)
+        result = run_checks(course, spec, lab_dir, isolate=isolate, runtime=runtime)
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         with ui.check_progress(spec) as on_event:
-            result = run_checks(course, spec, lab_dir, isolate=isolate, on_event=on_event)
+            result = run_checks(course, spec, lab_dir, isolate=isolate, on_event=on_event, runtime=runtime)
         ui.show_result(result)
     if lab_dir == spec.workspace and result.status != "error":
         progress.record_check(course, spec, result.status, result.passed, len(result.checks))

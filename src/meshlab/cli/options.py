@@ -11,6 +11,9 @@ from meshlab.course import Course, Lab, load_course
 from meshlab.errors import MeshlabError
 
 LAB = click.argument("lab", metavar="LAB")
+RUNTIME = click.option("--runtime", type=click.Choice(["local", "docker"]), default=None,
+                       help="Where the lab's services run: local processes (default) or Docker containers "
+                            "(MESHLAB_RUNTIME sets the default).")
 JSON = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
 
 
@@ -23,7 +26,22 @@ def open_course() -> Course:
     # A checker or watcher killed outright could not stop its services: do it now.
     for run in stop_orphaned_runs(course.state_dir / "runs"):
         ui.errors.print(f"[dim]stopped the leftovers of {run}, whose owner had died[/]")
+    _stop_orphaned_containers(course)
     return course
+
+
+def _stop_orphaned_containers(course: Course) -> None:
+    """The same for Docker runs (cheap when none was ever made: no SDK import)."""
+    runs = course.state_dir / "runs"
+    if not runs.is_dir() or not any(runs.glob("*/docker.json")):
+        return
+    from meshlab.runtime.docker import stop_orphaned_docker_runs
+
+    try:
+        for run in stop_orphaned_docker_runs(runs):
+            ui.errors.print(f"[dim]removed the containers of {run}, whose owner had died[/]")
+    except MeshlabError as error:  # no engine now: the containers cannot run either
+        ui.errors.print(f"[dim]could not clean up Docker runs: {error.message}[/]")
 
 
 def lab_dir_for(course: Course, lab: Lab, path: str | None, solution: bool) -> Path:

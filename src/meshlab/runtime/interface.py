@@ -1,0 +1,63 @@
+"""What a runtime is, and how one is chosen.
+
+A runtime starts, stops, restarts and observes one lab's services; the session and the
+checks use only what `Runtime` lists, so a lab runs unchanged on any of them:
+
+    local    processes on this machine (`runtime/local.py`), the default
+    docker   one container per service in one shared network namespace (`runtime/docker.py`)
+
+`--runtime NAME` on the command line, or MESHLAB_RUNTIME=NAME, chooses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+from meshlab.course import Lab
+from meshlab.envoy import Admin
+from meshlab.errors import MeshlabError
+
+RUNTIMES = ("local", "docker")
+ENV = "MESHLAB_RUNTIME"
+
+
+class Runtime(Protocol):
+    lab: Lab
+    lab_dir: Path
+    run_dir: Path
+    # What runs now: `.services[name]` with `.pid` and `.ports` (a check may compare PIDs
+    # to prove a service was not restarted).
+    state: object
+
+    @classmethod
+    def attach(cls, lab: Lab, run_dir: Path) -> "Runtime | None": ...
+    def start_all(self) -> None: ...
+    def start(self, name: str) -> object: ...
+    def stop(self, name: str) -> None: ...
+    def restart(self, name: str) -> object: ...
+    def stop_all(self) -> None: ...
+    def sync(self) -> list[str]: ...
+    def is_running(self, name: str) -> bool: ...
+    def admin(self, name: str) -> Admin: ...
+    def log_path(self, name: str) -> Path: ...
+    def access_log_path(self, name: str) -> Path: ...
+    def logs(self, lines: int = 20) -> dict[str, str]: ...
+
+
+def selected(name: str | None = None) -> str:
+    """The runtime's name: NAME, else MESHLAB_RUNTIME, else local."""
+    choice = (name or os.environ.get(ENV) or "local").strip().lower()
+    if choice not in RUNTIMES:
+        raise MeshlabError(f"there is no runtime {choice!r}", fix=f"use one of: {', '.join(RUNTIMES)} "
+                                                                   f"(--runtime or {ENV})")
+    return choice
+
+
+def runtime_class(name: str | None = None) -> type:
+    if selected(name) == "docker":
+        from meshlab.runtime.docker import DockerRuntime
+        return DockerRuntime
+    from meshlab.runtime.local import LocalRuntime
+    return LocalRuntime
