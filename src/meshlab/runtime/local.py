@@ -194,6 +194,11 @@ class LocalRuntime:
     def sync(self) -> list[str]:
         """Restart the services whose input files changed since they started, and start
         those that are not running. Returns the names of what was (re)started."""
+        if not self.owner:
+            # Another process (a check) may have restarted services of this run since we
+            # read its state: a stale pid would make us start a second copy and forget
+            # the first, which then outlives the lab.
+            self.state = read_state(self.run_dir) or self.state
         changed = []
         for spec in self._start_order():
             service = self.state.services.get(spec.name)
