@@ -108,18 +108,20 @@ def stop_command(lab: str | None, service: str | None) -> None:
 
 
 @click.command("status")
+@click.argument("lab", required=False)
 @JSON
-def status_command(as_json: bool) -> None:
-    """What meshlab is running now: labs, services, PIDs and ports."""
+def status_command(lab: str | None, as_json: bool) -> None:
+    """What meshlab is running now (of LAB, or of every lab): services, PIDs and ports."""
     from meshlab.runtime import read_state
     from meshlab.runtime.processes import alive
 
     course = open_course()
     runs = course.state_dir / "runs"
+    slug = course.find(lab).slug if lab is not None else None
     report = []
     for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
         state = read_state(folder)
-        if state is None:
+        if state is None or slug not in (None, state.lab):
             continue
         services = [{"name": s.name, "kind": s.kind, "pid": s.pid, "ports": s.ports,
                      "running": alive(s.pid, s.create_time)} for s in state.services.values()]
@@ -129,7 +131,8 @@ def status_command(as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2))
         return
     if not report:
-        ui.console.print("No lab is running. Start one with: meshlab start LAB")
+        ui.console.print("No lab is running. Start one with: meshlab start LAB" if lab is None else
+                         f"Lab {lab} is not running. Start it with: meshlab start {lab}")
     for run in report:
         ui.console.print(f"[bold]{run['run']}[/]  [dim]{ui.relative(run['lab_dir'])}[/]")
         width = max([10, *(len(s["name"]) for s in run["services"])])
