@@ -228,6 +228,22 @@ def call_trouble(lab, envoy: str) -> str | None:
             return (f"{envoy}'s cluster {name!r} cannot connect (upstream_cx_connect_fail "
                     f"{count['upstream_cx_connect_fail']}) to port {', '.join(map(str, ports))}: {service} "
                     f"listens on 127.0.0.1:{port}; if that is the port, read {service}'s log")
+    failure = service_error(port)
+    if failure:
+        return (f"{service} answers an error itself, asked directly with Redis up ({failure}): its log in the "
+                f"lab's run folder shows the traceback")
+    return None
+
+
+def service_error(port: int) -> str | None:
+    """The error the service on PORT answers for a new user, if it answers one."""
+    request = rls_pb2.RateLimitRequest(domain=DOMAIN, descriptors=[ratelimit_pb2.RateLimitDescriptor(
+        entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key="user", value=fresh("direct"))])])
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit(request, timeout=2)
+        except grpc.RpcError as error:
+            return f"{error.code().name}: {error.details()}"
     return None
 
 
@@ -376,20 +392,21 @@ def judge_keys(burst: Burst) -> None:
     keys = burst.keys
     received = "; ".join(f"{k.name} = {k.value} (expires in {k.pttl_ms} ms)" for k in keys) or "no such key"
     expected = f"one key containing {burst.user!r}, value {BURST}, expiring within the window's unit"
+    failing = [envoy for envoy in ENVOYS if burst.delta[envoy]["error"]]
+    calls_failed = (f"{' and '.join(failing)}'s calls to the rate-limit service failed (ratelimit.error), so "
+                    "nothing of theirs was counted: the first check says why")
     if not keys:
         fail(f"Redis holds no key for the burst's user {burst.user!r}", expected=expected, received=received,
-             hint="the service does not count in Redis (or not under a key naming the descriptor's value). "
-                  + COUNT_HINT)
+             hint=calls_failed if failing else "the service does not count in Redis (or not under a key naming "
+                  "the descriptor's value). " + COUNT_HINT)
     if len(keys) > 1:
         fail(f"Redis holds {len(keys)} keys for one user in one second", expected=expected, received=received,
              hint="one counter per descriptor and window: the key holds the window's start (the time rounded "
                   "down to the unit), not the time of each request")
     key = keys[0]
-    failing = [envoy for envoy in ENVOYS if burst.delta[envoy]["error"]]
     if failing and key.value != str(BURST):
         fail(f"the count is {key.value}: the requests of {' and '.join(failing)} were never counted",
-             expected=expected, received=received, hint=f"{' and '.join(failing)}'s calls to the rate-limit "
-             "service failed (ratelimit.error): the first check says why")
+             expected=expected, received=received, hint=calls_failed)
     deaf = unlimited_envoy(burst.delta, burst.passed, BURST // 2)
     if deaf and key.value == str(BURST // 2):
         fail(f"the count is {key.value}: only the requests through one Envoy were counted", expected=expected,

@@ -120,6 +120,14 @@ def test_a_service_cluster_without_http2(grade):
     assert "speaks HTTP/1.1 to a gRPC service" in checks["test_global_limit"]["hint"]
 
 
+def test_a_service_that_raises(grade):
+    # A NameError in find_limit: gRPC answers UNKNOWN, both Envoys count errors. The hint
+    # asks the service directly and quotes its error, not the filter's timeout.
+    checks = fails_only(grade, 9, service("    nodes = tree\n", "    nodes = trees\n"), ENVOY_A_FAILS)
+    assert "name 'trees' is not defined" in checks["test_global_limit"]["hint"], checks["test_global_limit"]
+    assert "calls to the rate-limit service failed" in checks["test_counts_in_redis"]["hint"]
+
+
 def test_counter_without_expiry(grade):
     checks = fails_only(grade, 9, service(COUNT_BODY, "    return int(client.incrby(key, hits))\n"),
                         {"test_counts_in_redis"})
