@@ -20,6 +20,7 @@ where a race is what is being checked.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -57,6 +58,8 @@ ENVOY_HINT = ("both Envoys need the envoy.filters.http.ratelimit filter before t
               "host's rate_limits: x-user-id as descriptor key `user`, :path as descriptor key `path`")
 MATCH_HINT = ("step 3: look up \"key_value\" first and \"key\" alone second at each level; the limit is the one "
               "of the node the last entry reaches; no node means no limit")
+TIMEOUT_HINT = ("ratelimit.error counts calls that failed or took longer than the filter's timeout (default 20 ms): "
+                "set `timeout: 0.5s` on the filter, and read the services' logs")
 COUNT_HINT = ("step 4: count in Redis, atomically (a Lua script doing INCRBY and EXPIRE, or MULTI/EXEC), under "
               "a key made of the domain, the descriptor's entries and the window's start")
 
@@ -185,6 +188,95 @@ def show(delta: dict[str, Counter]) -> str:
                      for envoy in ENVOYS)
 
 
+def _grpc_clusters(node: object) -> list[str]:
+    """The clusters named by every rate_limit_service in a config dump."""
+    found = []
+    if isinstance(node, dict):
+        service = node.get("rate_limit_service")
+        if isinstance(service, dict):
+            found.append(service.get("grpc_service", {}).get("envoy_grpc", {}).get("cluster_name", ""))
+        for value in node.values():
+            found += _grpc_clusters(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _grpc_clusters(value)
+    return found
+
+
+def call_trouble(lab, envoy: str) -> str | None:
+    """Why ENVOY's calls to its rate-limit service fail, as Envoy reports it: the cluster
+    its filter names, and that cluster's connection counters (None: nothing to blame
+    but time)."""
+    admin = lab.envoy(envoy)
+    clusters = {c["name"] for c in admin.clusters()}
+    service, port = dict(zip(ENVOYS, SERVICES.items()))[envoy]
+    for name in dict.fromkeys(_grpc_clusters(admin.config_dump())):
+        if name not in clusters:
+            return (f"{envoy}'s rate-limit filter sends to the cluster {name!r}, which {envoy} does not have (its "
+                    f"clusters: {', '.join(sorted(clusters))}): envoy_grpc's cluster_name must be the name of "
+                    f"the cluster of {service}")
+        stats = admin.stats(rf"^cluster\.{re.escape(name)}\.upstream_cx_(http1_total|http2_total|protocol_error|"
+                            rf"connect_fail)$")
+        count = {key.rsplit(".", 1)[-1]: value for key, value in stats.items()}
+        if count.get("upstream_cx_http1_total") and not count.get("upstream_cx_http2_total"):
+            return (f"{envoy}'s cluster {name!r} speaks HTTP/1.1 to a gRPC service (upstream_cx_protocol_error "
+                    f"{count.get('upstream_cx_protocol_error', 0)}): gRPC needs HTTP/2, typed_extension_protocol_"
+                    "options with envoy.extensions.upstreams.http.v3.HttpProtocolOptions and explicit_http_config: "
+                    "{http2_protocol_options: {}}")
+        if count.get("upstream_cx_connect_fail"):
+            ports = sorted({p for c, _, p, _, _ in admin.hosts() if c == name})
+            return (f"{envoy}'s cluster {name!r} cannot connect (upstream_cx_connect_fail "
+                    f"{count['upstream_cx_connect_fail']}) to port {', '.join(map(str, ports))}: {service} "
+                    f"listens on 127.0.0.1:{port}; if that is the port, read {service}'s log")
+    failure = service_error(port)
+    if failure:
+        return (f"{service} answers an error itself, asked directly with Redis up ({failure}): its log in the "
+                f"lab's run folder shows the traceback")
+    return None
+
+
+def service_error(port: int) -> str | None:
+    """The error the service on PORT answers for a new user, if it answers one."""
+    request = rls_pb2.RateLimitRequest(domain=DOMAIN, descriptors=[ratelimit_pb2.RateLimitDescriptor(
+        entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key="user", value=fresh("direct"))])])
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit(request, timeout=2)
+        except grpc.RpcError as error:
+            return f"{error.code().name}: {error.details()}"
+    return None
+
+
+def answering(lab, *envoys: str) -> None:
+    """Fail at once if ENVOYS' calls to their rate-limit service fail: what a check sees
+    then says nothing about limits (and its own hint would point elsewhere)."""
+    before = counters(lab)
+    for envoy in envoys:
+        send(lab, envoy, "/", fresh("probe"))
+    delta = moved(before, counters(lab))
+    for envoy in envoys:
+        if delta[envoy]["error"]:
+            fail(f"{envoy}'s calls to the rate-limit service fail", expected=f"an answer from the service "
+                 f"(ratelimit.ok or over_limit +1) for one request through {envoy}", received=show(delta),
+                 hint=call_trouble(lab, envoy) or TIMEOUT_HINT)
+
+
+def unlimited_envoy(delta: dict[str, Counter], passed: Callable[[str], int], sent: int) -> str | None:
+    """The Envoy that asked the service about each of its SENT requests and let every one
+    through, while the other one was refused some: its descriptors reach no limit."""
+    for envoy, other in (tuple(ENVOYS), tuple(reversed(ENVOYS))):
+        if passed(envoy) == sent and delta[envoy]["ok"] >= sent and not delta[envoy]["over_limit"] \
+                and delta[other]["over_limit"]:
+            return envoy
+    return None
+
+
+def unlimited_hint(envoy: str) -> str:
+    other = next(e for e in ENVOYS if e != envoy)
+    return (f"the service found no limit for {envoy}'s descriptors, while it did for {other}'s: compare the "
+            f"rate_limits of the two Envoys (x-user-id as descriptor key `user`, :path as descriptor key `path`)")
+
+
 # -- what the service left in Redis -------------------------------------------------------------
 
 @dataclass
@@ -240,12 +332,12 @@ def bursts(lab) -> list[Burst]:
 @check("A user gets exactly 5 requests per second across both Envoys together; the other 19 get 429 with "
        "x-envoy-ratelimited",
        hint=ENVOY_HINT)
-def test_global_limit(bursts):
+def test_global_limit(lab, bursts):
     for number, burst in enumerate(bursts, 1):
-        judge_burst(burst, f"burst {number} of {ROUNDS}: ")
+        judge_burst(lab, burst, f"burst {number} of {ROUNDS}: ")
 
 
-def judge_burst(burst: Burst, which: str) -> None:
+def judge_burst(lab, burst: Burst, which: str) -> None:
     passed, delta = burst.passed(), burst.delta
     asked = {envoy: delta[envoy]["ok"] + delta[envoy]["over_limit"] + delta[envoy]["error"] for envoy in ENVOYS}
     received = (f"{which}{statuses(burst.sent)} (envoy-a let {burst.passed('envoy-a')} through, envoy-b "
@@ -256,10 +348,12 @@ def judge_burst(burst: Burst, which: str) -> None:
     if silent:
         fail(f"{' and '.join(silent)} did not ask the rate-limit service about any request",
              expected=expected, received=received, hint=ENVOY_HINT)
-    if any(delta[envoy]["error"] for envoy in ENVOYS):
-        fail("the rate-limit service did not answer every request in time", expected=expected, received=received,
-             hint="ratelimit.error counts calls that failed or took longer than the filter's timeout (default "
-                  "20 ms): set `timeout: 0.5s` on the filter, and read the services' logs")
+    failing = [envoy for envoy in ENVOYS if delta[envoy]["error"]]
+    if failing:
+        trouble = next(filter(None, (call_trouble(lab, envoy) for envoy in failing)), None)
+        fail(f"{' and '.join(failing)}'s calls to the rate-limit service failed" if trouble else
+             "the rate-limit service did not answer every request in time", expected=expected, received=received,
+             hint=trouble or TIMEOUT_HINT)
     if passed == BURST and not burst.keys:
         fail(f"none of the {BURST} requests was limited", expected=expected, received=received,
              hint="the service answered OK every time: it found no limit for (\"user\", <id>). Do the Envoys "
@@ -268,6 +362,10 @@ def judge_burst(burst: Burst, which: str) -> None:
         fail(f"each Envoy let {USER_LIMIT} through: {2 * USER_LIMIT} in all", expected=expected, received=received,
              hint="each replica of the service keeps its own count: the count must live in Redis, shared by "
                   "both replicas. " + COUNT_HINT)
+    deaf = unlimited_envoy(delta, burst.passed, BURST // 2)
+    if deaf:
+        fail(f"{deaf} let all {BURST // 2} of its requests through", expected=expected, received=received,
+             hint=unlimited_hint(deaf))
     if passed > USER_LIMIT:
         fail(f"{passed} requests passed where {USER_LIMIT} may", expected=expected, received=received,
              hint="requests that arrive together read the same count and are all admitted: reading the count "
@@ -294,15 +392,25 @@ def judge_keys(burst: Burst) -> None:
     keys = burst.keys
     received = "; ".join(f"{k.name} = {k.value} (expires in {k.pttl_ms} ms)" for k in keys) or "no such key"
     expected = f"one key containing {burst.user!r}, value {BURST}, expiring within the window's unit"
+    failing = [envoy for envoy in ENVOYS if burst.delta[envoy]["error"]]
+    calls_failed = (f"{' and '.join(failing)}'s calls to the rate-limit service failed (ratelimit.error), so "
+                    "nothing of theirs was counted: the first check says why")
     if not keys:
         fail(f"Redis holds no key for the burst's user {burst.user!r}", expected=expected, received=received,
-             hint="the service does not count in Redis (or not under a key naming the descriptor's value). "
-                  + COUNT_HINT)
+             hint=calls_failed if failing else "the service does not count in Redis (or not under a key naming "
+                  "the descriptor's value). " + COUNT_HINT)
     if len(keys) > 1:
         fail(f"Redis holds {len(keys)} keys for one user in one second", expected=expected, received=received,
              hint="one counter per descriptor and window: the key holds the window's start (the time rounded "
                   "down to the unit), not the time of each request")
     key = keys[0]
+    if failing and key.value != str(BURST):
+        fail(f"the count is {key.value}: the requests of {' and '.join(failing)} were never counted",
+             expected=expected, received=received, hint=calls_failed)
+    deaf = unlimited_envoy(burst.delta, burst.passed, BURST // 2)
+    if deaf and key.value == str(BURST // 2):
+        fail(f"the count is {key.value}: only the requests through one Envoy were counted", expected=expected,
+             received=received, hint=unlimited_hint(deaf))
     if key.value != str(BURST):
         fail(f"the count is {key.value}, not the {BURST} requests sent", expected=expected, received=received,
              hint="every hit must be counted, over the limit or not; a count lower than the hits means "
@@ -321,6 +429,7 @@ def by_outcome(sent: list[Sent]) -> tuple[int, int]:
 
 @check("Each user, the batch job (2/s) and /report (3/s for everyone) are counted separately", hint=MATCH_HINT)
 def test_descriptors_counted_separately(lab):
+    answering(lab, "envoy-a")
     def attempt(n: int) -> dict[str, list[Sent]]:
         first, second = fresh("first"), fresh("second")
         groups: dict[str, list[Sent]] = {"first": [], "second": [], "batch-job": [], "report": []}
@@ -364,6 +473,7 @@ def test_descriptors_counted_separately(lab):
 @check("Requests that match no limit (no x-user-id, a path without a limit) are never limited",
        hint="a descriptor no node of limits.yaml matches has no limit: answer OK for it, count nothing")
 def test_unmatched_not_limited(lab):
+    answering(lab, "envoy-a")
     def attempt(n: int) -> tuple[list[Sent], list[Sent]]:
         user = fresh("limited")
         limited = [send(lab, "envoy-a", "/", user) for _ in range(USER_LIMIT + 2)]
@@ -388,6 +498,7 @@ def test_unmatched_not_limited(lab):
        hint="the key's window start must be the time rounded down to the unit (int(now // 1) for second), so a "
             "new second is a new counter")
 def test_window_resets(lab):
+    answering(lab, "envoy-a")
     for _ in range(ATTEMPTS):
         user = fresh("resets")
         first_second = next_window()
@@ -413,6 +524,7 @@ def test_window_resets(lab):
        hint="enable_x_ratelimit_headers: DRAFT_VERSION_03 on the filter, and the service's DescriptorStatus "
             "with current_limit, limit_remaining and duration_until_reset")
 def test_ratelimit_headers(lab):
+    answering(lab, *ENVOYS)
     def attempt(n: int) -> dict[str, list[Sent]]:
         return {envoy: [send(lab, envoy, "/", user) for _ in range(USER_LIMIT + 1)]
                 for envoy, user in (("envoy-a", fresh("headers")), ("envoy-b", fresh("headers")))}
@@ -420,13 +532,16 @@ def test_ratelimit_headers(lab):
     countdown = [str(n) for n in range(USER_LIMIT - 1, -1, -1)] + ["0"]
     expected = (f"x-ratelimit-limit: {USER_LIMIT}, {USER_LIMIT};w=1 and x-ratelimit-remaining "
                 f"{', '.join(countdown)} on a user's {USER_LIMIT + 1} requests, through each Envoy")
+    limited = {envoy: any(s.limited for s in responses) for envoy, responses in sent.items()}
     for envoy, responses in sent.items():
         limits = [s.response.headers.get("x-ratelimit-limit") for s in responses]
         remaining = [s.response.headers.get("x-ratelimit-remaining") for s in responses]
         received = f"{envoy}: x-ratelimit-limit {limits[0]!r}, x-ratelimit-remaining {', '.join(map(str, remaining))}"
         if any(limit is None or not limit.startswith(f"{USER_LIMIT}, {USER_LIMIT};w=1") for limit in limits) \
                 or remaining != countdown:
-            fail(f"{envoy}'s responses do not carry the limit as expected", expected=expected, received=received)
+            fail(f"{envoy}'s responses do not carry the limit as expected", expected=expected, received=received,
+                 hint=unlimited_hint(envoy) if all(limit is None for limit in limits) and not limited[envoy]
+                 and any(limited.values()) else None)
 
 
 # -- 3. when something is down ---------------------------------------------------------------------
@@ -480,6 +595,21 @@ def through_both(lab) -> tuple[dict[str, list[Sent]], dict[str, Counter], list[d
     return sent, moved(before, counters(lab)), lab.journal("app", since=since)
 
 
+def answered_anyway(envoy: str, delta: dict[str, Counter], what: str) -> str:
+    """Why ENVOY got OK or OVER_LIMIT answers while WHAT was stopped."""
+    if what != "Redis":
+        service, port = dict(zip(ENVOYS, SERVICES.items()))[envoy]
+        return (f"{envoy} got answers with {service} stopped: another process answers on its cluster's port "
+                f"(a service started by hand, or left over: `ss -ltnp` shows who listens on {port}), or {envoy}'s "
+                f"cluster points elsewhere")
+    other = next(e for e in ENVOYS if e != envoy)
+    if delta[other]["error"]:
+        return (f"{envoy} got answers without Redis while {other} got errors: the service found no limit for "
+                f"{envoy}'s descriptors (so it counted nothing). Compare the rate_limits of the two Envoys")
+    return (f"{envoy} got answers anyway: the service answered without Redis (step 3 found no limit, or the "
+            f"service does not count in Redis)")
+
+
 def failure_modes(sent: dict[str, list[Sent]], delta: dict[str, Counter], reached: list[dict], what: str) -> None:
     expected = ("envoy-a: 3 x 200 (failed open: ratelimit.error +3, failure_mode_allowed +3); envoy-b: 3 x 500 "
                 "(failed closed: ratelimit.error +3), none of them reaching the app")
@@ -490,8 +620,7 @@ def failure_modes(sent: dict[str, list[Sent]], delta: dict[str, Counter], reache
             asked = delta[envoy]["ok"] + delta[envoy]["over_limit"]
             fail(f"with {what} stopped, {envoy} did not count its calls as errors", expected=expected,
                  received=received,
-                 hint=(f"{envoy} got answers anyway: the service answered without Redis (step 3 found no limit, "
-                       f"or the service does not count in Redis)" if asked else
+                 hint=(answered_anyway(envoy, delta, what) if asked else
                        f"{envoy} does not ask a rate-limit service at all. " + ENVOY_HINT))
     if [s.response.status_code for s in sent["envoy-a"]] != [200] * 3 or delta["envoy-a"]["failure_mode_allowed"] != 3:
         fail(f"with {what} stopped, envoy-a did not fail open", expected=expected, received=received,

@@ -257,6 +257,8 @@ def test_start_status_stop(meshlab):
         status = meshlab("status", "--json").json()
         assert status[0]["lab"] == "01-hello-mesh"
         assert all(s["running"] for s in status[0]["services"])
+        assert meshlab("status", "1", "--json").json() == status  # the lab's own, as learners type it
+        assert meshlab("status", "2", "--json").json() == []
         pids = [s["pid"] for s in status[0]["services"]]
         one = meshlab("stop", "1", "--service", "app")
         assert one.code == 0 and "Stopped app of lab 01" in one.stdout

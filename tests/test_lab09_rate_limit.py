@@ -70,6 +70,51 @@ def test_descriptor_key_that_the_limits_do_not_know(grade):
     assert "descriptor key `user`" in checks["test_global_limit"]["hint"]
 
 
+def test_one_envoy_with_a_descriptor_key_the_limits_do_not_know(grade):
+    # Only envoy-b is wrong: its half of each burst passes, and only envoy-a's half is
+    # counted. The checks must blame envoy-b's descriptors, not an atomicity race.
+    files = {"envoy-b.yaml": ENVOYS["envoy-b.yaml"].replace("descriptor_key: user }", "descriptor_key: users }")}
+    assert files["envoy-b.yaml"] != ENVOYS["envoy-b.yaml"]
+    checks = fails_only(grade, 9, files, {"test_global_limit", "test_counts_in_redis", "test_ratelimit_headers",
+                                          "test_redis_down"})
+    assert "envoy-b let all 12" in checks["test_global_limit"]["message"], checks["test_global_limit"]
+    for cid in ("test_global_limit", "test_counts_in_redis", "test_ratelimit_headers"):
+        assert "no limit for envoy-b's descriptors" in checks[cid]["hint"], checks[cid]
+    assert "compare the rate_limits" in checks["test_redis_down"]["hint"].lower(), checks["test_redis_down"]
+
+
+ENVOY_A_FAILS = {"test_global_limit", "test_counts_in_redis", "test_descriptors_counted_separately",
+                 "test_unmatched_not_limited", "test_window_resets", "test_ratelimit_headers"}
+
+
+def test_a_grpc_service_naming_no_cluster(grade):
+    # Envoy starts, and every call of envoy-a fails (open): the hint names the cluster.
+    files = {"envoy-a.yaml": ENVOYS["envoy-a.yaml"].replace("cluster_name: ratelimit }", "cluster_name: rate-limit }")}
+    assert files["envoy-a.yaml"] != ENVOYS["envoy-a.yaml"]
+    checks = fails_only(grade, 9, files, ENVOY_A_FAILS)
+    assert "'rate-limit', which envoy-a does not have" in checks["test_global_limit"]["hint"]
+    assert "does not have" in checks["test_descriptors_counted_separately"]["hint"]
+
+
+def test_a_service_cluster_without_http2(grade):
+    http2 = ("      typed_extension_protocol_options:\n"
+             "        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n"
+             "          \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n"
+             "          explicit_http_config:\n"
+             "            http2_protocol_options: {}\n")
+    assert http2 in ENVOYS["envoy-a.yaml"]
+    checks = fails_only(grade, 9, {"envoy-a.yaml": ENVOYS["envoy-a.yaml"].replace(http2, "")}, ENVOY_A_FAILS)
+    assert "speaks HTTP/1.1 to a gRPC service" in checks["test_global_limit"]["hint"]
+
+
+def test_a_service_that_raises(grade):
+    # A NameError in find_limit: gRPC answers UNKNOWN, both Envoys count errors. The hint
+    # asks the service directly and quotes its error, not the filter's timeout.
+    checks = fails_only(grade, 9, service("    nodes = tree\n", "    nodes = trees\n"), ENVOY_A_FAILS)
+    assert "name 'trees' is not defined" in checks["test_global_limit"]["hint"], checks["test_global_limit"]
+    assert "calls to the rate-limit service failed" in checks["test_counts_in_redis"]["hint"]
+
+
 def test_counter_without_expiry(grade):
     checks = fails_only(grade, 9, service(COUNT_BODY, "    return int(client.incrby(key, hits))\n"),
                         {"test_counts_in_redis"})

@@ -70,6 +70,10 @@ def test_the_count_as_a_header_after_the_body_panics(grade):
     assert "panicked at" in panic["received"] and "BadArgument" in panic["received"]
     assert "proxy_wasm/traits.rs" in panic["received"]  # paths relative to the lab folder
     assert "503" in checks["test_binary_untouched"]["received"]
+    # The dead VM's 503s are named as such, not blamed on Luhn, the trailer or the content type.
+    for cid in ("test_only_luhn_numbers", "test_content_length_bodies", "test_binary_untouched",
+                "test_over_the_limit"):
+        assert "503" in checks[cid]["received"] and "panic" in checks[cid]["hint"], checks[cid]
 
 
 # -- unusual but correct ------------------------------------------------------------

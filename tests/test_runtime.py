@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -131,6 +132,27 @@ def test_a_service_restarted_by_another_process_is_stopped_once_the_owner_dies(d
     assert alive(new_app), "the restarted app does not die with the owner by itself..."
     assert stop_orphaned_runs(demo["run"].parent) == [demo["run"].name]
     assert not alive(new_app), "...so the next meshlab command stops it"
+
+
+def test_sync_sees_what_another_process_restarted(demo):
+    # `meshlab watch` attached to a run of `meshlab start`; its check restarts the app
+    # (as lab 09's checks restart Redis). The watcher's next sync must neither start a
+    # second app nor lose track of the one the check started.
+    child, started = start_owner(demo, "detached")
+    assert child.wait(timeout=30) == 0
+    watcher = LocalRuntime.attach(demo["lab"], demo["run"])
+    checker = LocalRuntime.attach(demo["lab"], demo["run"])
+    checker.restart("app")
+    restarted = pids(demo["run"])["app"]
+    try:
+        assert restarted != started["app"]
+        assert watcher.sync() == []
+        assert pids(demo["run"])["app"] == restarted
+        stop_run(demo["run"])
+        assert not any(alive(pid) for pid in (restarted, *started.values()))
+    finally:
+        if alive(restarted):  # the leak this test is about: never leave it behind
+            os.kill(restarted, signal.SIGKILL)
 
 
 def test_sync_restarts_only_the_service_whose_file_changed(demo):

@@ -1,5 +1,5 @@
 """Build filter.rs into build/filter.wasm, the module Envoy loads (meshlab runs this
-before every start and check of lab 10; you may run it yourself: `python build.py`).
+before every start and check of lab 10; you may run it yourself: `python3 build.py`).
 
 Two rustc runs, no Cargo and no crates.io: the course's proxy-wasm module
 (proxy_wasm/) becomes an rlib, then filter.rs becomes a cdylib for

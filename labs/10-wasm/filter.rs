@@ -1,6 +1,6 @@
 // Lab 10 — a proxy-wasm filter that masks personal data in response bodies.
 // The specification (what to mask, and how) is in README.md. meshlab builds this file
-// into build/filter.wasm before every start and check (`python build.py` does the same).
+// into build/filter.wasm before every start and check (`python3 build.py` does the same).
 //
 // These two lines are the same with the `proxy-wasm` crate: the course builds this
 // file against its own module (proxy_wasm/), which has the crate's names.

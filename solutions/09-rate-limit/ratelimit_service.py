@@ -164,10 +164,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
 
     domain, tree = load_limits(options.config)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+    # gRPC shares a port with any other process by default (SO_REUSEPORT): a second copy
+    # of this service would answer half the calls, silently. Off, it cannot start.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=[("grpc.so_reuseport", 0)])
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
         RateLimitService(domain, tree, connect_redis(options.redis)), server)
-    server.add_insecure_port(f"127.0.0.1:{options.port}")
+    try:
+        server.add_insecure_port(f"127.0.0.1:{options.port}")
+    except RuntimeError:
+        raise SystemExit(f"ratelimit: cannot listen on 127.0.0.1:{options.port}: the port is in use "
+                         f"(`ss -ltnp | grep {options.port}` shows by what)") from None
     server.start()
     log.info("serving domain %r on 127.0.0.1:%d, counting in Redis at %s", domain, options.port, options.redis)
     server.wait_for_termination()

@@ -53,7 +53,10 @@ class _Cli(click.Group):
             ui.show_error(error)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
-            ui.errors.print("interrupted; what this command started was stopped")
+            # True of every command: what it started is stopped; a lab of `meshlab start`
+            # (which a watch or a check only attached to) keeps running.
+            ui.errors.print("interrupted; what this command started was stopped "
+                            "(a lab started with `meshlab start` runs until `meshlab stop`)")
             sys.exit(130)
         finally:
             for sig, handler in previous.items():

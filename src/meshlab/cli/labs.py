@@ -69,11 +69,13 @@ def start_command(lab: str, fresh: bool, runtime: str | None) -> None:
         ui.console.print(f"[bold]Lab {spec.number:02d} · {spec.title}[/] is running.")
     running = runtime.state.services
     pods = getattr(runtime, "pods", None)
+    width = max([10, *(len(s.name) for s in spec.services)])  # names longer than 10: ratelimit-a
     for service in spec.services:
         # A pod's ports are in its own namespace: name it (`ip netns exec NAME ...` reaches them).
         host = f"{pods.record.namespaces[service.pod]} " if service.pod and pods else "127.0.0.1:"
         where = ", ".join(f"{host}{port} ({role})" for role, port in service.ports.items())
-        ui.console.print(f"  {service.name:<10} {service.kind:<7} {where}  [dim]{_where_it_runs(running, service.name)}[/]")
+        ui.console.print(f"  {service.name:<{width}} {service.kind:<7} {where}  "
+                         f"[dim]{_where_it_runs(running, service.name)}[/]")
     if spec.try_commands:
         ui.console.print("Try:")
         for command in spec.try_commands:
@@ -137,18 +139,20 @@ def _stop_docker_run(folder) -> list[str]:
 
 
 @click.command("status")
+@click.argument("lab", required=False)
 @JSON
-def status_command(as_json: bool) -> None:
-    """What meshlab is running now: labs, services, PIDs and ports."""
+def status_command(lab: str | None, as_json: bool) -> None:
+    """What meshlab is running now (of LAB, or of every lab): services, PIDs and ports."""
     from meshlab.runtime import read_state
     from meshlab.runtime.processes import alive
 
     course = open_course()
     runs = course.state_dir / "runs"
+    slug = course.find(lab).slug if lab is not None else None
     report = []
     for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
         state = read_state(folder)
-        if state is None:
+        if state is None or slug not in (None, state.lab):
             continue
         services = [{"name": s.name, "kind": s.kind, "pid": s.pid, "ports": s.ports,
                      "running": alive(s.pid, s.create_time)} for s in state.services.values()]
@@ -158,13 +162,15 @@ def status_command(as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2))
         return
     if not report:
-        ui.console.print("No lab is running. Start one with: meshlab start LAB")
+        ui.console.print("No lab is running. Start one with: meshlab start LAB" if lab is None else
+                         f"Lab {lab} is not running. Start it with: meshlab start {lab}")
     for run in report:
         ui.console.print(f"[bold]{run['run']}[/]  [dim]{ui.relative(run['lab_dir'])}[/]")
+        width = max([10, *(len(s["name"]) for s in run["services"])])
         for s in run["services"]:
             state = "[green]running[/]" if s["running"] else "[red]stopped[/]"
             ports = ", ".join(f"{p} ({r})" for r, p in s["ports"].items())
-            ui.console.print(f"  {s['name']:<10} {state}  pid {s['pid']:<7} {ports}")
+            ui.console.print(f"  {s['name']:<{width}} {state}  pid {s['pid']:<7} {ports}")
 
 
 @click.command("check")
