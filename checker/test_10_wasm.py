@@ -28,7 +28,6 @@ from meshlab.grading import check, fail
 
 pytestmark = pytest.mark.lab("10-wasm")
 
-ENVOY = ("127.0.0.1", 10000)
 LIMIT = 65536                   # per_connection_buffer_limit_bytes in envoy.yaml
 MASK_HINT = ("mask(): e-mails (local part -> ***), then phones (+ and 8-15 digits -> [phone]), then cards "
              "(13-19 digits passing Luhn keep their last four); see the specification's examples")
@@ -167,17 +166,18 @@ class Reply:
         return text + ("" if self.complete else f", incomplete: {self.problem}")
 
 
-def fetch(body: Body, *, chunked: bool = True, timeout: float = 5.0) -> Reply:
-    """POST BODY to the app's /echo through Envoy; the app serves it back chunked at
-    BODY.cuts (or in one piece with a content-length)."""
-    headers = [("host", "127.0.0.1:10000"), ("te", "trailers"), ("connection", "close"),
+def fetch(lab, body: Body, *, chunked: bool = True, timeout: float = 5.0) -> Reply:
+    """POST BODY to the app's /echo through Envoy (its listener port from lab.yaml); the
+    app serves it back chunked at BODY.cuts (or in one piece with a content-length)."""
+    envoy = ("127.0.0.1", lab.port("envoy", "listener"))
+    headers = [("host", f"{envoy[0]}:{envoy[1]}"), ("te", "trailers"), ("connection", "close"),
                ("x-serve-content-type", body.content_type), ("content-length", str(len(body.data)))]
     if chunked:
         headers += [("x-serve-chunks", ",".join(map(str, body.cuts))), ("x-serve-pause-ms", str(body.pause_ms))]
     connection = h11.Connection(h11.CLIENT)
     reply, parts = Reply(), []
     try:
-        with socket.create_connection(ENVOY, timeout=timeout) as sock:
+        with socket.create_connection(envoy, timeout=timeout) as sock:
             sock.sendall(connection.send(h11.Request(method="POST", target="/echo", headers=headers)))
             sock.sendall(connection.send(h11.Data(data=body.data)) + connection.send(h11.EndOfMessage()))
             while True:
@@ -248,7 +248,7 @@ def _broken_hint(reply: Reply) -> str:
 
 @pytest.fixture(scope="module")
 def battery(lab) -> list[Reply]:
-    return [fetch(body) for body in BATTERY]
+    return [fetch(lab, body) for body in BATTERY]
 
 
 @check("Cards, e-mails and phone numbers in text and JSON bodies are masked as specified", hint=MASK_HINT)
@@ -260,7 +260,7 @@ def test_text_bodies_masked(battery):
        hint="a card number is a run of 13 to 19 digits whose Luhn sum is a multiple of 10; every other run of "
             "digits stays as it is")
 def test_only_luhn_numbers(lab):
-    reply = fetch(LUHN_BODY)
+    reply = fetch(lab, LUHN_BODY)
     expected, _ = LUHN_BODY.expected
     if reply.complete and reply.body != expected:
         untouchable = [m.group() for m in re.finditer(rb"\d+", LUHN_BODY.data)
@@ -295,7 +295,7 @@ def test_count_trailer(battery):
 
 @check("A number cut across two body chunks is still masked", hint=CHUNK_HINT)
 def test_split_across_chunks(lab):
-    replies = [fetch(body) for body in SPLIT]
+    replies = [fetch(lab, body) for body in SPLIT]
     _compare(SPLIT, replies, what="the app sent it in several chunks, cut in the middle of the items",
              hint=CHUNK_HINT)
 
@@ -304,7 +304,7 @@ def test_split_across_chunks(lab):
        hint="the masked body is shorter than the original: remove content-length in on_http_response_headers "
             "(set_http_response_header(\"content-length\", None)), so Envoy frames the new body itself")
 def test_content_length_bodies(lab):
-    replies = [fetch(body, chunked=False, timeout=3.0) for body in BATTERY[:3]]
+    replies = [fetch(lab, body, chunked=False, timeout=3.0) for body in BATTERY[:3]]
     for body, reply in zip(BATTERY[:3], replies):
         expected, _ = body.expected
         if not reply.complete or reply.body != expected:
@@ -322,12 +322,12 @@ def test_content_length_bodies(lab):
             "masked; everything else passes untouched, without a trailer")
 def test_binary_untouched(lab):
     for body in BINARY:
-        reply = fetch(body)
+        reply = fetch(lab, body)
         if reply.body != body.data or "x-pii-masked" in reply.trailers:
             fail(f"a {body.content_type} body was changed",
                  expected=f"the {len(body.data)} bytes the app sent, unchanged, no x-pii-masked",
                  received=f"{reply.describe()}; {_first_difference(reply.body, body.data)}")
-    _compare(TEXT_TWINS, [fetch(body) for body in TEXT_TWINS], what="the content-type says text",
+    _compare(TEXT_TWINS, [fetch(lab, body) for body in TEXT_TWINS], what="the content-type says text",
              hint="text/*, application/json and */*+json, compared without case and without ;parameters")
 
 
@@ -341,7 +341,7 @@ def test_over_the_limit(lab):
     big = Body("large", "text/plain", unit * repeat, tuple(i * len(unit) + 12 for i in range(1, repeat)),
                pause_ms=2)
     with lab.envoy().delta(r"\.rs_too_large$") as overflow:
-        reply = fetch(big, timeout=5.0)
+        reply = fetch(lab, big, timeout=5.0)
     readable = [m.group() for m in CARD.finditer(reply.body) if luhn(m.group())]
     expected, _ = big.expected
     stopped = sum(overflow.changed().values()) >= 1 and not reply.complete
