@@ -2,8 +2,8 @@
 service, whose two replicas count in one Redis.
 
 The limits are limits.yaml's: each user 5 requests per second, the user `batch-job` 2,
-the path /report 3 for everyone together. envoy-a (:10000) asks ratelimit-a (:18081)
-and fails open; envoy-b (:10001) asks ratelimit-b (:18082) and fails closed.
+the path /report 3 for everyone together. envoy-a asks ratelimit-a and fails open;
+envoy-b asks ratelimit-b and fails closed. Every port comes from lab.yaml (`lab.port`).
 
 Checks decide from the HTTP statuses and headers Envoy returns, Envoy's own rate-limit
 counters (`cluster.<route's cluster>.ratelimit.ok / over_limit / error /
@@ -40,9 +40,8 @@ from meshlab.grading import check, describe, fail
 
 pytestmark = pytest.mark.lab("09-rate-limit")
 
-ENVOYS = {"envoy-a": "http://127.0.0.1:10000", "envoy-b": "http://127.0.0.1:10001"}
-SERVICES = {"ratelimit-a": 18081, "ratelimit-b": 18082}
-REDIS_PORT = 16379
+ENVOYS = ("envoy-a", "envoy-b")               # services of lab.yaml, each with a `listener` port
+SERVICES = ("ratelimit-a", "ratelimit-b")     # each with a `grpc` port
 DOMAIN = "ingress"
 USER_LIMIT, BATCH_LIMIT, REPORT_LIMIT = 5, 2, 3
 BURST = 24                     # requests of one user in the concurrent burst, half per Envoy
@@ -86,7 +85,8 @@ class Sent:
 
 def send(lab, envoy: str, path: str = "/", user: str | None = None) -> Sent:
     headers = {"x-user-id": user} if user is not None else {}
-    response = lab.get(ENVOYS[envoy] + path, headers=headers, hint=f"{envoy} listens on {ENVOYS[envoy]}")
+    response = lab.get(lab.url(envoy, "listener", path), headers=headers,
+                       hint=f"{envoy} listens on {lab.url(envoy, 'listener')}")
     return Sent(envoy, path, user, response)
 
 
@@ -94,7 +94,8 @@ class Together:
     """Requests sent at the same moment: one thread and one connection each, the
     connections opened (and used once) beforehand, the threads released together."""
 
-    def __init__(self, count: int):
+    def __init__(self, lab, count: int):
+        self.urls = {envoy: lab.url(envoy, "listener") for envoy in ENVOYS}
         self.clients = [httpx.Client(timeout=10.0, trust_env=False) for _ in range(count)]
 
     def __enter__(self) -> "Together":
@@ -119,11 +120,10 @@ class Together:
         with ThreadPoolExecutor(len(plan)) as pool:
             return list(pool.map(one, range(len(plan))))
 
-    @staticmethod
-    def _get(client: httpx.Client, envoy: str, path: str, user: str | None) -> httpx.Response:
+    def _get(self, client: httpx.Client, envoy: str, path: str, user: str | None) -> httpx.Response:
         headers = {"x-user-id": user} if user is not None else {}
         try:
-            return client.get(ENVOYS[envoy] + path, headers=headers)
+            return client.get(self.urls[envoy] + path, headers=headers)
         except httpx.HTTPError as error:
             fail(f"a request to {envoy} failed", expected="an HTTP response",
                  received=f"{type(error).__name__}: {error}", hint=ENVOY_HINT)
@@ -286,13 +286,14 @@ class Key:
     pttl_ms: int
 
 
-def redis_keys(containing: str) -> list[Key]:
-    client = redis.Redis(port=REDIS_PORT, socket_timeout=2, decode_responses=True)
+def redis_keys(lab, containing: str) -> list[Key]:
+    port = lab.port("redis")
+    client = redis.Redis(port=port, socket_timeout=2, decode_responses=True)
     try:
         names = sorted(client.scan_iter(match=f"*{containing}*", count=1000))
         return [Key(n, client.get(n), client.pttl(n)) for n in names]
     except redis.RedisError as error:
-        fail("Redis does not answer", expected=f"Redis on 127.0.0.1:{REDIS_PORT}",
+        fail("Redis does not answer", expected=f"Redis on 127.0.0.1:{port}",
              received=str(error), hint="the lab starts Redis: look at its log in the lab's run folder")
     finally:
         client.close()
@@ -317,14 +318,14 @@ def bursts(lab) -> list[Burst]:
     what Envoy counted, and (read at once, before the window's key can expire) what Redis
     holds."""
     envoys = [envoy for _ in range(BURST // 2) for envoy in ENVOYS]
-    with Together(BURST) as together:
+    with Together(lab, BURST) as together:
         together.warm(envoys)
 
         def attempt(n: int) -> Burst:
             user = fresh("burst")
             before = counters(lab)
             sent = together.send([(envoy, "/", user) for envoy in envoys])
-            keys = redis_keys(user)
+            keys = redis_keys(lab, user)
             return Burst(user, sent, moved(before, counters(lab)), keys)
         return [in_one_window(attempt) for _ in range(ROUNDS)]
 
@@ -570,10 +571,11 @@ def ask_service(port: int, user: str) -> tuple[float, str]:
        hint="step 6: by default the Redis client tries again and again for about 3 s; without retries and "
             "with short socket timeouts it fails at once, and the service answers an error")
 def test_fast_without_redis(lab):
-    for port in SERVICES.values():
+    ports = {name: lab.port(name, "grpc") for name in SERVICES}
+    for port in ports.values():
         ask_service(port, fresh("warm"))   # connections made, code paths warm: time only the failure
     with lab.stopped("redis"):
-        answers = {name: ask_service(port, fresh("no-redis")) for name, port in SERVICES.items()}
+        answers = {name: ask_service(port, fresh("no-redis")) for name, port in ports.items()}
     received = "; ".join(f"{name}: {answer} after {took * 1000:.0f} ms" for name, (took, answer) in answers.items())
     expected = f"an error (such as UNAVAILABLE) from each replica within {FAST_S * 1000:.0f} ms"
     if any(answer.startswith("OK") for _, answer in answers.values()):

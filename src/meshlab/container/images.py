@@ -42,6 +42,10 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 PLATFORM_TAGS = (*(f"manylinux_2_{minor}_x86_64" for minor in range(17, 37)), "manylinux2014_x86_64",
                  "manylinux2010_x86_64", "manylinux1_x86_64")
 PYTHON_VERSION = "3.11"
+# pip evaluates a dependency's environment markers with the host's Python, not the
+# image's: Debian bookworm's python3 is 3.11.2, so what a package needs only before
+# 3.11.3 (redis needs async-timeout) must be asked for by name.
+FOR_THE_BASE_PYTHON = ("async-timeout>=4.0.3",)
 
 DOCKERFILE = """\
 # Made by `meshlab image build`; nothing here reaches the network.
@@ -149,7 +153,8 @@ def wheelhouse(root: Path, folder: Path, *, say: Say = print) -> Path:
         raise EnvironmentProblem(f"pip built no meshlab-{__version__} wheel in {folder}",
                                  fix="check that pyproject.toml's version matches meshlab.__version__")
     marker = folder / ".dependencies"
-    fingerprint = hashlib.sha256((root / "pyproject.toml").read_bytes()).hexdigest()
+    fingerprint = hashlib.sha256((root / "pyproject.toml").read_bytes()
+                                 + " ".join(FOR_THE_BASE_PYTHON).encode()).hexdigest()
     if marker.is_file() and marker.read_text() == fingerprint:
         say("dependencies: already downloaded")
         return folder
@@ -157,7 +162,7 @@ def wheelhouse(root: Path, folder: Path, *, say: Say = print) -> Path:
     platforms = [arg for tag in PLATFORM_TAGS for arg in ("--platform", tag)]
     _pip(["download", "-q", "--only-binary=:all:", *platforms, "--python-version", PYTHON_VERSION,
           "--implementation", "cp", "--abi", "cp" + PYTHON_VERSION.replace(".", ""), "--abi", "abi3",
-          "--abi", "none", "-d", str(folder), str(wheel)])
+          "--abi", "none", "-d", str(folder), str(wheel), *FOR_THE_BASE_PYTHON])
     marker.write_text(fingerprint)
     return folder
 
