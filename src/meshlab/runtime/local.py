@@ -15,6 +15,7 @@ owner has died is stopped by whoever finds it next. A run started by `meshlab st
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -154,6 +155,12 @@ class LocalRuntime:
         # The address file of a previous start must be gone before Envoy can write the new
         # one: removed any later, a fast Envoy's fresh file could be the one removed.
         self._admin_address_file(name).unlink(missing_ok=True)
+        lifted = self.pods.capture_lifted(spec.pod) if self.pods is not None else contextlib.nullcontext()
+        with lifted:
+            return self._spawn(spec, argv, log_path, env, scratch)
+
+    def _spawn(self, spec: ServiceSpec, argv: list[str], log_path: Path, env: dict, scratch: list[str]) -> ServiceState:
+        name = spec.name
         with open(log_path, "ab") as log:
             log.write(f"--- meshlab: starting {name} at {time.strftime('%H:%M:%S')}\n".encode())
             log.flush()
