@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -202,3 +203,23 @@ def test_stopping_a_service_takes_sigterm_not_the_kill_grace(demo):
         assert time.monotonic() - started < 2.5
     finally:
         runtime.stop_all()
+
+
+def test_services_of_a_pod_whose_rules_changed_restart_so_old_connections_do_not_hide_them(demo, monkeypatch):
+    # Envoy keeps its upstream connections: opened under the owner exemption, they would
+    # carry on once a learner removes it, and the loop the README shows would not happen.
+    runtime = LocalRuntime(demo["lab"], demo["dir"], demo["run"])
+    specs = [SimpleNamespace(name="app", pod="pod"), SimpleNamespace(name="remote", pod="remote"),
+             SimpleNamespace(name="sidecar", pod="pod")]
+    runtime.state.services = {spec.name: SimpleNamespace(inputs={}) for spec in specs}
+    restarted = []
+    monkeypatch.setattr(runtime, "_start_order", lambda: specs)
+    monkeypatch.setattr(runtime, "is_running", lambda name: True)
+    monkeypatch.setattr(runtime, "_hash_inputs", lambda spec: {})
+    monkeypatch.setattr(runtime, "restart", restarted.append)
+    monkeypatch.setattr(runtime, "_apply_pod_rules", lambda: ["pod"])
+    assert runtime.sync() == ["iptables of pod", "app", "sidecar"]
+    assert restarted == ["app", "sidecar"]
+    monkeypatch.setattr(runtime, "_apply_pod_rules", lambda: [])
+    restarted.clear()
+    assert runtime.sync() == [] and restarted == []

@@ -232,7 +232,14 @@ class LocalRuntime:
             elif service.inputs != self._hash_inputs(spec):
                 changed.append(spec.name)
                 self.restart(spec.name)
-        return changed + self._apply_pod_rules()
+        reloaded = self._apply_pod_rules()
+        # A rule acts on the connections opened after it: what runs in a pod whose rules
+        # changed restarts, or Envoy's kept-alive upstream connections (opened under the
+        # old rules) would hide what the new ones do, a capture loop for instance.
+        again = [spec.name for spec in self._start_order() if spec.pod in reloaded and spec.name not in changed]
+        for name in again:
+            self.restart(name)
+        return changed + [f"iptables of {pod}" for pod in reloaded] + again
 
     # -- observing ---------------------------------------------------------------
 
@@ -378,14 +385,15 @@ class LocalRuntime:
 
     def _apply_pod_rules(self) -> list[str]:
         """Load the pods' iptables rules (after the services are up, so that readiness
-        probes are not captured), again whenever a rules file changes."""
+        probes are not captured), again whenever a rules file changes. Returns the pods
+        whose rules were (re)loaded."""
         if self.pods is None:
             return []
         changed = self.pods.apply_rules(self.lab, self.lab_dir)
         if changed:
             self.state.pods = asdict(self.pods.record)
             self._save()
-        return [f"iptables of {pod}" for pod in changed]
+        return changed
 
     def _save(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
