@@ -265,3 +265,23 @@ def test_start_status_stop(meshlab):
     assert not any(alive(pid) for pid in pids)
     assert meshlab("status", "--json").json() == []
     assert json.loads(meshlab("list", "--json").stdout)[0]["running"] is False
+
+
+def test_ctrl_c_exits_130_and_does_not_claim_to_stop_a_lab_meshlab_start_runs(capsys):
+    # `meshlab watch 7` on a lab run by `meshlab start 7`: Ctrl-C leaves that lab running.
+    import click
+
+    from meshlab.cli import main
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    main.add_command(click.Command("interrupted-for-test", callback=interrupted))
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main.main(["interrupted-for-test"], standalone_mode=False)
+    finally:
+        main.commands.pop("interrupted-for-test")
+    assert exit_.value.code == 130
+    said = capsys.readouterr().err
+    assert "what this command started was stopped" in said and "meshlab stop" in said

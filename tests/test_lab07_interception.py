@@ -85,6 +85,8 @@ def test_no_owner_exemption_loops(grade):
                         {"test_outbound_captured", "test_each_call_reaches_its_destination", "test_no_loop",
                          "test_loopback_bypasses", "test_excluded_port_bypasses"})
     assert "came back to it" in checks["test_no_loop"]["message"]
+    # the first checks name the loop too, not a capture that is missing
+    assert "never came back" in checks["test_outbound_captured"]["message"]
 
 
 def test_loopback_redirected_too(grade):
@@ -117,6 +119,7 @@ def test_connect4_redirecting_envoy_too_loops(grade):
     checks = fails_only(grade, 7, connect4(skip_uid, ""),
                         {"test_bpf_outbound_captured", "test_bpf_only_the_cgroup", "test_bpf_no_loop"})
     assert "redirected to it" in checks["test_bpf_no_loop"]["message"]
+    assert "never came back" in checks["test_bpf_outbound_captured"]["message"]
 
 
 def test_connect4_that_does_not_compile_is_an_input_error_with_its_line(grade):
