@@ -95,6 +95,26 @@ def test_loopback_redirected_too(grade):
     assert "127.0.0.1 inside the pod was captured" in checks["test_loopback_bypasses"]["message"]
 
 
+def test_a_static_cluster_with_loopback_captured_says_the_checker_cannot_read_envoy(grade):
+    # A learner at step 3 (no loopback exemption yet) with the wrong cluster: the checker's
+    # own request to Envoy's admin API is captured and answered by the remote service.
+    files = {**rules("-A MESH_OUTPUT -d 127.0.0.0/8 -j RETURN\n", ""), **envoy("""    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 1s
+""", """    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: original_destination
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 10.77.7.3, port_value: 8080 } } }
+""")}
+    code, checks, data = grade(7, files=files)
+    assert code == 1, data
+    assert "Envoy's admin API" in checks["test_no_loop"]["message"], checks["test_no_loop"]
+    assert "-d 127.0.0.0/8" in checks["test_no_loop"]["hint"]
+
+
 def test_static_cluster_instead_of_original_dst(grade):
     static = envoy("""    type: ORIGINAL_DST
     lb_policy: CLUSTER_PROVIDED
