@@ -69,6 +69,18 @@ def captured_call(lab, url: str) -> dict:
     return result
 
 
+def answered_by_envoy_itself(result: dict) -> None:
+    """Captured, but Envoy's router did not forward it (a 503 of its own, say): the
+    capture works, what Envoy does with the connection does not yet."""
+    if "error" not in result and result["headers"].get("server") == "envoy":
+        fail("the app's call reached Envoy, which answered it itself instead of forwarding it",
+             expected=f"a response of the remote service forwarded by Envoy's router ({ENVOY_HEADER})",
+             received=shown(result),
+             hint="Envoy's outbound listener must know where the app meant to go: the listener filter "
+                  "envoy.filters.listener.original_dst (step 2) and a cluster of type ORIGINAL_DST with "
+                  "lb_policy CLUSTER_PROVIDED (step 3)")
+
+
 def shown(result: dict) -> str:
     if "error" in result:
         return f"the app's call failed: {result['error']}"
@@ -147,6 +159,7 @@ def test_outbound_captured(lab):
     position = log.position()
     result = captured_call(lab, f"http://{REMOTE}:8080/hello?probe={mark}")
     if not through_envoy(result):
+        answered_by_envoy_itself(result)
         went = "it reached the remote service directly" if reached(lab, "remote", since, mark) else \
             "it reached nothing"
         fail(f"the app's call did not pass through Envoy: {went}",
@@ -176,6 +189,7 @@ def test_each_call_reaches_its_destination(lab):
         mark, since = probe(), lab.journal_position(service)
         result = captured_call(lab, f"http://{REMOTE}:{port}/?probe={mark}")
         if not through_envoy(result):
+            answered_by_envoy_itself(result)
             fail(f"the app's call to {REMOTE}:{port} did not pass through Envoy",
                  expected=f"a response carrying {ENVOY_HEADER}", received=shown(result), hint=CAPTURE_HINT)
         if reached(lab, service, since, mark) is None:
@@ -191,7 +205,13 @@ def test_each_call_reaches_its_destination(lab):
 def test_inbound_through_envoy(lab):
     mark, since = probe(), position(lab, "app")
     before = listener_connections(lab, INBOUND)
-    response = lab.pod("remote").get(f"http://{POD}:8080/inbound", params={"probe": mark})
+    try:
+        response = lab.pod("remote").get(f"http://{POD}:8080/inbound", params={"probe": mark})
+    except httpx.ConnectError as error:
+        fail(f"the connection from the remote pod to {POD}:8080 was refused",
+             expected=f"HTTP 200 from the app for GET http://{POD}:8080/inbound",
+             received=f"{error}: when PREROUTING sends it to port {INBOUND}, a listener of Envoy must be there "
+                      f"(bound to 0.0.0.0, since the REDIRECT goes to the pod's address {POD})")
     after = listener_connections(lab, INBOUND)
     seen = reached(lab, "app", since, mark)
     if response.status_code != 200 or seen is None:
