@@ -76,9 +76,9 @@ def answered_by_envoy_itself(result: dict) -> None:
         fail("the app's call reached Envoy, which answered it itself instead of forwarding it",
              expected=f"a response of the remote service forwarded by Envoy's router ({ENVOY_HEADER})",
              received=shown(result),
-             hint="Envoy's outbound listener must know where the app meant to go: the listener filter "
-                  "envoy.filters.listener.original_dst (step 2) and a cluster of type ORIGINAL_DST with "
-                  "lb_policy CLUSTER_PROVIDED (step 3)")
+             hint="the capture works; Envoy's access log says why it answered (response_flags UH: no upstream "
+                  "host). Its outbound side must read where the app meant to go and send the request there: "
+                  "steps 2 and 3 of the README")
 
 
 def shown(result: dict) -> str:
