@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import httpx
 import pytest
 
 from meshlab.apps.server import JOURNAL_PATH
@@ -31,6 +32,8 @@ OUTBOUND, INBOUND = 15001, 15006
 ENVOY_HEADER = "x-envoy-upstream-service-time"
 CAPTURE_HINT = ("capture.rules must REDIRECT the pod's outbound TCP to port 15001 (nat OUTPUT), and Envoy's "
                 "outbound listener must forward it to where the app meant to go")
+LOOP_HINT = ("Envoy's connections pass through nat OUTPUT too: exempt its uid (-m owner --uid-owner 1337 -j RETURN) "
+             "before the REDIRECT, or each of its upstream connections comes back to it")
 
 
 def probe() -> str:
@@ -42,6 +45,40 @@ def call(lab, url: str) -> dict:
     response = lab.pod("pod", unix=CONTROL).get("http://app/call", params={"url": url}, timeout=15.0)
     response.raise_for_status()
     return response.json()
+
+
+def no_loop_behind(result: dict, accepted: int, loop_hint: str) -> None:
+    """A call that got no answer while Envoy's outbound listener took more connections
+    than the one call opened went into a capture loop: say so, not "not captured"."""
+    if "error" in result and accepted > 1:
+        fail("the app's call went into Envoy and never came back: Envoy's own upstream connection was captured "
+             "into Envoy again, and again",
+             expected=f"1 connection on the :{OUTBOUND} listener for the call",
+             received=f"{accepted} connections while the app waited; {shown(result)}", hint=loop_hint)
+
+
+def captured_call(lab, url: str) -> dict:
+    """call(), failing with the loop explained if the call ran into one."""
+    before = counted_connections(lab, OUTBOUND)
+    result = call(lab, url)
+    after = counted_connections(lab, OUTBOUND)
+    if before is not None and after is not None:
+        no_loop_behind(result, after - before, LOOP_HINT)
+    elif not through_envoy(result):   # Envoy's counters cannot tell why: say what stands in the way
+        admin_unreachable(OUTBOUND)
+    return result
+
+
+def answered_by_envoy_itself(result: dict) -> None:
+    """Captured, but Envoy's router did not forward it (a 503 of its own, say): the
+    capture works, what Envoy does with the connection does not yet."""
+    if "error" not in result and result["headers"].get("server") == "envoy":
+        fail("the app's call reached Envoy, which answered it itself instead of forwarding it",
+             expected=f"a response of the remote service forwarded by Envoy's router ({ENVOY_HEADER})",
+             received=shown(result),
+             hint="the capture works; Envoy's access log says why it answered (response_flags UH: no upstream "
+                  "host). Its outbound side must read where the app meant to go and send the request there: "
+                  "steps 2 and 3 of the README")
 
 
 def shown(result: dict) -> str:
@@ -57,12 +94,34 @@ def through_envoy(result: dict) -> bool:
 
 
 def listener_connections(lab, port: int) -> int:
-    """Connections Envoy accepted on its listener on PORT (whatever address it binds).
+    """Connections Envoy accepted on its listener on PORT (whatever address it binds)."""
+    accepted = counted_connections(lab, port)
+    if accepted is None:
+        admin_unreachable(port)
+    return accepted
+
+
+def admin_unreachable(port: int) -> None:
+    fail("the checker's request to Envoy's admin API (127.0.0.1:15000 inside the pod) was captured into Envoy's "
+         "outbound listener, and Envoy's counters never came back",
+         expected="Envoy's own counters", received=f"no answer from Envoy's admin API (asking for the :{port} listener)",
+         hint="exempt loopback before the outbound REDIRECT (-d 127.0.0.0/8 -j RETURN, step 5), and Envoy's uid "
+              "(-m owner --uid-owner 1337 -j RETURN, step 1): the checker reads Envoy's counters over loopback")
+
+
+def counted_connections(lab, port: int) -> int | None:
+    """listener_connections(), or None when what answered was not Envoy's admin API.
 
     The admin API is read from inside the pod over one kept-alive connection: where
-    loopback is captured too, that connection passes :15001 once, before any count."""
-    stats = lab.envoy("sidecar").stats(rf"^listener\..*_{port}\.downstream_cx_total$")
-    return sum(value for name, value in stats.items() if ".worker_" not in name)
+    loopback is captured too, that connection passes :15001 once, before any count.
+    Envoy always reports server.live: an answer without it came from somewhere else."""
+    try:
+        stats = lab.envoy("sidecar").stats(rf"^(listener\..*_{port}\.downstream_cx_total|server\.live)$")
+    except httpx.TimeoutException:  # captured, and Envoy's forwarding of it captured again
+        return None
+    if "server.live" not in stats:
+        return None
+    return sum(value for name, value in stats.items() if name != "server.live" and ".worker_" not in name)
 
 
 def journal(lab, service: str, since: int = 0) -> list[dict]:
@@ -85,7 +144,7 @@ def reached(lab, service: str, since: int, mark: str) -> dict | None:
 
 def require_capture(lab) -> None:
     """A bypass only means something once capture works: one call must go through Envoy."""
-    result = call(lab, f"http://{REMOTE}:8080/?probe={probe()}")
+    result = captured_call(lab, f"http://{REMOTE}:8080/?probe={probe()}")
     if not through_envoy(result):
         fail("the app's calls are not captured yet, so there is nothing to bypass",
              expected="a call to the remote service answered through Envoy",
@@ -98,8 +157,9 @@ def test_outbound_captured(lab):
     mark, since = probe(), lab.journal_position("remote")
     log = AccessLog(lab.runtime.access_log_path("sidecar"))
     position = log.position()
-    result = call(lab, f"http://{REMOTE}:8080/hello?probe={mark}")
+    result = captured_call(lab, f"http://{REMOTE}:8080/hello?probe={mark}")
     if not through_envoy(result):
+        answered_by_envoy_itself(result)
         went = "it reached the remote service directly" if reached(lab, "remote", since, mark) else \
             "it reached nothing"
         fail(f"the app's call did not pass through Envoy: {went}",
@@ -127,8 +187,9 @@ def test_outbound_captured(lab):
 def test_each_call_reaches_its_destination(lab):
     for service, port in (("remote", 8080), ("other", 8081)):
         mark, since = probe(), lab.journal_position(service)
-        result = call(lab, f"http://{REMOTE}:{port}/?probe={mark}")
+        result = captured_call(lab, f"http://{REMOTE}:{port}/?probe={mark}")
         if not through_envoy(result):
+            answered_by_envoy_itself(result)
             fail(f"the app's call to {REMOTE}:{port} did not pass through Envoy",
                  expected=f"a response carrying {ENVOY_HEADER}", received=shown(result), hint=CAPTURE_HINT)
         if reached(lab, service, since, mark) is None:
@@ -144,7 +205,13 @@ def test_each_call_reaches_its_destination(lab):
 def test_inbound_through_envoy(lab):
     mark, since = probe(), position(lab, "app")
     before = listener_connections(lab, INBOUND)
-    response = lab.pod("remote").get(f"http://{POD}:8080/inbound", params={"probe": mark})
+    try:
+        response = lab.pod("remote").get(f"http://{POD}:8080/inbound", params={"probe": mark})
+    except httpx.ConnectError as error:
+        fail(f"the connection from the remote pod to {POD}:8080 was refused",
+             expected=f"HTTP 200 from the app for GET http://{POD}:8080/inbound",
+             received=f"{error}: when PREROUTING sends it to port {INBOUND}, a listener of Envoy must be there "
+                      f"(bound to 0.0.0.0, since the REDIRECT goes to the pod's address {POD})")
     after = listener_connections(lab, INBOUND)
     seen = reached(lab, "app", since, mark)
     if response.status_code != 200 or seen is None:
@@ -159,9 +226,7 @@ def test_inbound_through_envoy(lab):
                       f"{ENVOY_HEADER}: {response.headers.get(ENVOY_HEADER, '(absent)')}")
 
 
-@check("No loop: Envoy's own upstream connections are not captured",
-       hint="Envoy's connections pass through nat OUTPUT too: exempt its uid (-m owner --uid-owner 1337 -j RETURN) "
-            "before the REDIRECT, or each of its upstream connections comes back to it")
+@check("No loop: Envoy's own upstream connections are not captured", hint=LOOP_HINT)
 def test_no_loop(lab):
     calls = 5
     before = listener_connections(lab, OUTBOUND)
@@ -192,7 +257,10 @@ def test_loopback_bypasses(lab):
     accepted = listener_connections(lab, OUTBOUND) - before
     if reached(lab, "app", since, mark) is None:
         fail("a request to 127.0.0.1:8080 inside the pod did not reach the app",
-             expected="the app answers on loopback", received=f"HTTP {response.status_code}")
+             expected="the app answers on loopback",
+             received=f"HTTP {response.status_code}, server: {response.headers.get('server', '-')}, "
+                      f"{ENVOY_HEADER}: {response.headers.get(ENVOY_HEADER, '(absent)')}, "
+                      f"body {response.text.strip()[:80]!r}")
     if accepted or ENVOY_HEADER in response.headers:
         fail("a connection to 127.0.0.1 inside the pod was captured into Envoy",
              expected=f"no new connection on the :{OUTBOUND} listener, no {ENVOY_HEADER}",
@@ -221,6 +289,8 @@ def test_excluded_port_bypasses(lab):
 
 BPF_HINT = ("connect4.c must save the destination in mesh_by_cookie under the socket's cookie and rewrite "
             "ctx->user_ip4 / ctx->user_port to 127.0.0.1:15001 (network byte order: bpf_htonl, bpf_htons)")
+BPF_LOOP_HINT = ("Envoy is in the same cgroup as the app: connect4 must return early for its uid "
+                 "(bpf_get_current_uid_gid() & 0xffffffff == ENVOY_UID), or Envoy connects to itself")
 
 
 def call_b(lab, url: str) -> dict:
@@ -235,13 +305,21 @@ def outbound_b(lab) -> int:
     return sum(value for name, value in stats.items() if ".worker_" not in name)
 
 
+def captured_call_b(lab, url: str) -> dict:
+    """call_b(), failing with the loop explained if the call ran into one."""
+    before = outbound_b(lab)
+    result = call_b(lab, url)
+    no_loop_behind(result, outbound_b(lab) - before, BPF_LOOP_HINT)
+    return result
+
+
 def nat_rules(lab, pod: str) -> list[str]:
     dump = lab.runtime.pods.run(pod, ["iptables-save"]).stdout
     return [line for line in dump.splitlines() if line.startswith("-A ")]
 
 
 def require_capture_b(lab) -> None:
-    result = call_b(lab, f"http://{REMOTE}:8080/?probe={probe()}")
+    result = captured_call_b(lab, f"http://{REMOTE}:8080/?probe={probe()}")
     if not through_envoy(result):
         fail("the app's calls in podb are not redirected yet, so there is nothing to compare with",
              expected="a call of podb's app answered through Envoy", received=shown(result), hint=BPF_HINT)
@@ -257,7 +335,7 @@ def test_bpf_outbound_captured(lab):
     log = AccessLog(lab.runtime.access_log_path("sidecar-b"))
     for service, port in (("remote", 8080), ("other", 8081)):
         mark, since, start = probe(), lab.journal_position(service), log.position()
-        result = call_b(lab, f"http://{REMOTE}:{port}/?probe={mark}")
+        result = captured_call_b(lab, f"http://{REMOTE}:{port}/?probe={mark}")
         if not through_envoy(result):
             fail(f"podb's app called {REMOTE}:{port} and Envoy was not in the path",
                  expected=f"a response carrying {ENVOY_HEADER}", received=shown(result))
@@ -266,7 +344,8 @@ def test_bpf_outbound_captured(lab):
                  expected=f"the {service} service receives it", received=shown(result),
                  hint="Envoy reads the original destination with SO_ORIGINAL_DST, which the given getsockopt "
                       "program answers from mesh_by_port: connect4 must fill mesh_by_cookie (ip and port as "
-                      "connect() saw them, network byte order)")
+                      "connect() saw them, network byte order); and podb runs the same envoy.yaml, whose "
+                      "outbound cluster must be ORIGINAL_DST")
         entry = log.wait(start, 1, where=lambda e, m=mark: m in str(e.get("path", "")))[0]
         if entry.get("original_destination") != f"{REMOTE}:{port}":
             fail("Envoy's access log does not show where the app meant to go",
@@ -289,9 +368,7 @@ def test_bpf_only_the_cgroup(lab):
                       f"{ENVOY_HEADER}: {response.headers.get(ENVOY_HEADER, '(absent)')}")
 
 
-@check("eBPF: Envoy's own connects are not redirected (no loop)",
-       hint="Envoy is in the same cgroup as the app: connect4 must return early for its uid "
-            "(bpf_get_current_uid_gid() & 0xffffffff == ENVOY_UID), or Envoy connects to itself")
+@check("eBPF: Envoy's own connects are not redirected (no loop)", hint=BPF_LOOP_HINT)
 def test_bpf_no_loop(lab):
     calls = 5
     before = outbound_b(lab)

@@ -305,3 +305,23 @@ def test_start_fresh_restarts_the_envoys_of_a_running_lab(state_dir, tmp_path):
 
     before, after = pids("before.json"), pids("after.json")
     assert after["app"] == before["app"] and after["sidecar"] != before["sidecar"]
+
+
+def test_ctrl_c_exits_130_and_does_not_claim_to_stop_a_lab_meshlab_start_runs(capsys):
+    # `meshlab watch 7` on a lab run by `meshlab start 7`: Ctrl-C leaves that lab running.
+    import click
+
+    from meshlab.cli import main
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    main.add_command(click.Command("interrupted-for-test", callback=interrupted))
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main.main(["interrupted-for-test"], standalone_mode=False)
+    finally:
+        main.commands.pop("interrupted-for-test")
+    assert exit_.value.code == 130
+    said = capsys.readouterr().err
+    assert "what this command started was stopped" in said and "meshlab stop" in said

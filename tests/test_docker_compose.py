@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
+from meshlab.grading import eventually
+
 from conftest import ROOT
-from conftest import wait_until
 from docker_support import docker_client, host_ports, toolbox  # noqa: F401 - fixtures
 
 
@@ -96,7 +97,7 @@ def test_lab_01s_sandbox_answers_on_the_hosts_loopback(toolbox, host_ports, dock
             except httpx.HTTPError:
                 return ""
 
-        assert wait_until(lambda: answers("http://127.0.0.1:9901/ready") == "LIVE", timeout=30)
+        assert eventually(lambda: answers("http://127.0.0.1:9901/ready") == "LIVE", timeout=30)
         assert "hello" in answers("http://127.0.0.1:8080/").lower()
     finally:
         subprocess.run([*compose, "down"], capture_output=True, timeout=120)

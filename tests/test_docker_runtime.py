@@ -17,8 +17,9 @@ import time
 
 import pytest
 
-from conftest import ROOT, wait_until
+from conftest import ROOT
 from docker_support import docker_client, host_ports, toolbox  # noqa: F401 - fixtures
+from meshlab.grading import eventually
 from meshlab.container.engine import LABEL
 
 pytestmark = [pytest.mark.lab_runs, pytest.mark.xdist_group("host-ports")]
@@ -88,7 +89,7 @@ def _services_up(client, count: int) -> bool:
 def test_ctrl_c_removes_every_container_and_network(state_dir, lab_copy, clean_engine):
     cli = _start_check(state_dir, lab_copy(1))
     try:
-        assert wait_until(lambda: _services_up(clean_engine, 3), timeout=60), "the lab's containers never ran"
+        assert eventually(lambda: _services_up(clean_engine, 3), timeout=60), "the lab's containers never ran"
         cli.send_signal(signal.SIGINT)
         assert cli.wait(timeout=60) == 130
     finally:
@@ -100,7 +101,7 @@ def test_ctrl_c_removes_every_container_and_network(state_dir, lab_copy, clean_e
 def test_the_next_command_removes_what_a_killed_checker_left(meshlab, state_dir, lab_copy, clean_engine):
     cli = _start_check(state_dir, lab_copy(1))
     try:
-        assert wait_until(lambda: _services_up(clean_engine, 3), timeout=60), "the lab's containers never ran"
+        assert eventually(lambda: _services_up(clean_engine, 3), timeout=60), "the lab's containers never ran"
         # The checker (the pytest child owning the run) dies without any chance to clean up.
         _, owner_pid, _ = json.loads(ours(clean_engine)[0][0]["Labels"][f"{LABEL}.owner"])
         os.kill(owner_pid, signal.SIGKILL)

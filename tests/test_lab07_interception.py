@@ -16,9 +16,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, wait_until
+from conftest import ROOT
 from lab_variants import fails_only, passes
 
+from meshlab.grading import eventually
 from meshlab import platform
 from meshlab.runtime.pods import NETNS_DIR, cgroup2_root
 
@@ -85,12 +86,34 @@ def test_no_owner_exemption_loops(grade):
                         {"test_outbound_captured", "test_each_call_reaches_its_destination", "test_no_loop",
                          "test_loopback_bypasses", "test_excluded_port_bypasses"})
     assert "came back to it" in checks["test_no_loop"]["message"]
+    # the first checks name the loop too, not a capture that is missing
+    assert "never came back" in checks["test_outbound_captured"]["message"]
 
 
 def test_loopback_redirected_too(grade):
     checks = fails_only(grade, 7, rules("-A MESH_OUTPUT -d 127.0.0.0/8 -j RETURN\n", ""),
                         {"test_loopback_bypasses"})
     assert "127.0.0.1 inside the pod was captured" in checks["test_loopback_bypasses"]["message"]
+
+
+def test_a_static_cluster_with_loopback_captured_says_the_checker_cannot_read_envoy(grade):
+    # A learner at step 3 (no loopback exemption yet) with the wrong cluster: the checker's
+    # own request to Envoy's admin API is captured and answered by the remote service.
+    files = {**rules("-A MESH_OUTPUT -d 127.0.0.0/8 -j RETURN\n", ""), **envoy("""    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 1s
+""", """    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: original_destination
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 10.77.7.3, port_value: 8080 } } }
+""")}
+    code, checks, data = grade(7, files=files)
+    assert code == 1, data
+    assert "Envoy's admin API" in checks["test_no_loop"]["message"], checks["test_no_loop"]
+    assert "-d 127.0.0.0/8" in checks["test_no_loop"]["hint"]
 
 
 def test_static_cluster_instead_of_original_dst(grade):
@@ -117,6 +140,7 @@ def test_connect4_redirecting_envoy_too_loops(grade):
     checks = fails_only(grade, 7, connect4(skip_uid, ""),
                         {"test_bpf_outbound_captured", "test_bpf_only_the_cgroup", "test_bpf_no_loop"})
     assert "redirected to it" in checks["test_bpf_no_loop"]["message"]
+    assert "never came back" in checks["test_bpf_outbound_captured"]["message"]
 
 
 def test_connect4_that_does_not_compile_is_an_input_error_with_its_line(grade):
@@ -194,13 +218,13 @@ def _check_in_background(state_dir: Path, folder: Path) -> subprocess.Popen:
 def _while_running(state_dir: Path, proc: subprocess.Popen, course) -> tuple[str, dict, set[int]]:
     """Once every service of the run is up: its tag, its services, its BPF programs."""
     every = len(course.find(7).services)
-    assert wait_until(lambda: len(_run_state(state_dir).get("services", {})) == every or proc.poll() is not None,
+    assert eventually(lambda: len(_run_state(state_dir).get("services", {})) == every or proc.poll() is not None,
                       timeout=120)
     state = _run_state(state_dir)
     assert state.get("pods"), proc.communicate()
     tag, cgroups = state["pods"]["tag"], state["pods"]["cgroups"]
     programs: set[int] = set()
-    assert wait_until(lambda: len(programs.update(_attached(cgroups["mesh"])) or programs) >= 3, timeout=30)
+    assert eventually(lambda: len(programs.update(_attached(cgroups["mesh"])) or programs) >= 3, timeout=30)
     shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout)
     _MAPS_SEEN[frozenset(programs)] = {m for p in shown if p["id"] in programs for m in p.get("map_ids", [])}
     assert len(_MAPS_SEEN[frozenset(programs)]) >= 2, shown
@@ -216,7 +240,7 @@ def test_nothing_left_after_ctrl_c(state_dir, lab_copy, course):
     proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert _lab_kernel_objects(tag) == []
-    assert wait_until(lambda: _bpf_objects(programs) == set(), timeout=5), _bpf_objects(programs)
+    assert eventually(lambda: _bpf_objects(programs) == set(), timeout=5), _bpf_objects(programs)
 
 
 def test_nothing_left_after_the_checker_is_killed(state_dir, lab_copy, course):
@@ -226,10 +250,10 @@ def test_nothing_left_after_the_checker_is_killed(state_dir, lab_copy, course):
                    if "pytest" in " ".join(p.cmdline()))
     checker.kill()  # SIGKILL: no finally block runs; the reaper must clean up
     proc.communicate(timeout=60)
-    assert wait_until(lambda: _lab_kernel_objects(tag) == [], timeout=20), _lab_kernel_objects(tag)
+    assert eventually(lambda: _lab_kernel_objects(tag) == [], timeout=20), _lab_kernel_objects(tag)
     # and no process of the run is left (Envoy as uid 1337 included), nor its BPF programs
-    assert wait_until(lambda: not [s["name"] for s in services.values() if psutil.pid_exists(s["pid"])], timeout=10)
-    assert wait_until(lambda: _bpf_objects(programs) == set(), timeout=5), _bpf_objects(programs)
+    assert eventually(lambda: not [s["name"] for s in services.values() if psutil.pid_exists(s["pid"])], timeout=10)
+    assert eventually(lambda: _bpf_objects(programs) == set(), timeout=5), _bpf_objects(programs)
 
 
 # -- where the machine does not allow it ---------------------------------------------

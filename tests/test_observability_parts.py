@@ -17,7 +17,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from conftest import wait_until
+from meshlab.grading import eventually
 from meshlab import ports
 from meshlab.apps.chain import chain
 from meshlab.apps.server import Request
@@ -66,7 +66,7 @@ def trace_store():
     proc = subprocess.Popen([sys.executable, "-m", "meshlab.apps.traces", "--otlp-port", str(otlp), "--port", str(api)],
                             stderr=subprocess.PIPE)
     try:
-        assert wait_until(lambda: not ports.is_free(otlp), timeout=15), proc.stderr
+        assert eventually(lambda: not ports.is_free(otlp), timeout=15), proc.stderr
         yield otlp, f"http://127.0.0.1:{api}"
     finally:
         proc.terminate()
@@ -106,7 +106,7 @@ def test_chain_sends_what_the_hook_returns_and_relays_path_and_query():
     upstream = subprocess.Popen([sys.executable, "-m", "meshlab.apps.whoami", "--port", str(server_port),
                                  "--name", "next"], stderr=subprocess.DEVNULL)
     try:
-        assert wait_until(lambda: not ports.is_free(server_port), timeout=15)
+        assert eventually(lambda: not ports.is_free(server_port), timeout=15)
         app = chain("front", f"http://127.0.0.1:{server_port}",
                     lambda incoming: seen.append(incoming) or {"traceparent": incoming["traceparent"], "Host": "x"})
         answer = app(Request("GET", "/item", {"probe": ["p1"]}, {"traceparent": "00-ab-cd-01", "other": "no"}))

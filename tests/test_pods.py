@@ -4,10 +4,13 @@ learner-facing error for refused rules, and how a service is entered."""
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 
+import pytest
+
 from meshlab.runtime import enter
-from meshlab.runtime.pods import PodRecord, _rules_error, tag_for, teardown
+from meshlab.runtime.pods import PodNetwork, PodRecord, _rules_error, tag_for, teardown
 
 
 def test_the_workspace_run_has_a_name_to_paste_and_other_folders_a_unique_one():
@@ -37,3 +40,28 @@ def test_teardown_of_what_is_already_gone_is_quiet(tmp_path):
                        cgroups={"mesh": str(tmp_path / "no-such-cgroup")})
     assert teardown(record) == []
     assert teardown(record) == []
+
+
+def test_a_service_restarting_in_a_pod_starts_without_its_capture_rules_and_gets_them_back(monkeypatch):
+    # Its readiness probe goes to 127.0.0.1 inside the pod: rules the learner is still
+    # writing (no loopback exemption yet) must not send it into Envoy's outbound port.
+    saved = "*filter\n:INPUT DROP [0:0]\nCOMMIT\n*nat\n-A OUTPUT -p tcp -j REDIRECT --to-ports 15001\nCOMMIT\n"
+    calls = []
+
+    def run(pod, argv, **options):
+        calls.append((pod, argv[0], options.get("input")))
+        return subprocess.CompletedProcess(argv, 0, stdout=saved if argv == ["iptables-save"] else "", stderr="")
+
+    network = PodNetwork(PodRecord(tag="99-test", rules={"pod": "sha"}))
+    monkeypatch.setattr(network, "run", run)
+    with pytest.raises(RuntimeError):
+        with network.capture_lifted("pod"):
+            assert calls == [("pod", "iptables-save", None),
+                             ("pod", "iptables-restore", "*filter\nCOMMIT\n*nat\nCOMMIT\n")]
+            raise RuntimeError("the service did not become ready")
+    assert calls[-1] == ("pod", "iptables-restore", saved)   # put back even when the start failed
+    calls.clear()
+    for pod in ("remote", None):                              # no rules loaded there: nothing to lift
+        with network.capture_lifted(pod):
+            pass
+    assert calls == []

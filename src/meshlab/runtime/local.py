@@ -15,6 +15,7 @@ owner has died is stopped by whoever finds it next. A run started by `meshlab st
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -168,6 +169,12 @@ class LocalRuntime:
         # The address file of a previous start must be gone before Envoy can write the new
         # one: removed any later, a fast Envoy's fresh file could be the one removed.
         self._admin_address_file(name).unlink(missing_ok=True)
+        lifted = self.pods.capture_lifted(spec.pod) if self.pods is not None else contextlib.nullcontext()
+        with lifted:
+            return self._spawn(spec, argv, log_path, env, scratch)
+
+    def _spawn(self, spec: ServiceSpec, argv: list[str], log_path: Path, env: dict, scratch: list[str]) -> ServiceState:
+        name = spec.name
         with open(log_path, "ab") as log:
             log.write(f"--- meshlab: starting {name} at {time.strftime('%H:%M:%S')}\n".encode())
             log.flush()
@@ -242,7 +249,14 @@ class LocalRuntime:
             elif service.inputs != self._hash_inputs(spec):
                 changed.append(spec.name)
                 self.restart(spec.name)
-        return changed + self._apply_pod_rules()
+        reloaded = self._apply_pod_rules()
+        # A rule acts on the connections opened after it: what runs in a pod whose rules
+        # changed restarts, or Envoy's kept-alive upstream connections (opened under the
+        # old rules) would hide what the new ones do, a capture loop for instance.
+        again = [spec.name for spec in self._start_order() if spec.pod in reloaded and spec.name not in changed]
+        for name in again:
+            self.restart(name)
+        return changed + [f"iptables of {pod}" for pod in reloaded] + again
 
     def restart_envoys(self) -> list[str]:
         """Restart every Envoy of the lab, in start order, and nothing else: their
@@ -397,14 +411,15 @@ class LocalRuntime:
 
     def _apply_pod_rules(self) -> list[str]:
         """Load the pods' iptables rules (after the services are up, so that readiness
-        probes are not captured), again whenever a rules file changes."""
+        probes are not captured), again whenever a rules file changes. Returns the pods
+        whose rules were (re)loaded."""
         if self.pods is None:
             return []
         changed = self.pods.apply_rules(self.lab, self.lab_dir)
         if changed:
             self.state.pods = asdict(self.pods.record)
             self._save()
-        return [f"iptables of {pod}" for pod in changed]
+        return changed
 
     def _save(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

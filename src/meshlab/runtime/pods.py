@@ -11,7 +11,8 @@ A lab that declares `pods:` gets, for one run:
   they send can leave the machine;
 - one cgroup v2 per `cgroup:` name its services use (`meshlab-<tag>/<name>`);
 - the iptables rules of each pod that names a rules file (iptables-restore format),
-  applied once its services are up, and again when the file changes.
+  applied once its services are up, and again when the file changes; lifted while
+  one of the pod's services restarts, so that meshlab's readiness probe is never captured.
 
 Everything is removed by `teardown`: at stop, after a failed check, on Ctrl-C; and when
 the run's owner is killed outright, by a small reaper process that waits for the owner's
@@ -25,6 +26,7 @@ setpriv, and iptables for pods with rules; `meshlab.platform` probes for them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -201,6 +203,26 @@ class PodNetwork:
             self.record.rules[pod.name] = digest
             changed.append(pod.name)
         return changed
+
+    @contextlib.contextmanager
+    def capture_lifted(self, pod: str | None):
+        """While a service of POD starts: the pod without the rules this run loaded, put
+        back as they were afterwards. Its readiness probe (meshlab's own connection, to
+        127.0.0.1 inside the pod) must not be captured by rules that are still being
+        written, the same as at the run's start, where rules load after the services."""
+        if pod is None or pod not in self.record.rules:
+            yield
+            return
+        saved = self.run(pod, ["iptables-save"])
+        tables = re.findall(r"^\*(\w+)$", saved.stdout, re.MULTILINE)
+        if saved.returncode != 0 or not tables:
+            yield
+            return
+        self.run(pod, ["iptables-restore"], input="".join(f"*{table}\nCOMMIT\n" for table in tables))
+        try:
+            yield
+        finally:
+            self.run(pod, ["iptables-restore"], input=saved.stdout)
 
     # -- removing --------------------------------------------------------------------
 
