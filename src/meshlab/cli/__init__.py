@@ -8,6 +8,7 @@ One module per command group, each exporting its click commands:
     load.py    meshlab load (fortio-compatible load)
     mtls.py    meshlab mtls probe
     xds.py     meshlab xds status
+    report.py  meshlab report (a class gradebook)
     dev.py     meshlab dev: the course authors' commands
 
 Command functions are named `<command>_command` and groups `<group>_group`; output goes
@@ -74,10 +75,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from meshlab.cli import certs, course, dev, labs, load, mtls, xds
+    from meshlab.cli import certs, course, dev, labs, load, mtls, report, xds
 
     for command in (*labs.COMMANDS, *course.COMMANDS, load.load_command, certs.certs_group, mtls.mtls_group,
-                    xds.xds_group, dev.dev_group):
+                    xds.xds_group, dev.dev_group, report.report_command):
         main.add_command(command)
 
 

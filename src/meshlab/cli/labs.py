@@ -143,24 +143,29 @@ def status_command(as_json: bool) -> None:
 @click.option("--solution", is_flag=True, help="Grade the course's solution (solutions/NN-slug).")
 @click.option("--isolate", is_flag=True,
               help="Run in a private network namespace (fixed ports never collide; needs Linux namespaces).")
+@click.option("--learner", metavar="NAME",
+              help="Who is checking, recorded in --json results (default: $MESHLAB_LEARNER, else git's user.name).")
 @JSON
-def check_command(lab: str, path: str | None, solution: bool, isolate: bool, as_json: bool) -> None:
+def check_command(lab: str, path: str | None, solution: bool, isolate: bool, learner: str | None,
+                  as_json: bool) -> None:
     """Grade LAB against real Envoy: a scorecard of checks, EXPECTED / RECEIVED, hints.
 
     Exit 0 when every check passes, 1 when one fails, 2 when the lab files or the
     machine are broken (the message says where and how to fix it).
     """
     from meshlab import isolation
-    from meshlab.checking import run_checks
+    from meshlab.checking import default_learner, run_checks
 
     course = open_course()
     spec = course.find(lab)
     lab_dir = lab_dir_for(course, spec, path, solution)
+    learner = (learner or "").strip() or default_learner(course.root)
     if isolate and not isolation.available():
         raise MeshlabError("--isolate needs network namespaces, which this machine does not allow",
                            fix="run without --isolate, or as root / with unprivileged user namespaces")
     if as_json:
         result = run_checks(course, spec, lab_dir, isolate=isolate)
+        result.learner = learner
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         with ui.check_progress(spec) as on_event:
