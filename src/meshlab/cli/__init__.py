@@ -9,6 +9,7 @@ One module per command group, each exporting its click commands:
     mtls.py    meshlab mtls probe
     xds.py     meshlab xds status
     report.py  meshlab report (a class gradebook)
+    slides.py  meshlab slides build / serve (the instructor's decks)
     dev.py     meshlab dev: the course authors' commands
 
 Command functions are named `<command>_command` and groups `<group>_group`; output goes
@@ -75,10 +76,11 @@ def main() -> None:
 
 
 def _register() -> None:
-    from meshlab.cli import certs, course, dev, labs, load, mtls, report, xds
+    from meshlab.cli import certs, course, dev, labs, load, mtls, report, slides, xds
 
     for command in (*labs.COMMANDS, *course.COMMANDS, load.load_command, certs.certs_group, mtls.mtls_group,
-                    xds.xds_group, dev.dev_group, report.report_command):
+                    xds.xds_group, dev.dev_group, report.report_command,
+                    slides.slides_group):
         main.add_command(command)
 
 
