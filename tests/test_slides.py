@@ -2,7 +2,8 @@
 
 Every deck in slides/ is rendered with `meshlab slides build` and loaded in headless
 Chromium whose resolver knows no host but 127.0.0.1: reveal.js must initialise, every
-Mermaid diagram must draw, no request may fail, no code line may run past its block,
+deck must hold a diagram (Mermaid, drawn to SVG by the build), no request or script may
+fail, no code line may run past its block,
 and the speaker notes must be there. The demo decks (labs 01-03: each starts its lab's
 solution and sends real load) are built with --execute inside a network namespace, and
 their pictures must be in the page.
@@ -86,13 +87,13 @@ def present(chromium, folder: Path, page_name: str, *, query: str = "") -> dict:
             report = page.evaluate("""() => ({
                 slides: document.querySelectorAll('.reveal .slides section').length,
                 notes: document.querySelectorAll('aside.notes').length,
-                diagrams: [...document.querySelectorAll('pre.mermaid svg')].length,
+                diagrams: document.querySelectorAll('.jp-Mermaid svg').length,
                 images: [...document.querySelectorAll('.jp-OutputArea-output img')]
                           .filter(img => img.naturalWidth > 100).length,
                 demo_errors: [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"], .jp-RenderedText[data-mime-type="application/vnd.jupyter.error"]')].length,
                 title: (document.querySelector('.reveal h1') || {}).textContent || '',
                 cut: [...document.querySelectorAll('.reveal pre')]
-                       .filter(pre => pre.scrollWidth > pre.clientWidth + 1 && !pre.classList.contains('mermaid'))
+                       .filter(pre => pre.scrollWidth > pre.clientWidth + 1)
                        .map(pre => pre.textContent.split('\\n').sort((a, b) => b.length - a.length)[0]),
             })""")
             report["failed"], report["errors"] = list(failed), list(errors)
@@ -146,3 +147,31 @@ def test_a_pdf_handout(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     (pdf,) = tmp_path.glob("00-*.pdf")
     assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 20_000
+
+
+def test_serve_serves_the_build_and_its_speaker_view(built):
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "meshlab", "slides", "serve", "-o", str(built), "--port", str(port)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/02-canary.slides.html", trust_env=False)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and server.poll() is None, server.stdout.read()
+                time.sleep(0.2)
+        assert page.status_code == 200 and "vendor/reveal.js/plugin/notes/notes.js" in page.text
+        notes = httpx.get(f"http://127.0.0.1:{port}/vendor/reveal.js/plugin/notes/notes.js", trust_env=False)
+        assert notes.status_code == 200 and "speaker" in notes.text.lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -6,11 +6,12 @@
 A deck is a notebook kept as Markdown (jupytext), with reveal.js metadata on its cells
 (slide, subslide, fragment, notes). Building executes its demo cells when asked (they
 drive a real lab through `meshlab.demo`), renders it with nbconvert's slides exporter,
-and copies the browser side next to it: reveal.js, require.js, jQuery, MathJax 2 and
-Mermaid, fetched once through the npm registry (`npm pack`, pinned versions) and kept
-in a cache. The decks name only these local copies, never a CDN, so a build folder on a
-laptop presents in a room without network. `--pdf` prints each deck to a handout with
-headless Chromium.
+and copies the browser side next to it: reveal.js, require.js, jQuery and MathJax 2,
+fetched once through the npm registry (`npm pack`, pinned versions) and kept in a
+cache. The decks name only these local copies, never a CDN, so a build folder on a
+laptop presents in a room without network. Mermaid diagrams are drawn to SVG at build
+time, in headless Chromium: drawn in the room, they raced reveal.js, which hides the
+slides Mermaid measures. `--pdf` prints each deck to a handout the same way.
 
 The deck tools are an optional extra (`pip install -e '.[slides]'`); a missing one is a
 ToolMissing error naming the install command, not an ImportError.
@@ -20,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import html
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -46,6 +49,8 @@ VENDOR = {
                 "mathjax"),
     "mermaid": ("10.9.8", ("dist/mermaid.min.js",), "mermaid"),
 }
+BUILD_TIME_ONLY = {"mermaid"}   # used to draw diagrams while building, not shipped
+MERMAID_BLOCK = re.compile(r'<div class="jp-Mermaid"><pre class="mermaid">\n(.*?)\n</pre></div>', re.S)
 TEMPLATE_DIR = Path(__file__).parent / "slides_template"
 INSTALL_HINT = "pip install -e '.[slides]' (jupytext, nbconvert, nbclient, ipykernel, matplotlib, playwright)"
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -81,18 +86,24 @@ def cache_dir() -> Path:
     return Path(base) / "npm"
 
 
+def cached(package: str, *, on_fetch: Callable[[str], None] | None = None) -> Path:
+    """The cached copy of PACKAGE's kept files, fetched first if the cache lacks it."""
+    version, keep, _ = VENDOR[package]
+    folder = cache_dir() / f"{package}-{version}"
+    if not folder.is_dir():
+        if on_fetch:
+            on_fetch(f"{package}@{version}")
+        _fetch(package, version, keep, folder)
+    return folder
+
+
 def vendor(dest: Path, *, on_fetch: Callable[[str], None] | None = None) -> Path:
     """Copy the pinned browser libraries into DEST (fetching any the cache lacks)."""
     dest.mkdir(parents=True, exist_ok=True)
-    for package, (version, keep, folder) in VENDOR.items():
-        cached = cache_dir() / f"{package}-{version}"
-        if not cached.is_dir():
-            if on_fetch:
-                on_fetch(f"{package}@{version}")
-            _fetch(package, version, keep, cached)
-        target = dest / folder
-        if not target.is_dir():
-            shutil.copytree(cached, target)
+    for package, (_, _, folder) in VENDOR.items():
+        source = cached(package, on_fetch=on_fetch)
+        if package not in BUILD_TIME_ONLY and not (dest / folder).is_dir():
+            shutil.copytree(source, dest / folder)
     return dest
 
 
@@ -162,7 +173,6 @@ def render(notebook, name: str) -> str:
         reveal_number="c/t", require_js_url="vendor/requirejs/require.js",
         jquery_url="vendor/jquery/dist/jquery.min.js",
         mathjax_url="vendor/mathjax/MathJax.js?config=TeX-AMS_CHTML-full",
-        mermaid_js_url="vendor/mermaid/dist/mermaid.min.js",
     )
     body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": name}})
     return body
@@ -175,24 +185,55 @@ def build(course: Course, out: Path, *, numbers: list[int] | None = None, run_de
     chosen = decks(course, numbers)
     out.mkdir(parents=True, exist_ok=True)
     vendor(out / "vendor", on_fetch=lambda what: say(f"fetching {what} from the npm registry (once)"))
-    built = []
+    built: list[Built] = []
+    pages: dict[Path, str] = {}
     for number, name, path in chosen:
         notebook = read_deck(path)
         demos = any(cell.cell_type == "code" for cell in notebook.cells)
         if run_demos and demos:
             say(f"{name}: running its demos")
             execute(notebook, cwd=course.root)
-        html = out / f"{name}.slides.html"
-        html.write_text(render(notebook, name), encoding="utf-8")
-        built.append(Built(number, name, html, executed=run_demos and demos))
-        say(f"{name}: {html.name}")
-    if pdf:
-        with serving(out) as base, browser() as chromium:
+        target = out / f"{name}.slides.html"
+        pages[target] = render(notebook, name)
+        built.append(Built(number, name, target, executed=run_demos and demos))
+    with contextlib.ExitStack() as stack:
+        chromium = None
+        if pdf or any(MERMAID_BLOCK.search(page) for page in pages.values()):
+            chromium = stack.enter_context(browser())
+        for deck in built:
+            page = pages[deck.html]
+            if MERMAID_BLOCK.search(page):
+                page = draw_diagrams(chromium, page, deck.slug)
+            deck.html.write_text(page, encoding="utf-8")
+            say(f"{deck.slug}: {deck.html.name}")
+        if pdf:
+            base = stack.enter_context(serving(out))
             for deck in built:
                 deck.pdf = deck.html.with_suffix("").with_suffix(".pdf")
                 print_pdf(chromium, f"{base}/{deck.html.name}", deck.pdf)
                 say(f"{deck.slug}: {deck.pdf.name}")
     return built
+
+
+def draw_diagrams(chromium, page: str, prefix: str) -> str:
+    """PAGE with each Mermaid block replaced by the SVG Mermaid draws for it."""
+    tab = chromium.new_page()
+    try:
+        tab.set_content("<!doctype html><html><body></body></html>")
+        tab.add_script_tag(path=str(cached("mermaid") / "dist" / "mermaid.min.js"))
+        tab.evaluate("() => mermaid.initialize({ startOnLoad: false, theme: 'neutral' })")
+        drawn = []
+        for index, match in enumerate(MERMAID_BLOCK.finditer(page)):
+            try:
+                drawn.append(tab.evaluate("async ([id, code]) => (await mermaid.render(id, code)).svg",
+                                          [f"diagram-{prefix}-{index}", html.unescape(match.group(1))]))
+            except Exception as error:  # playwright's Error: Mermaid's own message on a syntax error
+                raise InputError(f"{prefix}: diagram {index + 1} is not valid Mermaid: "
+                                 f"{str(error).splitlines()[0]}", fix="check it at the deck's mermaid block") from None
+    finally:
+        tab.close()
+    svgs = iter(drawn)
+    return MERMAID_BLOCK.sub(lambda m: f'<div class="jp-Mermaid">{next(svgs)}</div>', page)
 
 
 @contextlib.contextmanager
@@ -243,10 +284,8 @@ def browser(*, offline: bool = True):
 
 
 def wait_until_ready(page, timeout_ms: float = 30_000) -> None:
-    """reveal.js initialised, and every Mermaid diagram drawn."""
+    """reveal.js initialised."""
     page.wait_for_selector(".reveal.ready", state="attached", timeout=timeout_ms)
-    page.wait_for_function("() => [...document.querySelectorAll('pre.mermaid')]"
-                           ".every(el => el.querySelector('svg'))", timeout=timeout_ms)
 
 
 def print_pdf(chromium, url: str, dest: Path) -> None:
