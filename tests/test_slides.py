@@ -175,3 +175,10 @@ def test_serve_serves_the_build_and_its_speaker_view(built):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_deck_that_does_not_exist_and_an_empty_build_are_exit_2(cli, tmp_path):
+    run = cli("slides", "build", "42", "-o", str(tmp_path / "out"))
+    assert run.code == 2 and "no deck for 42" in run.output and "fix:" in run.output
+    run = cli("slides", "serve", "-o", str(tmp_path / "empty"))
+    assert run.code == 2 and "meshlab slides build" in run.output
