@@ -150,16 +150,25 @@ def execute(notebook, *, cwd: Path) -> None:
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
+    from jupyter_client.manager import KernelManager
+
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    client = NotebookClient(notebook, timeout=DEMO_TIMEOUT_S, kernel_name="python3",
-                            resources={"metadata": {"path": str(cwd)}})
-    try:
-        client.execute()
-    except CellExecutionError as error:
-        raise InputError(f"a demo cell failed: {str(error).strip().splitlines()[-1]}",
-                         details=str(error)[-3000:],
-                         fix="run the deck in Jupyter to see the cell (jupytext --to ipynb), "
-                             "or build without --execute") from None
+    # Unix sockets, not TCP on loopback: nothing else on the machine can talk to the
+    # kernel. They are made where `ip` points, so in a folder of their own.
+    with tempfile.TemporaryDirectory(prefix="meshlab-kernel-") as sockets:
+        kernel = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(sockets, "kernel"))
+        client = NotebookClient(notebook, km=kernel, timeout=DEMO_TIMEOUT_S, kernel_name="python3",
+                                resources={"metadata": {"path": str(cwd)}})
+        try:
+            client.execute()  # a kernel it did not make, nbclient leaves running: stopped below
+        except CellExecutionError as error:
+            raise InputError(f"a demo cell failed: {str(error).strip().splitlines()[-1]}",
+                             details=str(error)[-3000:],
+                             fix="run the deck in Jupyter to see the cell (jupytext --to ipynb), "
+                                 "or build without --execute") from None
+        finally:
+            if kernel.has_kernel:
+                kernel.shutdown_kernel(now=False)
 
 
 def render(notebook, name: str) -> str:
