@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,10 @@ from meshlab.session import run_dir_for
 
 # A check that hangs is stopped after this long (pytest-timeout, inside the child).
 CHECK_TIMEOUT_S = 120
+
+# The version of `LabResult.to_json`'s format, documented in docs/results-schema.md.
+# 2 added `learner` and `finished_at`, so that collected files can be told apart.
+RESULT_SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -53,6 +58,8 @@ class LabResult:
     error: dict | None = None       # for status "error": what is broken, where, how to fix
     duration: float = 0.0
     run_dir: str | None = None
+    learner: str | None = None      # who ran it (`meshlab check --learner`), for a class report
+    finished_at: str | None = None  # ISO 8601 in UTC, to the second
 
     @property
     def passed(self) -> int:
@@ -65,7 +72,7 @@ class LabResult:
     def to_json(self) -> dict:
         """One object with an entry per check, in the spirit of exercism's results.json."""
         data = asdict(self)
-        data["version"] = 1
+        data["version"] = RESULT_SCHEMA_VERSION
         data["message"] = self.error["message"] if self.error else None
         for check in data["checks"]:
             if check["status"] == "pass":
@@ -115,11 +122,24 @@ def run_checks(course: Course, lab: Lab, lab_dir: Path, *, isolate: bool = False
                 child.kill()
             raise
     result.duration = round(time.monotonic() - started, 2)
+    result.finished_at = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     _fill(result, events, child.returncode, output)
     if result.status != "error":
         report.unlink(missing_ok=True)
         output.unlink(missing_ok=True)
     return result
+
+
+def default_learner(root: Path) -> str | None:
+    """Who is checking, when `--learner` is not given: $MESHLAB_LEARNER, else git's user.name."""
+    named = os.environ.get("MESHLAB_LEARNER", "").strip()
+    if named:
+        return named
+    try:
+        git = subprocess.run(["git", "config", "user.name"], cwd=root, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return git.stdout.strip() or None
 
 
 def _follow(report: Path, child: subprocess.Popen, on_event: OnEvent | None) -> list[Event]:

@@ -11,6 +11,8 @@ One module per command group, each exporting its click commands:
     traces.py  meshlab traces (a lab's trace store as waterfalls)
     image.py   meshlab image: the course's Docker images
     compose.py meshlab compose: a Compose sandbox per lab, from its lab.yaml
+    report.py  meshlab report (a class gradebook)
+    slides.py  meshlab slides build / serve (the instructor's decks)
     dev.py     meshlab dev: the course authors' commands
 
 Command functions are named `<command>_command` and groups `<group>_group`; output goes
@@ -80,10 +82,11 @@ def main() -> None:
 
 
 def _register() -> None:
-    from meshlab.cli import certs, compose, course, dev, image, labs, load, mtls, traces, xds
+    from meshlab.cli import certs, compose, course, dev, image, labs, load, mtls, report, slides, traces, xds
 
     for command in (*labs.COMMANDS, *course.COMMANDS, load.load_command, certs.certs_group, mtls.mtls_group,
-                    xds.xds_group, traces.traces_command, image.image_group, compose.compose_command, dev.dev_group):
+                    xds.xds_group, traces.traces_command, image.image_group, compose.compose_command,
+                    report.report_command, slides.slides_group, dev.dev_group):
         main.add_command(command)
 
 

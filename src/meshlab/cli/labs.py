@@ -180,8 +180,11 @@ def status_command(lab: str | None, as_json: bool) -> None:
 @click.option("--isolate", is_flag=True,
               help="Run in a private network namespace (fixed ports never collide; needs Linux namespaces).")
 @RUNTIME
+@click.option("--learner", metavar="NAME",
+              help="Who is checking, recorded in --json results (default: $MESHLAB_LEARNER, else git's user.name).")
 @JSON
 def check_command(lab: str, path: str | None, solution: bool, isolate: bool, runtime: str | None,
+                  learner: str | None,
                   as_json: bool) -> None:
     """Grade LAB against real Envoy: a scorecard of checks, EXPECTED / RECEIVED, hints.
 
@@ -189,7 +192,7 @@ def check_command(lab: str, path: str | None, solution: bool, isolate: bool, run
     machine are broken (the message says where and how to fix it).
     """
     from meshlab import isolation
-    from meshlab.checking import run_checks
+    from meshlab.checking import default_learner, run_checks
     from meshlab.runtime.interface import selected
 
     course = open_course()
@@ -200,11 +203,13 @@ def check_command(lab: str, path: str | None, solution: bool, isolate: bool, run
         raise MeshlabError("--isolate and the docker runtime exclude each other: the lab's ports are published "
                            "on the host's 127.0.0.1, which a private namespace cannot reach",
                            fix="drop --isolate (containers are isolated already; only the published ports are shared)")
+    learner = (learner or "").strip() or default_learner(course.root)
     if isolate and not isolation.available():
         raise MeshlabError("--isolate needs network namespaces, which this machine does not allow",
                            fix="run without --isolate, or as root / with unprivileged user namespaces")
     if as_json:
         result = run_checks(course, spec, lab_dir, isolate=isolate, runtime=runtime)
+        result.learner = learner
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         with ui.check_progress(spec) as on_event:
