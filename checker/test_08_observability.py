@@ -86,9 +86,19 @@ def promql(query: str, at: float | None = None) -> list[dict]:
             fail("Prometheus does not answer on 127.0.0.1:9090", expected="Prometheus's HTTP API",
                  received=str(error), hint="look at the lab's prometheus.log")
     if answer.get("status") != "success":
-        raise CheckFailed(f"Prometheus refused the query: {answer.get('error')}",
-                          expected="a query Prometheus can run", received=query, hint=None)
+        raise QueryRefused(answer.get("error") or "", query)
     return answer["data"]["result"]
+
+
+class QueryRefused(CheckFailed):
+    """Prometheus refused QUERY; REASON is its parser's message."""
+
+    def __init__(self, reason: str, query: str):
+        # Prometheus says `invalid parameter "query": 1:8: parse error: ...`: the line and
+        # column are within the query.
+        self.reason = reason.removeprefix('invalid parameter "query": ')
+        super().__init__(f"Prometheus refused the query: {self.reason}", expected="a query Prometheus can run",
+                         received=query)
 
 
 def targets() -> dict[str, dict]:
@@ -288,6 +298,31 @@ def signals(lab) -> dict[str, str]:
     return {name: data.get(name) for name in SIGNALS}
 
 
+def line_of(lab, name: str) -> int | None:
+    """The line of signals.yaml on which NAME's query is written."""
+    try:
+        root = yaml.compose((lab.dir / SIGNALS_FILE).read_text())
+    except yaml.YAMLError:
+        return None
+    for key, _ in getattr(root, "value", None) or []:
+        if getattr(key, "value", None) == name:
+            return key.start_mark.line + 1
+    return None
+
+
+def learners(lab, name: str, query: str, at: float, hint: str) -> list[dict]:
+    """The result of the learner's query NAME at AT; one Prometheus refuses fails with
+    the place it is written and Prometheus's reason."""
+    try:
+        return promql(query, at)
+    except QueryRefused as refused:
+        line = line_of(lab, name)
+        where = f"{SIGNALS_FILE}:{line}" if line else SIGNALS_FILE
+        raise CheckFailed(f"Prometheus refused {name} ({where}): {refused.reason} (line:column within the query)",
+                          expected=f"a query Prometheus can run (try it at {PROMETHEUS}/graph first)",
+                          received=query, hint=hint) from None
+
+
 def query_of(lab, name: str, hint: str) -> str:
     query = signals(lab).get(name)
     if not isinstance(query, str) or not query.strip():
@@ -384,7 +419,7 @@ def within(got: dict[str, float], want: dict[str, float], relative: float, absol
 def test_request_rate(lab):
     query = query_of(lab, "request_rate", RATE_HINT)
     at = known_traffic(lab)
-    got = by_service(promql(query, at), "request_rate", RATE_HINT)
+    got = by_service(learners(lab, "request_rate", query, at, RATE_HINT), "request_rate", RATE_HINT)
     want = reference("request_rate", at)
     off = within(got, want, 0.10)
     if off:
@@ -398,7 +433,7 @@ def test_request_rate(lab):
 def test_error_ratio(lab):
     query = query_of(lab, "error_ratio", ERROR_HINT)
     at = known_traffic(lab)
-    got = by_service(promql(query, at), "error_ratio", ERROR_HINT)
+    got = by_service(learners(lab, "error_ratio", query, at, ERROR_HINT), "error_ratio", ERROR_HINT)
     want = reference("error_ratio", at)
     if "ratings" not in got:
         got["ratings"] = 0.0  # never a 5xx: a query may leave the service out rather than say 0
@@ -417,7 +452,7 @@ def test_p99_latency(lab, record_property):
     query = query_of(lab, "p99_latency_ms", P99_HINT)
     at = known_traffic(lab)
     record_property("note", latency_note(lab))
-    got = by_service(promql(query, at), "p99_latency_ms", P99_HINT)
+    got = by_service(learners(lab, "p99_latency_ms", query, at, P99_HINT), "p99_latency_ms", P99_HINT)
     want = reference("p99_latency_ms", at)
     slow = [s for s in ("productpage", "reviews") if not got.get(s, math.nan) >= REVIEWS_DELAY_MS]
     fast = [] if got.get("ratings", math.nan) < REVIEWS_DELAY_MS else ["ratings"]

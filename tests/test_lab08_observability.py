@@ -132,3 +132,13 @@ def test_unusual_correct_answers_pass(grade):
                      f" / sum by (service) (rate(envoy_cluster_upstream_rq{{{LOCAL}}}[1m]))"),
         p99_latency_ms=("histogram_quantile(0.99, sum without (instance, job, envoy_cluster_name) "
                         f"(rate(envoy_cluster_upstream_rq_time_bucket{{{LOCAL}}}[1m])))")))
+
+
+def test_a_query_prometheus_refuses_names_its_line_and_reason(grade):
+    checks = fails_only(grade, 8, variant(
+        request_rate=f"sum by service (rate(envoy_cluster_upstream_rq_total{{{LOCAL}}}[1m]))"),
+        {"test_request_rate"})
+    refused = checks["test_request_rate"]
+    # variant() writes signals.yaml with request_rate first.
+    assert "Prometheus refused request_rate (signals.yaml:1): 1:8: parse error" in refused["message"], refused
+    assert refused["received"].startswith("sum by service") and "gauge" in refused["hint"]
