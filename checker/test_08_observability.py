@@ -127,8 +127,18 @@ def wait_for_scrapes(lab, timeout: float = 15.0) -> None:
     """Until Prometheus holds, for every sidecar, the request counter and the request
     time histogram's count that Envoy reports now (histograms move at stats flushes)."""
     wanted = {s: sidecar(lab, s).stat("cluster.local_app.upstream_rq_total") for s in SERVICES}
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     while True:
+        # A sidecar Prometheus cannot scrape never catches up: say so at once (a target
+        # just discovered or restarted may read 0 for a scrape or two).
+        down = {s: v for s, v in up_values().items() if s in SERVICES and v != "1"}
+        if down and time.monotonic() > start + 3.0:
+            fail(f"Prometheus cannot scrape the sidecar of {', '.join(sorted(down, key=SERVICES.index))}, "
+                 "so it has none of the counters these queries read",
+                 expected="up == 1 for every sidecar (the first check) before a signal can be computed",
+                 received=", ".join(f"{s} (127.0.0.1:{METRICS[s]}): up {v}" for s, v in down.items()),
+                 hint=METRICS_HINT)
         counters = prometheus_counter("envoy_cluster_upstream_rq_total")
         histograms = prometheus_counter("envoy_cluster_upstream_rq_time_count")
         if all(counters.get(s, -1) >= wanted[s] and histograms.get(s, -1) >= wanted[s] for s in SERVICES):

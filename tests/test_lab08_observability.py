@@ -142,3 +142,16 @@ def test_a_query_prometheus_refuses_names_its_line_and_reason(grade):
     # variant() writes signals.yaml with request_rate first.
     assert "Prometheus refused request_rate (signals.yaml:1): 1:8: parse error" in refused["message"], refused
     assert refused["received"].startswith("sum by service") and "gauge" in refused["hint"]
+
+
+def test_a_metrics_port_on_the_wrong_number_fails_the_signals_at_once_and_says_why(grade):
+    def istio_port(name, config):
+        if name == "productpage":  # Istio's number, not the one prometheus.yml scrapes
+            config["static_resources"]["listeners"][1]["address"]["socket_address"]["port_value"] = 15090
+
+    checks = fails_only(grade, 8, variant(istio_port), {"test_prometheus_scrapes_every_sidecar", "test_request_rate",
+                                                        "test_error_ratio", "test_p99_latency"})
+    assert "cannot scrape 1 of the 3" in checks["test_prometheus_scrapes_every_sidecar"]["message"]
+    rate = checks["test_request_rate"]
+    assert "cannot scrape the sidecar of productpage" in rate["message"], rate
+    assert "127.0.0.1:15091" in rate["received"] and "step 2" in rate["hint"]
