@@ -127,13 +127,17 @@ def wait_for_scrapes(lab, timeout: float = 15.0) -> None:
     """Until Prometheus holds, for every sidecar, the request counter and the request
     time histogram's count that Envoy reports now (histograms move at stats flushes)."""
     wanted = {s: sidecar(lab, s).stat("cluster.local_app.upstream_rq_total") for s in SERVICES}
-    start = time.monotonic()
-    deadline = start + timeout
+    deadline = time.monotonic() + timeout
+    down_since: dict[str, float] = {}
     while True:
-        # A sidecar Prometheus cannot scrape never catches up: say so at once (a target
-        # just discovered or restarted may read 0 for a scrape or two).
-        down = {s: v for s, v in up_values().items() if s in SERVICES and v != "1"}
-        if down and time.monotonic() > start + 3.0:
+        # A sidecar Prometheus cannot scrape never catches up: say so at once. A scrape
+        # that failed once (a slow machine) or a target just restarted reads 0 briefly:
+        # only 3 s of 0 in a row count.
+        now = time.monotonic()
+        up = up_values()
+        down_since = {s: down_since.get(s, now) for s in SERVICES if up.get(s, "1") != "1"}
+        down = {s: up[s] for s, since in down_since.items() if now - since > 3.0}
+        if down:
             fail(f"Prometheus cannot scrape the sidecar of {', '.join(sorted(down, key=SERVICES.index))}, "
                  "so it has none of the counters these queries read",
                  expected="up == 1 for every sidecar (the first check) before a signal can be computed",
@@ -190,6 +194,17 @@ def probe_spans(since: int, probe: str, want: int, timeout: float = 5.0) -> dict
         time.sleep(0.05)
 
 
+def lost_spans(lab, services: list[str]) -> str:
+    """For the sidecars among SERVICES whose tracer says it sent spans that never reached
+    the store: why (Envoy accepts a grpc_service to a cluster it does not have, and drops
+    what it sends there). Empty when there are none."""
+    sent = {s: n for s in services if (n := sidecar(lab, s).stat("tracing.opentelemetry.spans_sent"))}
+    if not sent:
+        return ""
+    return ("; yet " + ", ".join(f"the {s} sidecar's tracer says it sent {n}" for s, n in sent.items())
+            + ": its grpc_service goes to a cluster that is not `opentelemetry` (Envoy drops those spans)")
+
+
 # -- checks ------------------------------------------------------------------------------------
 
 @check("Prometheus scrapes every sidecar (up == 1) through a port that serves metrics only", hint=METRICS_HINT)
@@ -237,17 +252,18 @@ def test_every_request_is_traced(lab):
                   "the inbound listeners, routes and clusters come with the starter: compare with it")
     by_hop = probe_spans(since, probe, TRACED_REQUESTS)
     counts = {s: len(v) for s, v in by_hop.items()}
+    lost = lost_spans(lab, [s for s, n in counts.items() if n == 0])
     if not any(counts.values()):
         fail("no sidecar sent a span to the trace store",
              expected=f"{TRACED_REQUESTS} spans from each of the 3 sidecars", received="no span at all "
-             "(`meshlab traces` shows what the store has)", hint=TRACING_HINT)
+             "(`meshlab traces` shows what the store has)" + lost, hint=TRACING_HINT)
     missing = {s: n for s, n in counts.items() if n < TRACED_REQUESTS}
     if missing:
         fail(f"not every request was traced: {', '.join(f'{s} sent {n} spans' for s, n in missing.items())}",
              expected=f"{TRACED_REQUESTS} spans from each sidecar (100 % sampling)",
-             received=", ".join(f"{s} {n}" for s, n in counts.items()),
+             received=", ".join(f"{s} {n}" for s, n in counts.items()) + lost,
              hint="trace every request: random_sampling {value: 100} (or leave it out: 100 is its default), "
-                  "and configure the tracer in all three sidecars")
+                  "and configure the tracer in all three sidecars, each exporting to the cluster opentelemetry")
     wrong = {s: sorted({span["service"] for span in by_hop[s]} - {s}) for s in SERVICES}
     wrong = {s: names for s, names in wrong.items() if names}
     if wrong:

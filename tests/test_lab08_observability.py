@@ -155,3 +155,16 @@ def test_a_metrics_port_on_the_wrong_number_fails_the_signals_at_once_and_says_w
     rate = checks["test_request_rate"]
     assert "cannot scrape the sidecar of productpage" in rate["message"], rate
     assert "127.0.0.1:15091" in rate["received"] and "step 2" in rate["hint"]
+
+
+def test_a_tracer_exporting_to_a_cluster_that_does_not_exist_is_named(grade):
+    def typo(name, config):
+        if name == "reviews":  # Envoy accepts it, counts the spans as sent, and drops them
+            inbound_hcm(config)["tracing"]["provider"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] \
+                = "otel"
+
+    checks = fails_only(grade, 8, variant(typo), {"test_every_request_is_traced", "test_one_trace_across_three_hops"})
+    traced = checks["test_every_request_is_traced"]
+    assert "reviews sent 0 spans" in traced["message"], traced
+    assert "the reviews sidecar's tracer says it sent" in traced["received"]
+    assert "not `opentelemetry`" in traced["received"]
