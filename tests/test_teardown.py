@@ -73,6 +73,7 @@ def test_ctrl_c_stops_the_lab_and_exits_130(lab_copy, state_dir, started):
     assert wait_until(lambda: lab_is_up(folder), timeout=30), "the lab never came up"
     os.killpg(cli.pid, signal.SIGINT)
     assert cli.wait(timeout=30) == 130
+    assert "interrupted; what this command started was stopped" in cli.stderr.read().decode()
     assert wait_until(lambda: processes_in(folder) == [], timeout=5), processes_in(folder)
 
 

@@ -51,7 +51,9 @@ class _Cli(click.Group):
             ui.show_error(error)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
-            ui.errors.print("interrupted; the lab's processes were stopped")
+            # Only what this command started: a lab run by `meshlab start` that a check
+            # or a watch used keeps running.
+            ui.errors.print("interrupted; what this command started was stopped")
             sys.exit(130)
         finally:
             for sig, handler in previous.items():
