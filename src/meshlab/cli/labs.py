@@ -56,12 +56,13 @@ def start_command(lab: str) -> None:
         with ui.console.status(f"starting lab {spec.number:02d}..."):
             runtime.start_all()
         ui.console.print(f"[bold]Lab {spec.number:02d} · {spec.title}[/] is running.")
+    width = max([10, *map(len, runtime.state.services)])  # one column, however long a name
     for service in runtime.state.services.values():
         pod = spec.service(service.name).pod if service.name in {s.name for s in spec.services} else None
         # A pod's ports are in its own namespace: name it (`ip netns exec NAME ...` reaches them).
         host = f"{runtime.pods.record.namespaces[pod]} " if pod and runtime.pods else "127.0.0.1:"
         where = ", ".join(f"{host}{port} ({role})" for role, port in service.ports.items())
-        ui.console.print(f"  {service.name:<10} {service.kind:<7} {where}  [dim]pid {service.pid}[/]")
+        ui.console.print(f"  {service.name:<{width}} {service.kind:<7} {where}  [dim]pid {service.pid}[/]")
     if spec.try_commands:
         ui.console.print("Try:")
         for command in spec.try_commands:
@@ -134,10 +135,11 @@ def status_command(as_json: bool) -> None:
         ui.console.print("No lab is running. Start one with: meshlab start LAB")
     for run in report:
         ui.console.print(f"[bold]{run['run']}[/]  [dim]{ui.relative(run['lab_dir'])}[/]")
+        width = max([10, *(len(s["name"]) for s in run["services"])])
         for s in run["services"]:
             state = "[green]running[/]" if s["running"] else "[red]stopped[/]"
             ports = ", ".join(f"{p} ({r})" for r, p in s["ports"].items())
-            ui.console.print(f"  {s['name']:<10} {state}  pid {s['pid']:<7} {ports}")
+            ui.console.print(f"  {s['name']:<{width}} {state}  pid {s['pid']:<7} {ports}")
 
 
 @click.command("check")
