@@ -86,9 +86,19 @@ def promql(query: str, at: float | None = None) -> list[dict]:
             fail("Prometheus does not answer on 127.0.0.1:9090", expected="Prometheus's HTTP API",
                  received=str(error), hint="look at the lab's prometheus.log")
     if answer.get("status") != "success":
-        raise CheckFailed(f"Prometheus refused the query: {answer.get('error')}",
-                          expected="a query Prometheus can run", received=query, hint=None)
+        raise QueryRefused(answer.get("error") or "", query)
     return answer["data"]["result"]
+
+
+class QueryRefused(CheckFailed):
+    """Prometheus refused QUERY; REASON is its parser's message."""
+
+    def __init__(self, reason: str, query: str):
+        # Prometheus says `invalid parameter "query": 1:8: parse error: ...`: the line and
+        # column are within the query.
+        self.reason = reason.removeprefix('invalid parameter "query": ')
+        super().__init__(f"Prometheus refused the query: {self.reason}", expected="a query Prometheus can run",
+                         received=query)
 
 
 def targets() -> dict[str, dict]:
@@ -118,7 +128,21 @@ def wait_for_scrapes(lab, timeout: float = 15.0) -> None:
     time histogram's count that Envoy reports now (histograms move at stats flushes)."""
     wanted = {s: sidecar(lab, s).stat("cluster.local_app.upstream_rq_total") for s in SERVICES}
     deadline = time.monotonic() + timeout
+    down_since: dict[str, float] = {}
     while True:
+        # A sidecar Prometheus cannot scrape never catches up: say so at once. A scrape
+        # that failed once (a slow machine) or a target just restarted reads 0 briefly:
+        # only 3 s of 0 in a row count.
+        now = time.monotonic()
+        up = up_values()
+        down_since = {s: down_since.get(s, now) for s in SERVICES if up.get(s, "1") != "1"}
+        down = {s: up[s] for s, since in down_since.items() if now - since > 3.0}
+        if down:
+            fail(f"Prometheus cannot scrape the sidecar of {', '.join(sorted(down, key=SERVICES.index))}, "
+                 "so it has none of the counters these queries read",
+                 expected="up == 1 for every sidecar (the first check) before a signal can be computed",
+                 received=", ".join(f"{s} (127.0.0.1:{METRICS[s]}): up {v}" for s, v in down.items()),
+                 hint=METRICS_HINT)
         counters = prometheus_counter("envoy_cluster_upstream_rq_total")
         histograms = prometheus_counter("envoy_cluster_upstream_rq_time_count")
         if all(counters.get(s, -1) >= wanted[s] and histograms.get(s, -1) >= wanted[s] for s in SERVICES):
@@ -170,6 +194,17 @@ def probe_spans(since: int, probe: str, want: int, timeout: float = 5.0) -> dict
         time.sleep(0.05)
 
 
+def lost_spans(lab, services: list[str]) -> str:
+    """For the sidecars among SERVICES whose tracer says it sent spans that never reached
+    the store: why (Envoy accepts a grpc_service to a cluster it does not have, and drops
+    what it sends there). Empty when there are none."""
+    sent = {s: n for s in services if (n := sidecar(lab, s).stat("tracing.opentelemetry.spans_sent"))}
+    if not sent:
+        return ""
+    return ("; yet " + ", ".join(f"the {s} sidecar's tracer says it sent {n}" for s, n in sent.items())
+            + ": its grpc_service goes to a cluster that is not `opentelemetry` (Envoy drops those spans)")
+
+
 # -- checks ------------------------------------------------------------------------------------
 
 @check("Prometheus scrapes every sidecar (up == 1) through a port that serves metrics only", hint=METRICS_HINT)
@@ -217,17 +252,18 @@ def test_every_request_is_traced(lab):
                   "the inbound listeners, routes and clusters come with the starter: compare with it")
     by_hop = probe_spans(since, probe, TRACED_REQUESTS)
     counts = {s: len(v) for s, v in by_hop.items()}
+    lost = lost_spans(lab, [s for s, n in counts.items() if n == 0])
     if not any(counts.values()):
         fail("no sidecar sent a span to the trace store",
              expected=f"{TRACED_REQUESTS} spans from each of the 3 sidecars", received="no span at all "
-             "(`meshlab traces` shows what the store has)", hint=TRACING_HINT)
+             "(`meshlab traces` shows what the store has)" + lost, hint=TRACING_HINT)
     missing = {s: n for s, n in counts.items() if n < TRACED_REQUESTS}
     if missing:
         fail(f"not every request was traced: {', '.join(f'{s} sent {n} spans' for s, n in missing.items())}",
              expected=f"{TRACED_REQUESTS} spans from each sidecar (100 % sampling)",
-             received=", ".join(f"{s} {n}" for s, n in counts.items()),
+             received=", ".join(f"{s} {n}" for s, n in counts.items()) + lost,
              hint="trace every request: random_sampling {value: 100} (or leave it out: 100 is its default), "
-                  "and configure the tracer in all three sidecars")
+                  "and configure the tracer in all three sidecars, each exporting to the cluster opentelemetry")
     wrong = {s: sorted({span["service"] for span in by_hop[s]} - {s}) for s in SERVICES}
     wrong = {s: names for s, names in wrong.items() if names}
     if wrong:
@@ -286,6 +322,31 @@ def signals(lab) -> dict[str, str]:
         fail(f"{SIGNALS_FILE} is not a mapping of signal names to queries",
              expected=", ".join(SIGNALS), received=type(data).__name__, hint="keep the starter's three keys")
     return {name: data.get(name) for name in SIGNALS}
+
+
+def line_of(lab, name: str) -> int | None:
+    """The line of signals.yaml on which NAME's query is written."""
+    try:
+        root = yaml.compose((lab.dir / SIGNALS_FILE).read_text())
+    except yaml.YAMLError:
+        return None
+    for key, _ in getattr(root, "value", None) or []:
+        if getattr(key, "value", None) == name:
+            return key.start_mark.line + 1
+    return None
+
+
+def learners(lab, name: str, query: str, at: float, hint: str) -> list[dict]:
+    """The result of the learner's query NAME at AT; one Prometheus refuses fails with
+    the place it is written and Prometheus's reason."""
+    try:
+        return promql(query, at)
+    except QueryRefused as refused:
+        line = line_of(lab, name)
+        where = f"{SIGNALS_FILE}:{line}" if line else SIGNALS_FILE
+        raise CheckFailed(f"Prometheus refused {name} ({where}): {refused.reason} (line:column within the query)",
+                          expected=f"a query Prometheus can run (try it at {PROMETHEUS}/graph first)",
+                          received=query, hint=hint) from None
 
 
 def query_of(lab, name: str, hint: str) -> str:
@@ -384,7 +445,7 @@ def within(got: dict[str, float], want: dict[str, float], relative: float, absol
 def test_request_rate(lab):
     query = query_of(lab, "request_rate", RATE_HINT)
     at = known_traffic(lab)
-    got = by_service(promql(query, at), "request_rate", RATE_HINT)
+    got = by_service(learners(lab, "request_rate", query, at, RATE_HINT), "request_rate", RATE_HINT)
     want = reference("request_rate", at)
     off = within(got, want, 0.10)
     if off:
@@ -398,7 +459,7 @@ def test_request_rate(lab):
 def test_error_ratio(lab):
     query = query_of(lab, "error_ratio", ERROR_HINT)
     at = known_traffic(lab)
-    got = by_service(promql(query, at), "error_ratio", ERROR_HINT)
+    got = by_service(learners(lab, "error_ratio", query, at, ERROR_HINT), "error_ratio", ERROR_HINT)
     want = reference("error_ratio", at)
     if "ratings" not in got:
         got["ratings"] = 0.0  # never a 5xx: a query may leave the service out rather than say 0
@@ -417,7 +478,7 @@ def test_p99_latency(lab, record_property):
     query = query_of(lab, "p99_latency_ms", P99_HINT)
     at = known_traffic(lab)
     record_property("note", latency_note(lab))
-    got = by_service(promql(query, at), "p99_latency_ms", P99_HINT)
+    got = by_service(learners(lab, "p99_latency_ms", query, at, P99_HINT), "p99_latency_ms", P99_HINT)
     want = reference("p99_latency_ms", at)
     slow = [s for s in ("productpage", "reviews") if not got.get(s, math.nan) >= REVIEWS_DELAY_MS]
     fast = [] if got.get("ratings", math.nan) < REVIEWS_DELAY_MS else ["ratings"]

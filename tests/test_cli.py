@@ -254,6 +254,9 @@ def test_start_status_stop(meshlab):
     try:
         assert started.code == 0, started.output
         assert "curl -i http://127.0.0.1:10000/" in started.stdout
+        # One column for the kinds, however long the names (lab 08's run to 19 characters).
+        rows = [line for line in started.stdout.splitlines() if line.startswith(("  app ", "  sidecar "))]
+        assert len(rows) == 2 and len({row.index("python" if "python" in row else "envoy") for row in rows}) == 1
         status = meshlab("status", "--json").json()
         assert status[0]["lab"] == "01-hello-mesh"
         assert all(s["running"] for s in status[0]["services"])

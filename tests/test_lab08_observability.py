@@ -120,3 +120,39 @@ def test_unusual_correct_answers_pass(grade):
                      f" / sum by (service) (rate(envoy_cluster_upstream_rq{{{LOCAL}}}[1m]))"),
         p99_latency_ms=("histogram_quantile(0.99, sum without (instance, job, envoy_cluster_name) "
                         f"(rate(envoy_cluster_upstream_rq_time_bucket{{{LOCAL}}}[1m])))")))
+
+
+def test_a_query_prometheus_refuses_names_its_line_and_reason(grade):
+    checks = fails_only(grade, 8, variant(
+        request_rate=f"sum by service (rate(envoy_cluster_upstream_rq_total{{{LOCAL}}}[1m]))"),
+        {"test_request_rate"})
+    refused = checks["test_request_rate"]
+    # variant() writes signals.yaml with request_rate first.
+    assert "Prometheus refused request_rate (signals.yaml:1): 1:8: parse error" in refused["message"], refused
+    assert refused["received"].startswith("sum by service") and "gauge" in refused["hint"]
+
+
+def test_a_metrics_port_on_the_wrong_number_fails_the_signals_at_once_and_says_why(grade):
+    def istio_port(name, config):
+        if name == "productpage":  # Istio's number, not the one prometheus.yml scrapes
+            config["static_resources"]["listeners"][1]["address"]["socket_address"]["port_value"] = 15090
+
+    checks = fails_only(grade, 8, variant(istio_port), {"test_prometheus_scrapes_every_sidecar", "test_request_rate",
+                                                        "test_error_ratio", "test_p99_latency"})
+    assert "cannot scrape 1 of the 3" in checks["test_prometheus_scrapes_every_sidecar"]["message"]
+    rate = checks["test_request_rate"]
+    assert "cannot scrape the sidecar of productpage" in rate["message"], rate
+    assert "127.0.0.1:15091" in rate["received"] and "step 2" in rate["hint"]
+
+
+def test_a_tracer_exporting_to_a_cluster_that_does_not_exist_is_named(grade):
+    def typo(name, config):
+        if name == "reviews":  # Envoy accepts it, counts the spans as sent, and drops them
+            inbound_hcm(config)["tracing"]["provider"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] \
+                = "otel"
+
+    checks = fails_only(grade, 8, variant(typo), {"test_every_request_is_traced", "test_one_trace_across_three_hops"})
+    traced = checks["test_every_request_is_traced"]
+    assert "reviews sent 0 spans" in traced["message"], traced
+    assert "the reviews sidecar's tracer says it sent" in traced["received"]
+    assert "not `opentelemetry`" in traced["received"]

@@ -75,6 +75,7 @@ def test_ctrl_c_stops_the_lab_and_exits_130(lab_copy, state_dir, started):
     assert eventually(lambda: lab_is_up(folder), 30), "the lab never came up"
     os.killpg(cli.pid, signal.SIGINT)
     assert cli.wait(timeout=30) == 130
+    assert "interrupted; what this command started was stopped" in cli.stderr.read().decode()
     assert eventually(lambda: processes_in(folder) == [], 5), processes_in(folder)
 
 

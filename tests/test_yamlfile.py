@@ -47,3 +47,21 @@ def test_syntax_errors_have_line_column_and_a_fix(tmp_path, text, line, column, 
 def test_a_missing_file_is_an_input_error(tmp_path):
     with pytest.raises(YamlSyntaxError, match="does not exist"):
         yamlfile.load(tmp_path / "nope.yaml")
+
+
+def test_an_unclosed_quote_is_named_where_it_opens(tmp_path):
+    # The string runs on to the next quote, three lines down, where the parser fails.
+    file = tmp_path / "signals.yaml"
+    file.write_text('request_rate: "sum(rate(x[1m]))\n\n# a comment\nerror_ratio: ""\np99: ""\n')
+    with pytest.raises(YamlSyntaxError) as caught:
+        yamlfile.load(file)
+    assert caught.value.where.line == 4
+    assert caught.value.fix == "the quoted text that starts on line 1 ends only on line 4: close its quote on line 1"
+
+
+def test_a_quoted_string_over_lines_is_not_blamed_for_another_error(tmp_path):
+    file = tmp_path / "a.yaml"
+    file.write_text('a: "one\n  two"\nb:\n  - 1\n - 2\n')
+    with pytest.raises(YamlSyntaxError) as caught:
+        yamlfile.load(file)
+    assert "close its quote" not in caught.value.fix

@@ -88,10 +88,16 @@ def load(file: Path, text: str | None = None) -> YamlDoc:
         where = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file)
         problem = exc.problem or "invalid YAML"
         context = f" ({exc.context})" if exc.context else ""
+        fix = _syntax_fix(problem)
+        opened = _runaway_quote(text, where.line)
+        if opened is not None:
+            # An unclosed quote runs on to the next line's quote; the error shows there.
+            fix = (f"the quoted text that starts on line {opened} ends only on line {where.line}: "
+                   f"close its quote on line {opened}")
         raise YamlSyntaxError(
             f"{file.name} is not valid YAML: {problem}{context}",
             where=where,
-            fix=_syntax_fix(problem),
+            fix=fix,
             details=_excerpt(text, where.line),
         ) from None
     except yaml.YAMLError as exc:  # errors without a position (rare)
@@ -115,6 +121,23 @@ def _index(node: yaml.Node, path: YamlPath, positions: dict) -> None:
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _index(item, path + (index,), positions)
+
+
+def _runaway_quote(text: str, error_line: int | None) -> int | None:
+    """The line on which a quoted scalar that spans lines up to ERROR_LINE starts: the
+    mark of a quote left open (YAML lets a quoted string run over lines)."""
+    if error_line is None:
+        return None
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            start, end = token.start_mark.line + 1, token.end_mark.line + 1
+            if start > error_line:
+                break
+            if isinstance(token, yaml.ScalarToken) and token.style in ('"', "'") and start < end == error_line:
+                return start
+    except yaml.YAMLError:
+        pass
+    return None
 
 
 def _syntax_fix(problem: str) -> str:

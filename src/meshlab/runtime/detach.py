@@ -11,6 +11,7 @@ likely, that Envoy sees init as its parent.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -28,7 +29,13 @@ def main() -> None:
             os.execvp(argv[0], argv)
         finally:
             os._exit(127)
-    os.write(pid_fd, f"{child}\n".encode())
+    try:
+        os.write(pid_fd, f"{child}\n".encode())
+    except OSError:
+        # Nobody reads the PID: the command that started us was interrupted (Ctrl-C)
+        # while it waited. Nothing would ever stop the child, so it must not live on.
+        os.kill(child, signal.SIGKILL)
+        os._exit(1)
     os.close(pid_fd)
     os._exit(0)
 
