@@ -26,6 +26,11 @@ def _say(text: str) -> None:
     ui.errors.print(f"[dim]{ui.escape(text)}[/]")
 
 
+# A build step may print nothing for minutes (pip installing from the wheelhouse on a
+# loaded machine): the engine's API answers slower than a status call does.
+BUILD_TIMEOUT_S = 900
+
+
 @image_group.command("base")
 @click.option("--debootstrap", "method", flag_value="debootstrap",
               help="Make it with debootstrap even if a registry answers.")
@@ -40,7 +45,7 @@ def base_command(method: str | None, mirror: str | None) -> None:
     from meshlab.container.engine import BASE_IMAGE, connect
     from meshlab.container.images import make_base
 
-    client = connect()
+    client = connect(timeout=BUILD_TIMEOUT_S)
     started = time.monotonic()
     how = make_base(client, say=_say, method=method or "auto", mirror=mirror)
     ui.console.print(f"{BASE_IMAGE}: {how}, in {time.monotonic() - started:.0f} s")
@@ -58,7 +63,7 @@ def build_command() -> None:
     from meshlab.container.images import build_toolbox
 
     course = open_course()
-    client = connect()
+    client = connect(timeout=BUILD_TIMEOUT_S)
     started = time.monotonic()
     image_id = build_toolbox(client, course.root, course.state_dir / "image", say=_say)
     ui.console.print(f"{TOOLBOX_IMAGE} ({image_id}) built in {time.monotonic() - started:.0f} s")

@@ -206,6 +206,7 @@ def build_toolbox(client, root: Path, cache: Path, *, say: Say = print) -> str:
     """Build TOOLBOX_IMAGE from the checkout at ROOT; CACHE keeps the wheelhouse between
     builds. Returns the image's short id."""
     import docker.errors
+    import requests.exceptions
 
     require_image(client, BASE_IMAGE)
     wheels = wheelhouse(root, cache / "wheelhouse", say=say)
@@ -235,11 +236,15 @@ def build_toolbox(client, root: Path, cache: Path, *, say: Say = print) -> str:
     except docker.errors.APIError as error:
         raise DockerUnavailable(f"building {TOOLBOX_IMAGE} failed", details=f"  {error.explanation}",
                                 fix="check the engine's log") from None
+    except requests.exceptions.RequestException as error:
+        raise DockerUnavailable(f"building {TOOLBOX_IMAGE} failed: the engine stopped answering",
+                                details=f"  {type(error).__name__}: {error}",
+                                fix="check that dockerd still runs (`docker info`) and build again") from None
     # The install stage and the previous toolbox are left untagged: ~0.4 GB each per build.
     try:
         client.images.prune(filters={"dangling": True, "label": f"{LABEL}.base"})
-    except docker.errors.APIError:
-        pass  # another build or a container still uses them: next time
+    except (docker.errors.APIError, requests.exceptions.RequestException):
+        pass  # busy (another build, a container using them, a slow engine): next time
     return require_image(client, TOOLBOX_IMAGE).short_id.split(":")[-1]
 
 
