@@ -209,7 +209,8 @@ def call_trouble(lab, envoy: str) -> str | None:
     but time)."""
     admin = lab.envoy(envoy)
     clusters = {c["name"] for c in admin.clusters()}
-    service, port = dict(zip(ENVOYS, SERVICES.items()))[envoy]
+    service = dict(zip(ENVOYS, SERVICES))[envoy]
+    port = lab.port(service, "grpc")
     for name in dict.fromkeys(_grpc_clusters(admin.config_dump())):
         if name not in clusters:
             return (f"{envoy}'s rate-limit filter sends to the cluster {name!r}, which {envoy} does not have (its "
@@ -224,7 +225,7 @@ def call_trouble(lab, envoy: str) -> str | None:
                     "options with envoy.extensions.upstreams.http.v3.HttpProtocolOptions and explicit_http_config: "
                     "{http2_protocol_options: {}}")
         if count.get("upstream_cx_connect_fail"):
-            ports = sorted({p for c, _, p, _, _ in admin.hosts() if c == name})
+            ports = sorted({h.port for h in admin.hosts() if h.cluster == name})
             return (f"{envoy}'s cluster {name!r} cannot connect (upstream_cx_connect_fail "
                     f"{count['upstream_cx_connect_fail']}) to port {', '.join(map(str, ports))}: {service} "
                     f"listens on 127.0.0.1:{port}; if that is the port, read {service}'s log")
@@ -600,10 +601,10 @@ def through_both(lab) -> tuple[dict[str, list[Sent]], dict[str, Counter], list[d
 def answered_anyway(envoy: str, delta: dict[str, Counter], what: str) -> str:
     """Why ENVOY got OK or OVER_LIMIT answers while WHAT was stopped."""
     if what != "Redis":
-        service, port = dict(zip(ENVOYS, SERVICES.items()))[envoy]
+        service = dict(zip(ENVOYS, SERVICES))[envoy]
         return (f"{envoy} got answers with {service} stopped: another process answers on its cluster's port "
-                f"(a service started by hand, or left over: `ss -ltnp` shows who listens on {port}), or {envoy}'s "
-                f"cluster points elsewhere")
+                f"(a service started by hand, or left over: `ss -ltnp` shows who listens on {service}'s port in "
+                f"lab.yaml), or {envoy}'s cluster points elsewhere")
     other = next(e for e in ENVOYS if e != envoy)
     if delta[other]["error"]:
         return (f"{envoy} got answers without Redis while {other} got errors: the service found no limit for "

@@ -57,7 +57,8 @@ def test_inline_routes_and_static_endpoints_fail_the_xds_check(grade):
          "    resources = [build_listener(intent)]"),
         ('log = logging.getLogger("control-plane")', 'log = logging.getLogger("control-plane")\nCURRENT: list = []'),
     ), {"test_routes_and_endpoints_over_rds_and_eds"},
-        may_fail={"test_change_applied_without_restart", "test_nack_reported_while_traffic_flows"})
+        may_fail={"test_change_applied_without_restart", "test_unchanged_intent_pushes_nothing",
+                  "test_nack_reported_while_traffic_flows"})
     assert "not over RDS" in checks["test_routes_and_endpoints_over_rds_and_eds"]["message"]
 
 
@@ -147,5 +148,5 @@ def test_a_control_plane_that_raises_is_named_with_its_traceback_at_once(grade):
     assert f"your control plane raised ValueError at control_plane.py:{line}" in first["message"], first
     assert "build_listener" in first["received"] and "invalid literal for int()" in first["received"], first
     assert first["duration"] < 3, first["duration"]
-    assert {cid for cid, c in checks.items() if c["status"] == "fail"} == CHECKS
+    assert {cid for cid, c in checks.items() if c["status"] == "fail"} == set(checks)
     assert sum(c["duration"] for c in checks.values()) < 10
