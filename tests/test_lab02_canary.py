@@ -80,8 +80,10 @@ def test_eighty_twenty_a_late_header_route_and_a_split_checkout_fail(grade):
 def test_a_mirror_on_the_catch_all_route_fails_the_split_and_the_mirror(grade):
     copy_all = ("                  request_mirror_policies:\n"
                 "                  - cluster: v2\n")
+    # Copies of the split check's requests may still be reaching v2 when the header
+    # check counts what v2 received: whether that check fails too is chance.
     checks = fails_only(grade, 2, config(header_route(), split_route(extra=copy_all)),
-                        {"test_weighted_split", "test_mirroring"})
+                        {"test_weighted_split", "test_mirroring"}, may_fail={"test_header_route"})
     assert "mirrored copies" in checks["test_weighted_split"]["message"]
 
 
