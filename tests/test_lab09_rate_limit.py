@@ -56,11 +56,16 @@ def test_a_counter_per_process(grade):
 def test_get_then_set_under_concurrent_load(grade):
     files = service(COUNT_BODY, "    count = int(client.get(key) or 0) + hits\n"
                                 "    client.set(key, count, ex=ttl_seconds)\n    return count\n")
-    checks = fails_only(grade, 9, files, {"test_global_limit", "test_counts_in_redis"})
-    # Lost updates can leave one Envoy's count at zero, which the hint then reads as a
-    # descriptor mismatch (a known misreading, noted): either hint names a real cause.
-    hint = checks["test_global_limit"]["hint"]
-    assert "not atomic" in hint or "compare the rate_limits of the two Envoys" in hint, hint
+    # The count in Redis always falls short of the requests sent: that check decides.
+    # Whether the lost updates also let more than the limit through depends on how the
+    # requests interleave, so the limit check may pass; when it fails, its hint names a
+    # cause (lost updates can leave one Envoy's count at zero, which reads as a descriptor
+    # mismatch: a known misreading).
+    checks = fails_only(grade, 9, files, {"test_counts_in_redis"},
+                        may_fail={"test_global_limit"})
+    if checks["test_global_limit"]["status"] != "pass":
+        hint = checks["test_global_limit"]["hint"]
+        assert "not atomic" in hint or "compare the rate_limits of the two Envoys" in hint, hint
     assert "lost" in checks["test_counts_in_redis"]["hint"]
 
 
