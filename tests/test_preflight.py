@@ -134,3 +134,27 @@ def test_a_missing_type_in_an_any_asks_for_the_type(tmp_path):
     assert 'no "@type"' in error.message, error.message
     assert '"@type": type.googleapis.com/' in error.fix and "durations" not in error.fix, error.fix
     assert error.where.line == line_of(text, "typed_config:")
+
+
+def test_a_grpc_service_naming_no_cluster_is_refused_at_its_line(tmp_path):
+    # Envoy itself starts with it (the rate limit then fails open on every request).
+    solution = (ROOT / "solutions" / "09-rate-limit" / "envoy-a.yaml").read_text()
+    text = solution.replace("envoy_grpc: { cluster_name: ratelimit }",
+                            "envoy_grpc: { cluster_name: ratelimit_service }")
+    assert text != solution
+    path = tmp_path / "envoy-a.yaml"
+    path.write_text(text)
+    accepted, _ = preflight.validate(find_binary(), path, cwd=tmp_path)
+    assert accepted  # what makes the check worth having
+    with pytest.raises(EnvoyConfigError) as caught:
+        preflight.check_envoy_config(yamlfile.load(path), cwd=tmp_path, binary=find_binary())
+    error = caught.value
+    assert "ratelimit_service" in str(error)
+    assert error.where.line == line_of(text, "ratelimit_service")
+    assert "did you mean 'ratelimit'?" in error.fix
+
+
+def test_a_grpc_service_naming_a_static_cluster_passes(tmp_path):
+    path = tmp_path / "envoy-a.yaml"
+    path.write_text((ROOT / "solutions" / "09-rate-limit" / "envoy-a.yaml").read_text())
+    preflight.check_envoy_config(yamlfile.load(path), cwd=tmp_path, binary=find_binary())

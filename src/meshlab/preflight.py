@@ -80,6 +80,33 @@ def check_envoy_config(doc: yamlfile.YamlDoc, *, cwd: Path, binary: EnvoyBinary)
     accepted, output = validate(binary, doc.file.resolve(), cwd=cwd)
     if not accepted:
         raise explain(output, doc)
+    check_grpc_clusters(doc)
+
+
+def check_grpc_clusters(doc: yamlfile.YamlDoc) -> None:
+    """A gRPC service (rate limit, tracer, ext_authz) naming a cluster that does not exist.
+
+    Envoy accepts such a config and starts: the filter then fails every call at run time
+    (a rate limit fails open, spans are counted as sent and dropped), far from the typo.
+    Clusters that may still arrive over CDS make the name unknowable here: skip then.
+    """
+    data = doc.data
+    if (data.get("dynamic_resources") or {}).get("cds_config") is not None:
+        return
+    clusters = (data.get("static_resources") or {}).get("clusters") or []
+    names = [c.get("name") for c in clusters if isinstance(c, dict)]
+    for path, value in doc.walk():
+        if len(path) < 2 or path[-2:] != ("envoy_grpc", "cluster_name") or value in names:
+            continue
+        guess = difflib.get_close_matches(str(value), [n for n in names if isinstance(n, str)], n=1)
+        raise EnvoyConfigError(
+            f"{doc.file.name}: the gRPC service names cluster '{value}', which is not among "
+            f"the clusters ({yamlfile.format_path(path)})",
+            where=doc.location(path),
+            fix=(f"did you mean '{guess[0]}'?" if guess else
+                 "add a cluster with this name under static_resources.clusters, or name an existing one"),
+            details="  Envoy starts with it, and every call to the service then fails at run time.",
+        )
 
 
 def explain(output: str, doc: yamlfile.YamlDoc) -> EnvoyConfigError:
