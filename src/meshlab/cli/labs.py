@@ -79,7 +79,8 @@ def start_command(lab: str, fresh: bool, runtime: str | None) -> None:
     if spec.try_commands:
         ui.console.print("Try:")
         for command in spec.try_commands:
-            ui.console.print(f"  {command}")
+            # Meant to be pasted: never wrapped (a pipe gives rich 80 columns), never markup.
+            ui.console.print(f"  {command}", soft_wrap=True, markup=False)
     ui.console.print(f"Logs: {ui.relative(run_dir)}/")
     on_docker = " --runtime docker" if getattr(runtime, "name", "local") == "docker" else ""
     ui.console.print(f"Edit {ui.relative(spec.workspace)}/, then [bold]meshlab check {spec.number}{on_docker}[/]. "
