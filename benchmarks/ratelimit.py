@@ -25,15 +25,14 @@ import os
 import platform
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import envoy_bench
 import grpc
-import httpx
 import redis
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
@@ -113,11 +112,6 @@ def _rate(work, clients: int, seconds: float) -> tuple[float, int]:
     return sum(done) / (time.monotonic() - started), sum(done)
 
 
-def _percentiles(values: list[float]) -> tuple[float, float]:
-    ordered = sorted(values)
-    return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99)] * 1000
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests through each Envoy (default 2000)")
@@ -176,21 +170,9 @@ def main() -> None:
             raise SystemExit(f"{len(over)} decisions were OVER_LIMIT: the benchmark's limit is too low")
 
         # -- latency added by the filter ---------------------------------------------------------
-        samples: dict[str, list[float]] = {name: [] for name in listeners}
-        http = {name: httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False)
-                for name, port in listeners.items()}
-        order = list(listeners)
-        for name in order:
-            http[name].get("/", headers={"x-user-id": "warm"})
-        for i in range(options.requests):
-            for name in order if i % 2 else reversed(order):
-                started = time.perf_counter()
-                response = http[name].get("/", headers={"x-user-id": f"user-{i % 50}"})
-                samples[name].append(time.perf_counter() - started)
-                if response.status_code != 200:
-                    raise SystemExit(f"{name} the filter: HTTP {response.status_code}")
-        for c in http.values():
-            c.close()
+        urls = {name: f"http://127.0.0.1:{port}/" for name, port in listeners.items()}
+        samples = envoy_bench.interleaved(urls, options.requests, headers=lambda i: {"x-user-id": f"user-{i % 50}"},
+                                          warm=1)
         asked = sum(v for k, v in envoys[1].admin.stats(r"ratelimit\.ok$").items())
     finally:
         for envoy in envoys:
@@ -200,7 +182,7 @@ def main() -> None:
         log.close()
         shutil.rmtree(work, ignore_errors=True)
 
-    (w50, w99), (o50, o99) = _percentiles(samples["with"]), _percentiles(samples["without"])
+    (w50, w99), (o50, o99) = envoy_bench.percentiles(samples["with"]), envoy_bench.percentiles(samples["without"])
     load = os.getloadavg()[0]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"load average {load:.1f}")

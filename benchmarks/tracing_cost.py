@@ -35,66 +35,40 @@ import tempfile
 import time
 from pathlib import Path
 
+import envoy_bench
 import httpx
-
 from meshlab import load
 from meshlab.envoy import EnvoyProcess
 from meshlab.ports import free_port
 from meshlab.runtime.processes import spawn, terminate_group
 
-CONFIG = """
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
-stats_flush_interval: 1s
-{runtime}
-static_resources:
-  listeners:
-  - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench{tracing}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [{{match: {{prefix: "/"}}, direct_response: {{status: 200, body: {{inline_string: "ok"}}}}}}]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: opentelemetry
-    type: STATIC
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: opentelemetry
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {otlp}}}}}}}}}]}}]
-"""
-TRACING = """
-          tracing:
-            random_sampling: {value: 100}
-            provider:
-              name: envoy.tracers.opentelemetry
-              typed_config:
-                "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
-                grpc_service: {envoy_grpc: {cluster_name: opentelemetry}, timeout: 1s}
-                service_name: bench"""
-LAB_FLUSH = """layered_runtime:
-  layers:
-  - name: flush
-    static_layer: {tracing.opentelemetry.min_flush_spans: 1, tracing.opentelemetry.flush_interval_ms: 200}"""
-VARIANTS = {  # name: (tracing, runtime, scraped)
-    "baseline": ("", "", False),
-    "traced-lab": (TRACING, LAB_FLUSH, False),
-    "traced": (TRACING, "", False),
-    "traced-void": (TRACING, "", False),
-    "scraped": ("", "", True),
-    "baseline-2": ("", "", False),
+TRACING = {"random_sampling": {"value": 100}, "provider": {
+    "name": "envoy.tracers.opentelemetry",
+    "typed_config": {"@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                     "grpc_service": {"envoy_grpc": {"cluster_name": "opentelemetry"}, "timeout": "1s"},
+                     "service_name": "bench"}}}
+LAB_FLUSH = {"layers": [{"name": "flush", "static_layer": {"tracing.opentelemetry.min_flush_spans": 1,
+                                                           "tracing.opentelemetry.flush_interval_ms": 200}}]}
+VARIANTS = {  # name: (traced, spans flushed one by one as in lab 08, scraped)
+    "baseline": (False, False, False),
+    "traced-lab": (True, True, False),
+    "traced": (True, False, False),
+    "traced-void": (True, False, False),
+    "scraped": (False, False, True),
+    "baseline-2": (False, False, False),
 }
+
+
+def config(port: int, admin: int, otlp: int, traced: bool, lab_flush: bool) -> str:
+    """An Envoy answering "ok" itself, stats flushed each second, spans (when TRACED) to
+    127.0.0.1:OTLP."""
+    extra = {"layered_runtime": LAB_FLUSH} if lab_flush else {}
+    return envoy_bench.proxy(port, [envoy_bench.direct({"inline_string": "ok"})], admin=admin,
+                             hcm={"tracing": TRACING} if traced else None,
+                             clusters=[envoy_bench.cluster("opentelemetry", otlp, http2=True)],
+                             stats_flush_interval="1s", **extra)
+
+
 PROMETHEUS = """
 global: {{scrape_interval: 1s}}
 scrape_configs:
@@ -102,17 +76,6 @@ scrape_configs:
   metrics_path: /stats/prometheus
   static_configs: [{{targets: ["127.0.0.1:{admin}"]}}]
 """
-
-
-def _wait_port(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1, trust_env=False)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise SystemExit(f"{url} did not come up")
 
 
 def _scraped(prometheus: str, timeout: float = 30.0) -> None:
@@ -146,13 +109,11 @@ def main() -> None:
     ports = {name: free_port() for name in VARIANTS}
     results: dict[str, list[load.LoadResult]] = {name: [] for name in VARIANTS}
     try:
-        _wait_port(f"http://127.0.0.1:{store}/api/spans")
-        for name, (tracing, runtime, scraped) in VARIANTS.items():
+        envoy_bench.wait_up(f"http://127.0.0.1:{store}/api/spans", timeout=30)
+        for name, (traced, lab_flush, scraped) in VARIANTS.items():
             admin = free_port() if scraped else 0
             collector = free_port() if name == "traced-void" else otlp  # a port nobody listens on
-            (work / f"{name}.yaml").write_text(CONFIG.format(admin=admin, port=ports[name], otlp=collector,
-                                                             tracing=tracing, runtime=runtime))
-            envoys[name] = EnvoyProcess(work / f"{name}.yaml", workdir=work, name=name).start()
+            envoys[name] = envoy_bench.start(work, name, config(ports[name], admin, collector, traced, lab_flush))
             if scraped:
                 (work / "prometheus.yml").write_text(PROMETHEUS.format(admin=admin))
                 prometheus_port = free_port()

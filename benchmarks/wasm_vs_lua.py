@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import envoy_bench
 import httpx
-
 from meshlab import load
 from meshlab.envoy import EnvoyProcess
 from meshlab.ports import free_port
@@ -142,74 +140,20 @@ function envoy_on_response(handle)
 end
 """
 
-UPSTREAM = """
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
-static_resources:
-  listeners:
-  - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: upstream
-          route_config:
-            max_direct_response_body_size_bytes: 65536
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                direct_response: {{status: 200, body: {{filename: {page}}}}}
-              response_headers_to_add:
-              - header: {{key: content-type, value: application/json}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-"""
+def upstream(port: int, page: Path) -> str:
+    """The Envoy that serves PAGE as JSON itself, on every path."""
+    return envoy_bench.proxy(port, [envoy_bench.direct({"filename": str(page)})], hcm={"stat_prefix": "upstream"},
+                             route_config={"max_direct_response_body_size_bytes": 65536,
+                                           "response_headers_to_add": [
+                                               {"header": {"key": "content-type", "value": "application/json"}}]})
 
-FRONT = """
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
-static_resources:
-  listeners:
-  - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    per_connection_buffer_limit_bytes: 65536
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: front
-          http_protocol_options: {{enable_trailers: true}}
-          route_config:
-            virtual_hosts:
-            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: upstream}}}}]}}
-          http_filters:{filter}
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: upstream
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: upstream
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}}}]}}]
-"""
-FILTERS = {
-    "plain": "",
-    "wasm": """
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                vm_config:
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: {wasm}}}}}""",
-    "lua": """
-          - name: envoy.filters.http.lua
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
-              default_source_code: {{filename: {lua}}}""",
-}
+
+def front(port: int, upstream_port: int, filters: list[dict]) -> str:
+    """An Envoy routing to the upstream with FILTERS, trailers on, Lab 10's buffer limit."""
+    return envoy_bench.proxy(port, [envoy_bench.to_cluster("upstream")], filters=filters,
+                             clusters=[envoy_bench.cluster("upstream", upstream_port)],
+                             hcm={"stat_prefix": "front", "http_protocol_options": {"enable_trailers": True}},
+                             listener={"per_connection_buffer_limit_bytes": 65536})
 
 
 def build_wasm(work: Path) -> Path:
@@ -239,28 +183,16 @@ def main() -> None:
         (work / "page.json").write_text(page())
         (work / "mask.lua").write_text(LUA)
         wasm = build_wasm(work)
-        upstream = free_port()
-        (work / "upstream.yaml").write_text(UPSTREAM.format(port=upstream, page=work / "page.json"))
-        envoys.append(EnvoyProcess(work / "upstream.yaml", workdir=work, name="upstream").start())
+        upstream_port = free_port()
+        envoys.append(envoy_bench.start(work, "upstream", upstream(upstream_port, work / "page.json")))
+        filters = {"plain": [], "wasm": [envoy_bench.wasm_filter(wasm)], "lua": [envoy_bench.lua_filter(work / "mask.lua")]}
         urls = {}
-        for name, snippet in FILTERS.items():
+        for name, chosen in filters.items():
             port = free_port()
-            config = FRONT.format(port=port, upstream=upstream, filter=snippet.format(wasm=wasm, lua=work / "mask.lua"))
-            (work / f"{name}.yaml").write_text(config)
-            envoys.append(EnvoyProcess(work / f"{name}.yaml", workdir=work, name=name).start())
+            envoys.append(envoy_bench.start(work, name, front(port, upstream_port, chosen)))
             urls[name] = f"http://127.0.0.1:{port}/"
         same_masking(urls)
-
-        samples: dict[str, list[float]] = {name: [] for name in urls}
-        clients = {name: httpx.Client(trust_env=False) for name in urls}
-        names = list(urls)
-        for i in range(options.requests):
-            for name in names[i % 3:] + names[:i % 3]:
-                started = time.perf_counter()
-                clients[name].get(urls[name])
-                samples[name].append(time.perf_counter() - started)
-        for client in clients.values():
-            client.close()
+        samples = envoy_bench.interleaved(urls, options.requests)
         throughput = {name: load.run(url, engine="builtin", requests=options.load, concurrency=8) for name, url in
                       urls.items()}
     finally:
@@ -268,22 +200,18 @@ def main() -> None:
             envoy.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    def percentiles(values: list[float]) -> tuple[float, float]:
-        ordered = sorted(values)
-        return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99)] * 1000
-
-    base50, base99 = percentiles(samples["plain"])
+    base50, base99 = envoy_bench.percentiles(samples["plain"])
     print(f"body: {len(page())} bytes of JSON, {MASKED} items masked per response")
     print(f"latency: {options.requests} sequential keep-alive requests per Envoy, interleaved")
     print(f"throughput: {options.load} requests per Envoy, 8 connections (meshlab's load engine)")
     print(f"{'':8} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'req/s':>8}")
     for name in urls:
-        p50, p99 = percentiles(samples[name])
+        p50, p99 = envoy_bench.percentiles(samples[name])
         result = throughput[name]
         if result.ok != options.load:
             raise SystemExit(f"{name}: only {result.ok} of {options.load} requests answered 200")
         print(f"{name:8} {p50:8.3f} {p99:8.3f} {p50 - base50:+10.3f} {p99 - base99:+10.3f} {result.actual_qps:8.0f}")
-    wasm50, lua50 = (percentiles(samples[n])[0] - base50 for n in ("wasm", "lua"))
+    wasm50, lua50 = (envoy_bench.percentiles(samples[n])[0] - base50 for n in ("wasm", "lua"))
     print(f"added p50, Wasm / Lua: {wasm50 / lua50:.2f}" if lua50 > 0 else "Lua added nothing measurable")
 
 

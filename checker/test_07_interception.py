@@ -22,12 +22,9 @@ from meshlab.grading.accesslog import AccessLog
 
 pytestmark = pytest.mark.lab("07-interception")
 
-POD, REMOTE = "10.77.7.2", "10.77.7.3"
-APP = "http://127.0.0.1:8080"               # the app, seen from inside its pod
-# The app also listens on this abstract Unix socket of its pod: the checker asks it to
-# make calls and reads its journal there, where no capture rule can interfere.
-CONTROL = "@app"
-OUTBOUND, INBOUND = 15001, 15006
+# Every port and address comes from lab.yaml: `lab.port`, `lab.url` (the app seen from
+# inside its pod) and `lab.address` (a service seen from the other pods).
+
 # Envoy's router adds this to every response it forwards; no app of the lab sets it.
 ENVOY_HEADER = "x-envoy-upstream-service-time"
 CAPTURE_HINT = ("capture.rules must REDIRECT the pod's outbound TCP to port 15001 (nat OUTPUT), and Envoy's "
@@ -40,32 +37,45 @@ def probe() -> str:
     return uuid.uuid4().hex
 
 
+def control(lab, app: str = "app") -> httpx.Client:
+    """A client to APP over the abstract Unix socket of its pod it also listens on
+    (`--unix` in lab.yaml): the checker asks it to make calls and reads its journal
+    there, where no capture rule can interfere."""
+    spec = lab.lab.service(app)
+    return lab.pod(spec.pod, unix=spec.args[spec.args.index("--unix") + 1])
+
+
 def call(lab, url: str) -> dict:
     """Make the app call URL (a plain GET from inside the pod); what the app received."""
-    response = lab.pod("pod", unix=CONTROL).get("http://app/call", params={"url": url}, timeout=15.0)
+    response = control(lab).get("http://app/call", params={"url": url}, timeout=15.0)
     response.raise_for_status()
     return response.json()
 
 
-def no_loop_behind(result: dict, accepted: int, loop_hint: str) -> None:
+def outbound(lab, sidecar: str = "sidecar") -> int:
+    return lab.port(sidecar, "outbound")
+
+
+def no_loop_behind(result: dict, accepted: int, port: int, loop_hint: str) -> None:
     """A call that got no answer while Envoy's outbound listener took more connections
     than the one call opened went into a capture loop: say so, not "not captured"."""
     if "error" in result and accepted > 1:
         fail("the app's call went into Envoy and never came back: Envoy's own upstream connection was captured "
              "into Envoy again, and again",
-             expected=f"1 connection on the :{OUTBOUND} listener for the call",
+             expected=f"1 connection on the :{port} listener for the call",
              received=f"{accepted} connections while the app waited; {shown(result)}", hint=loop_hint)
 
 
 def captured_call(lab, url: str) -> dict:
     """call(), failing with the loop explained if the call ran into one."""
-    before = counted_connections(lab, OUTBOUND)
+    port = outbound(lab)
+    before = counted_connections(lab, port)
     result = call(lab, url)
-    after = counted_connections(lab, OUTBOUND)
+    after = counted_connections(lab, port)
     if before is not None and after is not None:
-        no_loop_behind(result, after - before, LOOP_HINT)
+        no_loop_behind(result, after - before, port, LOOP_HINT)
     elif not through_envoy(result):   # Envoy's counters cannot tell why: say what stands in the way
-        admin_unreachable(OUTBOUND)
+        admin_unreachable(lab, port)
     return result
 
 
@@ -97,13 +107,13 @@ def listener_connections(lab, port: int) -> int:
     """Connections Envoy accepted on its listener on PORT (whatever address it binds)."""
     accepted = counted_connections(lab, port)
     if accepted is None:
-        admin_unreachable(port)
+        admin_unreachable(lab, port)
     return accepted
 
 
-def admin_unreachable(port: int) -> None:
-    fail("the checker's request to Envoy's admin API (127.0.0.1:15000 inside the pod) was captured into Envoy's "
-         "outbound listener, and Envoy's counters never came back",
+def admin_unreachable(lab, port: int) -> None:
+    fail(f"the checker's request to Envoy's admin API (127.0.0.1:{lab.port('sidecar', 'admin')} inside the pod) was "
+         "captured into Envoy's outbound listener, and Envoy's counters never came back",
          expected="Envoy's own counters", received=f"no answer from Envoy's admin API (asking for the :{port} listener)",
          hint="exempt loopback before the outbound REDIRECT (-d 127.0.0.0/8 -j RETURN, step 5), and Envoy's uid "
               "(-m owner --uid-owner 1337 -j RETURN, step 1): the checker reads Envoy's counters over loopback")
@@ -128,7 +138,7 @@ def journal(lab, service: str, since: int = 0) -> list[dict]:
     """What SERVICE received (the app's journal is read over its Unix socket)."""
     if service != "app":
         return lab.journal(service, since=since)
-    response = lab.pod("pod", unix=CONTROL).get(f"http://app{JOURNAL_PATH}", params={"since": since})
+    response = control(lab).get(f"http://app{JOURNAL_PATH}", params={"since": since})
     response.raise_for_status()
     return response.json()
 
@@ -144,7 +154,7 @@ def reached(lab, service: str, since: int, mark: str) -> dict | None:
 
 def require_capture(lab) -> None:
     """A bypass only means something once capture works: one call must go through Envoy."""
-    result = captured_call(lab, f"http://{REMOTE}:8080/?probe={probe()}")
+    result = captured_call(lab, f"http://{lab.address('remote')}/?probe={probe()}")
     if not through_envoy(result):
         fail("the app's calls are not captured yet, so there is nothing to bypass",
              expected="a call to the remote service answered through Envoy",
@@ -157,7 +167,8 @@ def test_outbound_captured(lab):
     mark, since = probe(), lab.journal_position("remote")
     log = AccessLog(lab.runtime.access_log_path("sidecar"))
     position = log.position()
-    result = captured_call(lab, f"http://{REMOTE}:8080/hello?probe={mark}")
+    remote = lab.address("remote")
+    result = captured_call(lab, f"http://{remote}/hello?probe={mark}")
     if not through_envoy(result):
         answered_by_envoy_itself(result)
         went = "it reached the remote service directly" if reached(lab, "remote", since, mark) else \
@@ -167,17 +178,18 @@ def test_outbound_captured(lab):
              received=shown(result))
     if result["status"] != 200 or reached(lab, "remote", since, mark) is None:
         fail("the call went into Envoy but did not reach the remote service",
-             expected=f"HTTP 200 from the remote service at {REMOTE}:8080, which records the request",
+             expected=f"HTTP 200 from the remote service at {remote}, which records the request",
              received=shown(result) + "; the remote service has no record of it",
              hint="the outbound route must go to a cluster of type ORIGINAL_DST (lb_policy CLUSTER_PROVIDED), "
                   "and the listener needs the envoy.filters.listener.original_dst listener filter")
     entries = log.wait(position, 1, where=lambda e: mark in str(e.get("path", "")))
     destination = entries[0].get("original_destination")
-    if destination != f"{REMOTE}:8080":
+    if destination != remote:
         fail("Envoy's access log does not show where the app meant to go",
-             expected=f"original_destination {REMOTE}:8080 in the log entry of the call",
+             expected=f"original_destination {remote} in the log entry of the call",
              received=f"the entry: {json.dumps(entries[0])[:240]}",
-             hint="without the original_dst listener filter Envoy sees the REDIRECTed address (127.0.0.1:15001) "
+             hint=f"without the original_dst listener filter Envoy sees the REDIRECTed address "
+                  f"(127.0.0.1:{outbound(lab)}) "
                   "as the destination; add the filter to the outbound listener")
 
 
@@ -185,17 +197,17 @@ def test_outbound_captured(lab):
        hint="a STATIC cluster sends every call to one fixed address; ORIGINAL_DST forwards each connection to "
             "its own original destination")
 def test_each_call_reaches_its_destination(lab):
-    for service, port in (("remote", 8080), ("other", 8081)):
-        mark, since = probe(), lab.journal_position(service)
-        result = captured_call(lab, f"http://{REMOTE}:{port}/?probe={mark}")
+    for service in ("remote", "other"):
+        mark, since, target = probe(), lab.journal_position(service), lab.address(service)
+        result = captured_call(lab, f"http://{target}/?probe={mark}")
         if not through_envoy(result):
             answered_by_envoy_itself(result)
-            fail(f"the app's call to {REMOTE}:{port} did not pass through Envoy",
+            fail(f"the app's call to {target} did not pass through Envoy",
                  expected=f"a response carrying {ENVOY_HEADER}", received=shown(result), hint=CAPTURE_HINT)
         if reached(lab, service, since, mark) is None:
             answered = result["body"].strip() or "nothing"
-            fail(f"the call to {REMOTE}:{port} reached another service",
-                 expected=f"the {service} service at {REMOTE}:{port} receives it",
+            fail(f"the call to {target} reached another service",
+                 expected=f"the {service} service at {target} receives it",
                  received=f"{service} has no record of it; the answer came from {answered!r}")
 
 
@@ -204,44 +216,45 @@ def test_each_call_reaches_its_destination(lab):
             "a listener on 0.0.0.0:15006 that routes to the app at 127.0.0.1:8080")
 def test_inbound_through_envoy(lab):
     mark, since = probe(), position(lab, "app")
-    before = listener_connections(lab, INBOUND)
+    app, inbound = lab.address("app"), lab.port("sidecar", "inbound")
+    before = listener_connections(lab, inbound)
     try:
-        response = lab.pod("remote").get(f"http://{POD}:8080/inbound", params={"probe": mark})
+        response = lab.pod("remote").get(f"http://{app}/inbound", params={"probe": mark})
     except httpx.ConnectError as error:
-        fail(f"the connection from the remote pod to {POD}:8080 was refused",
-             expected=f"HTTP 200 from the app for GET http://{POD}:8080/inbound",
-             received=f"{error}: when PREROUTING sends it to port {INBOUND}, a listener of Envoy must be there "
-                      f"(bound to 0.0.0.0, since the REDIRECT goes to the pod's address {POD})")
-    after = listener_connections(lab, INBOUND)
+        fail(f"the connection from the remote pod to {app} was refused",
+             expected=f"HTTP 200 from the app for GET http://{app}/inbound",
+             received=f"{error}: when PREROUTING sends it to port {inbound}, a listener of Envoy must be there "
+                      f"(bound to 0.0.0.0, since the REDIRECT goes to the pod's address {app.split(':')[0]})")
+    after = listener_connections(lab, inbound)
     seen = reached(lab, "app", since, mark)
     if response.status_code != 200 or seen is None:
         fail("the request from the remote pod did not reach the app",
-             expected=f"HTTP 200 from the app for GET http://{POD}:8080/inbound",
+             expected=f"HTTP 200 from the app for GET http://{app}/inbound",
              received=f"HTTP {response.status_code} {response.text.strip()[:120]!r}; the app has "
                       f"{'a' if seen else 'no'} record of it")
     if after - before < 1 or ENVOY_HEADER not in response.headers:
         fail("the request reached the app without passing through Envoy",
-             expected=f"Envoy's listener on port {INBOUND} accepts the connection ({ENVOY_HEADER} in the answer)",
-             received=f"downstream_cx_total of the :{INBOUND} listener {before} -> {after}; "
+             expected=f"Envoy's listener on port {inbound} accepts the connection ({ENVOY_HEADER} in the answer)",
+             received=f"downstream_cx_total of the :{inbound} listener {before} -> {after}; "
                       f"{ENVOY_HEADER}: {response.headers.get(ENVOY_HEADER, '(absent)')}")
 
 
 @check("No loop: Envoy's own upstream connections are not captured", hint=LOOP_HINT)
 def test_no_loop(lab):
-    calls = 5
-    before = listener_connections(lab, OUTBOUND)
+    calls, port, remote = 5, outbound(lab), lab.address("remote")
+    before = listener_connections(lab, port)
     results = []
     for _ in range(calls):
-        results.append(call(lab, f"http://{REMOTE}:8080/?probe={probe()}"))
-        accepted = listener_connections(lab, OUTBOUND) - before
+        results.append(call(lab, f"http://{remote}/?probe={probe()}"))
+        accepted = listener_connections(lab, port) - before
         if accepted > len(results):  # one call, one connection: more is a loop (no need to wait for more)
             fail("Envoy accepted more connections than the app opened: its own connections came back to it",
-                 expected=f"{len(results)} connections on the :{OUTBOUND} listener for {len(results)} calls",
+                 expected=f"{len(results)} connections on the :{port} listener for {len(results)} calls",
                  received=f"{accepted} connections; the call: {shown(results[-1])}")
     captured = sum(1 for r in results if through_envoy(r))
     if captured < calls or accepted < calls:
         fail("the app's calls did not all pass through Envoy, so there is no loop to rule out",
-             expected=f"{calls} calls answered through Envoy, {calls} connections on :{OUTBOUND}",
+             expected=f"{calls} calls answered through Envoy, {calls} connections on :{port}",
              received=f"{captured} answered through Envoy, {accepted} connections; last: {shown(results[-1])}",
              hint=CAPTURE_HINT)
 
@@ -251,19 +264,19 @@ def test_no_loop(lab):
             "to each other over 127.0.0.1, and Envoy reaches the app that way")
 def test_loopback_bypasses(lab):
     require_capture(lab)
-    mark, since = probe(), position(lab, "app")
-    before = listener_connections(lab, OUTBOUND)
-    response = lab.pod("pod").get(f"{APP}/local", params={"probe": mark})
-    accepted = listener_connections(lab, OUTBOUND) - before
+    mark, since, port = probe(), position(lab, "app"), outbound(lab)
+    before = listener_connections(lab, port)
+    response = lab.pod("pod").get(lab.url("app", path="/local"), params={"probe": mark})
+    accepted = listener_connections(lab, port) - before
     if reached(lab, "app", since, mark) is None:
-        fail("a request to 127.0.0.1:8080 inside the pod did not reach the app",
+        fail(f"a request to 127.0.0.1:{lab.port('app')} inside the pod did not reach the app",
              expected="the app answers on loopback",
              received=f"HTTP {response.status_code}, server: {response.headers.get('server', '-')}, "
                       f"{ENVOY_HEADER}: {response.headers.get(ENVOY_HEADER, '(absent)')}, "
                       f"body {response.text.strip()[:80]!r}")
     if accepted or ENVOY_HEADER in response.headers:
         fail("a connection to 127.0.0.1 inside the pod was captured into Envoy",
-             expected=f"no new connection on the :{OUTBOUND} listener, no {ENVOY_HEADER}",
+             expected=f"no new connection on the :{port} listener, no {ENVOY_HEADER}",
              received=f"{accepted} new connections; {ENVOY_HEADER}: {response.headers.get(ENVOY_HEADER, '(absent)')}")
 
 
@@ -272,16 +285,16 @@ def test_loopback_bypasses(lab):
             "excludeOutboundPorts does the same)")
 def test_excluded_port_bypasses(lab):
     require_capture(lab)
-    mark, since = probe(), lab.journal_position("db")
-    before = listener_connections(lab, OUTBOUND)
-    result = call(lab, f"http://{REMOTE}:5432/?probe={mark}")
-    accepted = listener_connections(lab, OUTBOUND) - before
+    mark, since, port, db = probe(), lab.journal_position("db"), outbound(lab), lab.address("db")
+    before = listener_connections(lab, port)
+    result = call(lab, f"http://{db}/?probe={mark}")
+    accepted = listener_connections(lab, port) - before
     if reached(lab, "db", since, mark) is None:
-        fail("the app's call to the database never arrived", expected=f"the db service at {REMOTE}:5432 receives it",
+        fail("the app's call to the database never arrived", expected=f"the db service at {db} receives it",
              received=shown(result))
     if accepted or through_envoy(result):
-        fail("the call to port 5432 was captured into Envoy",
-             expected=f"no new connection on the :{OUTBOUND} listener, no {ENVOY_HEADER}",
+        fail(f"the call to port {lab.port('db')} was captured into Envoy",
+             expected=f"no new connection on the :{port} listener, no {ENVOY_HEADER}",
              received=f"{accepted} new connections; {shown(result)}")
 
 
@@ -295,13 +308,13 @@ BPF_LOOP_HINT = ("Envoy is in the same cgroup as the app: connect4 must return e
 
 def call_b(lab, url: str) -> dict:
     """Make podb's app call URL."""
-    response = lab.pod("podb", unix=CONTROL).get("http://app/call", params={"url": url}, timeout=15.0)
+    response = control(lab, "app-b").get("http://app/call", params={"url": url}, timeout=15.0)
     response.raise_for_status()
     return response.json()
 
 
 def outbound_b(lab) -> int:
-    stats = lab.envoy("sidecar-b").stats(rf"^listener\..*_{OUTBOUND}\.downstream_cx_total$")
+    stats = lab.envoy("sidecar-b").stats(rf"^listener\..*_{outbound(lab, 'sidecar-b')}\.downstream_cx_total$")
     return sum(value for name, value in stats.items() if ".worker_" not in name)
 
 
@@ -309,7 +322,7 @@ def captured_call_b(lab, url: str) -> dict:
     """call_b(), failing with the loop explained if the call ran into one."""
     before = outbound_b(lab)
     result = call_b(lab, url)
-    no_loop_behind(result, outbound_b(lab) - before, BPF_LOOP_HINT)
+    no_loop_behind(result, outbound_b(lab) - before, outbound(lab, "sidecar-b"), BPF_LOOP_HINT)
     return result
 
 
@@ -319,7 +332,7 @@ def nat_rules(lab, pod: str) -> list[str]:
 
 
 def require_capture_b(lab) -> None:
-    result = captured_call_b(lab, f"http://{REMOTE}:8080/?probe={probe()}")
+    result = captured_call_b(lab, f"http://{lab.address('remote')}/?probe={probe()}")
     if not through_envoy(result):
         fail("the app's calls in podb are not redirected yet, so there is nothing to compare with",
              expected="a call of podb's app answered through Envoy", received=shown(result), hint=BPF_HINT)
@@ -333,23 +346,23 @@ def test_bpf_outbound_captured(lab):
         fail("podb has iptables rules: this part must work without them",
              expected="iptables-save in podb lists no rule", received="; ".join(rules[:3]))
     log = AccessLog(lab.runtime.access_log_path("sidecar-b"))
-    for service, port in (("remote", 8080), ("other", 8081)):
-        mark, since, start = probe(), lab.journal_position(service), log.position()
-        result = captured_call_b(lab, f"http://{REMOTE}:{port}/?probe={mark}")
+    for service in ("remote", "other"):
+        mark, since, start, target = probe(), lab.journal_position(service), log.position(), lab.address(service)
+        result = captured_call_b(lab, f"http://{target}/?probe={mark}")
         if not through_envoy(result):
-            fail(f"podb's app called {REMOTE}:{port} and Envoy was not in the path",
+            fail(f"podb's app called {target} and Envoy was not in the path",
                  expected=f"a response carrying {ENVOY_HEADER}", received=shown(result))
         if reached(lab, service, since, mark) is None:
-            fail(f"the call went into Envoy but did not reach {REMOTE}:{port}",
+            fail(f"the call went into Envoy but did not reach {target}",
                  expected=f"the {service} service receives it", received=shown(result),
                  hint="Envoy reads the original destination with SO_ORIGINAL_DST, which the given getsockopt "
                       "program answers from mesh_by_port: connect4 must fill mesh_by_cookie (ip and port as "
                       "connect() saw them, network byte order); and podb runs the same envoy.yaml, whose "
                       "outbound cluster must be ORIGINAL_DST")
         entry = log.wait(start, 1, where=lambda e, m=mark: m in str(e.get("path", "")))[0]
-        if entry.get("original_destination") != f"{REMOTE}:{port}":
+        if entry.get("original_destination") != target:
             fail("Envoy's access log does not show where the app meant to go",
-                 expected=f"original_destination {REMOTE}:{port}", received=json.dumps(entry)[:240])
+                 expected=f"original_destination {target}", received=json.dumps(entry)[:240])
 
 
 @check("eBPF: a process of podb outside the app's cgroup is not redirected",
@@ -359,26 +372,26 @@ def test_bpf_only_the_cgroup(lab):
     require_capture_b(lab)
     mark, since = probe(), lab.journal_position("remote")
     before = outbound_b(lab)
-    response = lab.pod("podb").get(f"http://{REMOTE}:8080/", params={"probe": mark})
-    accepted = outbound_b(lab) - before
+    response = lab.pod("podb").get(f"http://{lab.address('remote')}/", params={"probe": mark})
+    accepted, port = outbound_b(lab) - before, outbound(lab, "sidecar-b")
     if reached(lab, "remote", since, mark) is None or accepted or ENVOY_HEADER in response.headers:
         fail("a connection from outside the cgroup went through Envoy (or nowhere)",
-             expected="it reaches the remote service directly: no new connection on Envoy's :15001",
-             received=f"HTTP {response.status_code}; {accepted} new connections on :{OUTBOUND}; "
+             expected=f"it reaches the remote service directly: no new connection on Envoy's :{port}",
+             received=f"HTTP {response.status_code}; {accepted} new connections on :{port}; "
                       f"{ENVOY_HEADER}: {response.headers.get(ENVOY_HEADER, '(absent)')}")
 
 
 @check("eBPF: Envoy's own connects are not redirected (no loop)", hint=BPF_LOOP_HINT)
 def test_bpf_no_loop(lab):
-    calls = 5
+    calls, port, remote = 5, outbound(lab, "sidecar-b"), lab.address("remote")
     before = outbound_b(lab)
     results = []
     for _ in range(calls):
-        results.append(call_b(lab, f"http://{REMOTE}:8080/?probe={probe()}"))
+        results.append(call_b(lab, f"http://{remote}/?probe={probe()}"))
         accepted = outbound_b(lab) - before
         if accepted > len(results):
             fail("Envoy accepted more connections than the app opened: its own connects were redirected to it",
-                 expected=f"{len(results)} connections on :{OUTBOUND} for {len(results)} calls",
+                 expected=f"{len(results)} connections on :{port} for {len(results)} calls",
                  received=f"{accepted} connections; the call: {shown(results[-1])}")
     captured = sum(1 for r in results if through_envoy(r))
     if captured < calls:

@@ -37,15 +37,10 @@ from meshlab.grading import CheckFailed, check, fail
 
 pytestmark = pytest.mark.lab("08-observability")
 
-PROMETHEUS = "http://127.0.0.1:9090"
-TRACES = "http://127.0.0.1:16686"
-ENTRY = "http://127.0.0.1:10001"
+# Every port, and what reviews is told to do (its --delay and --fail-every), comes from
+# lab.yaml: see the functions below.
 SERVICES = ("productpage", "reviews", "ratings")
-INBOUND = {"productpage": 10001, "reviews": 10002, "ratings": 10003}
-METRICS = {"productpage": 15091, "reviews": 15092, "ratings": 15093}
 PARENT = {"reviews": "productpage", "ratings": "reviews"}
-REVIEWS_DELAY_MS = 300.0          # --delay 0.3 in lab.yaml
-REVIEWS_FAIL_EVERY = 5            # --fail-every 5
 TRACED_REQUESTS = 20              # at 50 % sampling, all 20 traced has probability 1e-6
 SIGNAL_REQUESTS, MISSING_REQUESTS = 100, 25
 
@@ -71,9 +66,38 @@ def http() -> httpx.Client:
     return httpx.Client(timeout=5.0, trust_env=False)
 
 
+# -- the lab's manifest ---------------------------------------------------------------------
+
+def prometheus(lab) -> str:
+    return lab.url("prometheus")
+
+
+def entry(lab) -> str:
+    """productpage's sidecar, where the chain's requests enter."""
+    return lab.url("sidecar-productpage", "inbound")
+
+
+def metrics_port(lab, service: str) -> int:
+    return lab.port(f"sidecar-{service}", "metrics")
+
+
+def argument(lab, service: str, option: str) -> str:
+    """The value SERVICE is given for OPTION in lab.yaml (`--delay 0.3`)."""
+    args = lab.lab.service(service).args
+    return args[args.index(option) + 1]
+
+
+def reviews_delay_ms(lab) -> float:
+    return float(argument(lab, "reviews", "--delay")) * 1000
+
+
+def reviews_fail_every(lab) -> int:
+    return int(argument(lab, "reviews", "--fail-every"))
+
+
 # -- Prometheus ---------------------------------------------------------------------------
 
-def promql(query: str, at: float | None = None) -> list[dict]:
+def promql(lab, query: str, at: float | None = None) -> list[dict]:
     """The result of an instant query: [{"metric": {...}, "value": [t, "text"]}] (or a
     matrix's "values"). A query Prometheus refuses raises CheckFailed with its reason."""
     params = {"query": query}
@@ -81,9 +105,9 @@ def promql(query: str, at: float | None = None) -> list[dict]:
         params["time"] = f"{at:.3f}"
     with http() as client:
         try:
-            answer = client.get(PROMETHEUS + "/api/v1/query", params=params).json()
+            answer = client.get(prometheus(lab) + "/api/v1/query", params=params).json()
         except (httpx.HTTPError, ValueError) as error:
-            fail("Prometheus does not answer on 127.0.0.1:9090", expected="Prometheus's HTTP API",
+            fail(f"Prometheus does not answer on {prometheus(lab)}", expected="Prometheus's HTTP API",
                  received=str(error), hint="look at the lab's prometheus.log")
     if answer.get("status") != "success":
         raise QueryRefused(answer.get("error") or "", query)
@@ -101,21 +125,21 @@ class QueryRefused(CheckFailed):
                          received=query)
 
 
-def targets() -> dict[str, dict]:
+def targets(lab) -> dict[str, dict]:
     """Prometheus's view of each sidecar's target, by service."""
     with http() as client:
-        active = client.get(PROMETHEUS + "/api/v1/targets").json()["data"]["activeTargets"]
+        active = client.get(prometheus(lab) + "/api/v1/targets").json()["data"]["activeTargets"]
     return {t["labels"].get("service"): t for t in active}
 
 
-def up_values() -> dict[str, str]:
-    return {r["metric"].get("service"): r["value"][1] for r in promql("up")}
+def up_values(lab) -> dict[str, str]:
+    return {r["metric"].get("service"): r["value"][1] for r in promql(lab, "up")}
 
 
-def prometheus_counter(metric: str) -> dict[str, float]:
+def prometheus_counter(lab, metric: str) -> dict[str, float]:
     """The last scraped value of METRIC for each service's local_app cluster."""
     return {r["metric"].get("service"): float(r["value"][1])
-            for r in promql(f'{metric}{{envoy_cluster_name="local_app"}}')}
+            for r in promql(lab, f'{metric}{{envoy_cluster_name="local_app"}}')}
 
 
 def sidecar(lab, service: str):
@@ -134,17 +158,17 @@ def wait_for_scrapes(lab, timeout: float = 15.0) -> None:
         # that failed once (a slow machine) or a target just restarted reads 0 briefly:
         # only 3 s of 0 in a row count.
         now = time.monotonic()
-        up = up_values()
+        up = up_values(lab)
         down_since = {s: down_since.get(s, now) for s in SERVICES if up.get(s, "1") != "1"}
         down = {s: up[s] for s, since in down_since.items() if now - since > 3.0}
         if down:
             fail(f"Prometheus cannot scrape the sidecar of {', '.join(sorted(down, key=SERVICES.index))}, "
                  "so it has none of the counters these queries read",
                  expected="up == 1 for every sidecar (the first check) before a signal can be computed",
-                 received=", ".join(f"{s} (127.0.0.1:{METRICS[s]}): up {v}" for s, v in down.items()),
+                 received=", ".join(f"{s} (127.0.0.1:{metrics_port(lab, s)}): up {v}" for s, v in down.items()),
                  hint=METRICS_HINT)
-        counters = prometheus_counter("envoy_cluster_upstream_rq_total")
-        histograms = prometheus_counter("envoy_cluster_upstream_rq_time_count")
+        counters = prometheus_counter(lab, "envoy_cluster_upstream_rq_total")
+        histograms = prometheus_counter(lab, "envoy_cluster_upstream_rq_time_count")
         if all(counters.get(s, -1) >= wanted[s] and histograms.get(s, -1) >= wanted[s] for s in SERVICES):
             return
         if time.monotonic() > deadline:
@@ -157,34 +181,34 @@ def wait_for_scrapes(lab, timeout: float = 15.0) -> None:
 
 # -- the trace store ------------------------------------------------------------------------
 
-def spans_since(seq: int) -> list[dict]:
+def spans_since(lab, seq: int) -> list[dict]:
     with http() as client:
-        return client.get(TRACES + "/api/spans", params={"since": seq}).json()
+        return client.get(lab.url("traces", "http", "/api/spans"), params={"since": seq}).json()
 
 
-def last_seq() -> int:
-    spans = spans_since(0)
+def last_seq(lab) -> int:
+    spans = spans_since(lab, 0)
     return spans[-1]["seq"] if spans else 0
 
 
-def hop_of(span: dict) -> str | None:
+def hop_of(lab, span: dict) -> str | None:
     """The sidecar a span describes, known from the port its request arrived on."""
     url = span["attributes"].get("http.url", "")
-    for service, port in INBOUND.items():
-        if f"127.0.0.1:{port}/" in url:
+    for service in SERVICES:
+        if lab.url(f"sidecar-{service}", "inbound", "/").removeprefix("http://") in url:
             return service
     return None
 
 
-def probe_spans(since: int, probe: str, want: int, timeout: float = 5.0) -> dict[str, list[dict]]:
+def probe_spans(lab, since: int, probe: str, want: int, timeout: float = 5.0) -> dict[str, list[dict]]:
     """The spans of requests tagged ?probe=PROBE, by hop; waits until each hop has WANT
     of them or TIMEOUT passes (spans arrive ~10 ms after their request with the
     lab's flush settings)."""
     deadline = time.monotonic() + timeout
     while True:
         by_hop: dict[str, list[dict]] = {s: [] for s in SERVICES}
-        for span in spans_since(since):
-            hop = hop_of(span)
+        for span in spans_since(lab, since):
+            hop = hop_of(lab, span)
             if hop and f"probe={probe}" in span["attributes"].get("http.url", ""):
                 by_hop[hop].append(span)
         if all(len(v) >= want for v in by_hop.values()) or time.monotonic() > deadline:
@@ -213,14 +237,14 @@ def test_prometheus_scrapes_every_sidecar(lab):
     # within a scrape or two: a few seconds more allow a sidecar that just restarted.
     deadline, settle = time.monotonic() + 20.0, None
     while True:
-        values = up_values()
+        values = up_values(lab)
         if all(values.get(s) == "1" for s in SERVICES):
             break
         if all(s in values for s in SERVICES):
             settle = settle or time.monotonic() + 3.0
         if time.monotonic() > (settle or deadline) or time.monotonic() > deadline:
-            seen = targets()
-            down = [f"{s} (127.0.0.1:{METRICS[s]}): "
+            seen = targets(lab)
+            down = [f"{s} (127.0.0.1:{metrics_port(lab, s)}): "
                     + (f"up {values[s]}, {seen.get(s, {}).get('lastError') or 'no error given'}"
                        if s in values else "not scraped yet")
                     for s in SERVICES if values.get(s) != "1"]
@@ -229,8 +253,8 @@ def test_prometheus_scrapes_every_sidecar(lab):
                  received="; ".join(down), hint=METRICS_HINT)
         time.sleep(0.25)
     with http() as client:
-        leaks = [f"{s}: GET 127.0.0.1:{METRICS[s]}/config_dump answered {code}" for s in SERVICES
-                 if (code := client.get(f"http://127.0.0.1:{METRICS[s]}/config_dump").status_code) == 200]
+        leaks = [f"{s}: GET 127.0.0.1:{metrics_port(lab, s)}/config_dump answered {code}" for s in SERVICES
+                 if (code := client.get(f"http://127.0.0.1:{metrics_port(lab, s)}/config_dump").status_code) == 200]
     if leaks:
         fail("the metrics port hands out more of the admin API than the metrics",
              expected="404 for every path but /stats/prometheus on the metrics ports",
@@ -241,16 +265,16 @@ def test_prometheus_scrapes_every_sidecar(lab):
 
 @check("Every sidecar traces every request, under its own service name", hint=TRACING_HINT)
 def test_every_request_is_traced(lab):
-    since, probe = last_seq(), uuid.uuid4().hex
-    result = load.run(f"{ENTRY}/?probe={probe}", engine="builtin", requests=TRACED_REQUESTS, concurrency=4,
+    since, probe = last_seq(lab), uuid.uuid4().hex
+    result = load.run(f"{entry(lab)}/?probe={probe}", engine="builtin", requests=TRACED_REQUESTS, concurrency=4,
                       timeout=10.0)
     if result.count(200) + result.count(502) != TRACED_REQUESTS:  # 502: reviews' every fifth 503
         fail("requests to productpage's sidecar did not get through",
-             expected=f"{TRACED_REQUESTS} answers from 127.0.0.1:10001 (200, or 502 when reviews fails)",
+             expected=f"{TRACED_REQUESTS} answers from {entry(lab)} (200, or 502 when reviews fails)",
              received=result.codes_text(),
              hint="a 500 is the app's own error: an exception in propagation.py (the app's log shows it); "
                   "the inbound listeners, routes and clusters come with the starter: compare with it")
-    by_hop = probe_spans(since, probe, TRACED_REQUESTS)
+    by_hop = probe_spans(lab, since, probe, TRACED_REQUESTS)
     counts = {s: len(v) for s, v in by_hop.items()}
     lost = lost_spans(lab, [s for s, n in counts.items() if n == 0])
     if not any(counts.values()):
@@ -276,9 +300,9 @@ def test_every_request_is_traced(lab):
 @check("One request to productpage is one trace across three hops, each span the child of the one before",
        hint=PROPAGATION_HINT)
 def test_one_trace_across_three_hops(lab, record_property):
-    since, probe = last_seq(), uuid.uuid4().hex
-    lab.get(f"{ENTRY}/?probe={probe}", hint=TRACING_HINT)
-    by_hop = probe_spans(since, probe, 1)
+    since, probe = last_seq(lab), uuid.uuid4().hex
+    lab.get(f"{entry(lab)}/?probe={probe}", hint=TRACING_HINT)
+    by_hop = probe_spans(lab, since, probe, 1)
     absent = [s for s in SERVICES if not by_hop[s]]
     if absent:
         fail(f"{len(absent)} of the 3 sidecars reported no span for the request",
@@ -340,12 +364,12 @@ def learners(lab, name: str, query: str, at: float, hint: str) -> list[dict]:
     """The result of the learner's query NAME at AT; one Prometheus refuses fails with
     the place it is written and Prometheus's reason."""
     try:
-        return promql(query, at)
+        return promql(lab, query, at)
     except QueryRefused as refused:
         line = line_of(lab, name)
         where = f"{SIGNALS_FILE}:{line}" if line else SIGNALS_FILE
         raise CheckFailed(f"Prometheus refused {name} ({where}): {refused.reason} (line:column within the query)",
-                          expected=f"a query Prometheus can run (try it at {PROMETHEUS}/graph first)",
+                          expected=f"a query Prometheus can run (try it at {prometheus(lab)}/graph first)",
                           received=query, hint=hint) from None
 
 
@@ -357,8 +381,8 @@ def query_of(lab, name: str, hint: str) -> str:
     return query
 
 
-def send(path: str, requests: int, concurrency: int = 25) -> load.LoadResult:
-    return load.run(f"{ENTRY}{path}", engine="builtin", requests=requests, concurrency=concurrency, timeout=10.0)
+def send(lab, path: str, requests: int, concurrency: int = 25) -> load.LoadResult:
+    return load.run(f"{entry(lab)}{path}", engine="builtin", requests=requests, concurrency=concurrency, timeout=10.0)
 
 
 @lru_cache(maxsize=1)
@@ -367,19 +391,20 @@ def known_traffic(lab) -> float:
     (after Prometheus caught up) at which their queries are evaluated."""
     # Every series first (503s, 502s, 404s), scraped, so that the window's rates lose
     # nothing to the first-sample effect.
-    send("/?phase=warm-up", REVIEWS_FAIL_EVERY * 2)
-    send("/missing?phase=warm-up", 2)
+    fail_every = reviews_fail_every(lab)
+    send(lab, "/?phase=warm-up", fail_every * 2)
+    send(lab, "/missing?phase=warm-up", 2)
     wait_for_scrapes(lab)
     reviews = sidecar(lab, "reviews")
     before = {name: reviews.stat(f"cluster.local_app.upstream_rq_{name}") for name in ("total", "5xx")}
-    send("/?phase=signals", SIGNAL_REQUESTS)
-    send("/missing?phase=signals", MISSING_REQUESTS)
+    send(lab, "/?phase=signals", SIGNAL_REQUESTS)
+    send(lab, "/missing?phase=signals", MISSING_REQUESTS)
     failed = reviews.stat("cluster.local_app.upstream_rq_5xx") - before["5xx"]
     answered = reviews.stat("cluster.local_app.upstream_rq_total") - before["total"]
     # Exact by construction: of any 100 consecutive requests, reviews fails 20.
-    if (answered, failed) != (SIGNAL_REQUESTS, SIGNAL_REQUESTS // REVIEWS_FAIL_EVERY):
+    if (answered, failed) != (SIGNAL_REQUESTS, SIGNAL_REQUESTS // fail_every):
         raise RuntimeError(f"reviews answered {answered} requests with {failed} 5xx, not {SIGNAL_REQUESTS} with "
-                           f"{SIGNAL_REQUESTS // REVIEWS_FAIL_EVERY}: the lab's own apps misbehave")
+                           f"{SIGNAL_REQUESTS // fail_every}: the lab's own apps misbehave")
     wait_for_scrapes(lab)
     return time.time()
 
@@ -422,8 +447,8 @@ REFERENCE = {
 }
 
 
-def reference(name: str, at: float) -> dict[str, float]:
-    return {r["metric"]["service"]: float(r["value"][1]) for r in promql(REFERENCE[name], at)}
+def reference(lab, name: str, at: float) -> dict[str, float]:
+    return {r["metric"]["service"]: float(r["value"][1]) for r in promql(lab, REFERENCE[name], at)}
 
 
 def show(values: dict[str, float], unit: str = "", digits: int = 3) -> str:
@@ -446,7 +471,7 @@ def test_request_rate(lab):
     query = query_of(lab, "request_rate", RATE_HINT)
     at = known_traffic(lab)
     got = by_service(learners(lab, "request_rate", query, at, RATE_HINT), "request_rate", RATE_HINT)
-    want = reference("request_rate", at)
+    want = reference(lab, "request_rate", at)
     off = within(got, want, 0.10)
     if off:
         fail(f"request_rate is off for {', '.join(off)}",
@@ -460,14 +485,14 @@ def test_error_ratio(lab):
     query = query_of(lab, "error_ratio", ERROR_HINT)
     at = known_traffic(lab)
     got = by_service(learners(lab, "error_ratio", query, at, ERROR_HINT), "error_ratio", ERROR_HINT)
-    want = reference("error_ratio", at)
+    want = reference(lab, "error_ratio", at)
     if "ratings" not in got:
         got["ratings"] = 0.0  # never a 5xx: a query may leave the service out rather than say 0
     off = within(got, want, 0.15, 0.02)
     if off:
         fail(f"error_ratio is off for {', '.join(off)}",
              expected=f"5xx over all answers in the last minute, from Envoy's counters: {show(want)} (reviews "
-                      f"failed exactly {SIGNAL_REQUESTS // REVIEWS_FAIL_EVERY} of the checker's {SIGNAL_REQUESTS} "
+                      f"failed exactly {SIGNAL_REQUESTS // reviews_fail_every(lab)} of the checker's {SIGNAL_REQUESTS} "
                       f"requests, productpage passed them on as 502 and answered {MISSING_REQUESTS} requests "
                       f"for /missing 404)",
              received=show(got), hint=ERROR_HINT)
@@ -479,16 +504,17 @@ def test_p99_latency(lab, record_property):
     at = known_traffic(lab)
     record_property("note", latency_note(lab))
     got = by_service(learners(lab, "p99_latency_ms", query, at, P99_HINT), "p99_latency_ms", P99_HINT)
-    want = reference("p99_latency_ms", at)
-    slow = [s for s in ("productpage", "reviews") if not got.get(s, math.nan) >= REVIEWS_DELAY_MS]
-    fast = [] if got.get("ratings", math.nan) < REVIEWS_DELAY_MS else ["ratings"]
+    want = reference(lab, "p99_latency_ms", at)
+    delay_ms = reviews_delay_ms(lab)
+    slow = [s for s in ("productpage", "reviews") if not got.get(s, math.nan) >= delay_ms]
+    fast = [] if got.get("ratings", math.nan) < delay_ms else ["ratings"]
     off = sorted(set(within(got, want, 0.25)) | set(slow) | set(fast), key=SERVICES.index)
     if off:
         unit = " (a value under 1 looks like seconds: Envoy's histograms count milliseconds)" \
             if any(0 < v < 1 for v in got.values()) else ""
         fail(f"p99_latency_ms is off for {', '.join(off)}" + unit,
              expected=f"the 99th percentile from Envoy's histograms: {show(want, ' ms', 4)} (reviews waits "
-                      f"{REVIEWS_DELAY_MS:.0f} ms before it answers; productpage waits for reviews; ratings is quick)",
+                      f"{delay_ms:.0f} ms before it answers; productpage waits for reviews; ratings is quick)",
              received=show(got, " ms", 4), hint=P99_HINT)
 
 def latency_note(lab) -> str:

@@ -368,7 +368,7 @@ def test_over_the_limit(lab):
                                                  f"rs_too_large +{sum(overflow.changed().values())}")
 
 
-@check("Envoy loaded your module in V8 and it never panicked",
+@check("Envoy ran your module on a text body in V8 and it never panicked",
        hint="read Envoy's log (meshlab start 10 names it): a panic shows as `panicked at` with the file and "
             "line, followed by Envoy's `Function: proxy_on_... failed`")
 def test_loaded_without_panic(lab):
@@ -377,6 +377,12 @@ def test_loaded_without_panic(lab):
         fail("Envoy did not create a V8 Wasm VM", expected="wasm.envoy.wasm.runtime.v8.created >= 1",
              received=", ".join(f"{k}: {v}" for k, v in created.items()) or "no such stat",
              hint="keep the envoy.filters.http.wasm filter of envoy.yaml, with runtime envoy.wasm.runtime.v8")
+    # No panic means something only once the module's own code ran on a body: one more
+    # text body, which a module that does anything changes (or adds its trailer to). Plain
+    # application/json, without parameters: even a content-type test too strict for
+    # `text/plain; charset=...` (which the masking checks catch) takes it for text.
+    sample = BATTERY[1]
+    reply = fetch(lab, sample)
     # Since this Envoy started (the log keeps earlier runs, each after a start marker).
     log = lab.runtime.log_path("envoy").read_text(errors="replace").rsplit("--- meshlab: starting envoy", 1)[-1]
     panics = [line for line in log.splitlines()
@@ -385,3 +391,12 @@ def test_loaded_without_panic(lab):
         times = sum("panicked at" in p for p in panics) or len(panics)
         fail(f"the module panicked {times} time{'s' if times > 1 else ''} during the checks", expected="no panic, no failed Wasm call in Envoy's log",
              received=" | ".join(p.split("]", 4)[-1].strip() for p in panics[:2]))
+    _served(sample, reply)
+    if reply.body == sample.data and "x-pii-masked" not in reply.trailers:
+        fail("your module loaded but left a text body as the app sent it: none of your code has acted on a body "
+             "yet, so that it never panicked proves nothing so far",
+             expected=f"the {sample.name} body ({sample.content_type}) changed by the module, or carrying its "
+                      "x-pii-masked trailer",
+             received=f"{reply.describe()}: the {len(sample.data)} bytes the app sent, unchanged, no trailer",
+             hint="this check passes once on_http_response_body masks text bodies (steps 3 and 4); it is "
+                  "here to catch a panic of the code you write there")

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import CAN_ISOLATE, ROOT
 
+from meshlab import platform
+
 GUIDE = (ROOT / "docs" / "adapting.md").read_text()
 
 
@@ -61,6 +63,35 @@ def test_change_a_port(cli, meshlab, course_copy):
     (row,) = audit.json()
     assert row["ok"], row["problems"]
     assert audit.code == 0 and row["graded"] == "working tree"
+
+
+# Every port of the lab moved, and lab 07's pod addresses too: the checks must follow
+# the manifest for traffic, Envoy's counters, Prometheus, the trace store and the pods.
+MOVED = {
+    "07-interception": {"15001": "15011", "15006": "15016", "15000": "15010", "5432": "5442", "8081": "8091",
+                        "8080": "8090", "10.77.7.": "10.77.9."},
+    "08-observability": {"9090": "9190", "16686": "16696", "4317": "4327", "10001": "10011", "10002": "10012",
+                         "10003": "10013", "9901": "9911", "9902": "9912", "9903": "9913", "15091": "15191",
+                         "15092": "15192", "15093": "15193", "8081": "8091", "8082": "8092", "8083": "8093"},
+}
+
+
+@pytest.mark.lab_runs
+@pytest.mark.parametrize("slug", sorted(MOVED))
+def test_change_every_port_of_a_lab(meshlab, course, course_copy, slug):
+    missing = platform.unmet(course.find(int(slug[:2])).requires)
+    if missing is not None:
+        pytest.skip(str(missing))
+    moved = MOVED[slug]
+    pattern = re.compile("|".join(rf"(?<![\d.]){re.escape(old)}(?!\d)" for old in moved))
+    for folder in (course_copy / "labs" / slug, course_copy / "solutions" / slug):
+        for file in folder.rglob("*"):
+            if file.is_file() and file.suffix in {".yaml", ".yml", ".rules", ".c", ".h", ".py", ".md"}:
+                file.write_text(pattern.sub(lambda m: moved[m.group(0)], file.read_text()))
+    args = ["audit", slug[:2], "--working-tree", "--json"] + (["--isolate"] if CAN_ISOLATE else ["--no-isolate"])
+    audit = meshlab(*args, env={"MESHLAB_ROOT": str(course_copy)}, cwd=course_copy)
+    (row,) = audit.json()
+    assert row["ok"], row["problems"]
 
 
 def test_add_a_hint(cli, course_copy):

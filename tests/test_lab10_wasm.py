@@ -76,6 +76,21 @@ def test_the_count_as_a_header_after_the_body_panics(grade):
         assert "503" in checks[cid]["received"] and "panic" in checks[cid]["hint"], checks[cid]
 
 
+def test_a_content_type_test_that_compares_the_whole_header(grade):
+    # A list of exact types: `text/plain; charset=utf-8` is not taken for text, and its
+    # bodies pass unmasked. The module still masks bare application/json, so the panic
+    # check has a body its code ran on, and passes: it blames no panic for what the
+    # masking checks report.
+    code, checks, data = grade(10, files=rust((
+        "    let media = content_type.split(';').next().unwrap_or(\"\").trim().to_ascii_lowercase();\n"
+        "    media.starts_with(\"text/\") || media == \"application/json\" || media.ends_with(\"+json\")",
+        "    let media = content_type.trim().to_ascii_lowercase();\n"
+        "    media == \"text/plain\" || media == \"text/html\" || media == \"application/json\"")))
+    assert code == 1 and checks["test_text_bodies_masked"]["status"] == "fail", data
+    assert "text/plain; charset=utf-8" in checks["test_text_bodies_masked"]["message"], checks["test_text_bodies_masked"]
+    assert checks["test_loaded_without_panic"]["status"] == "pass", checks["test_loaded_without_panic"]
+
+
 # -- unusual but correct ------------------------------------------------------------
 
 def test_an_http_context_factory_and_a_stricter_content_type_parser(grade):

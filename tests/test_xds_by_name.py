@@ -12,16 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator
 
-import grpc
 import pytest
-from envoy.config.core.v3 import base_pb2
-from envoy.config.route.v3 import route_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+import xds_support
 from google.protobuf.message import Message
 
-from meshlab.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, SnapshotCache, XdsServer, sample, types
+from meshlab.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, XdsServer, sample, types
+from meshlab.xds.client import AdsStream
 from meshlab.xds.snapshot import eds_name, rds_names
 
 PROTOCOLS = pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
@@ -55,7 +52,7 @@ def references(type_url: str, body: bytes) -> set[str]:
 FOLLOWS = {LISTENER: ROUTE, ROUTE: CLUSTER, CLUSTER: ENDPOINT}
 
 
-class ByNameClient:
+class ByNameClient(AdsStream):
     """An ADS client that never subscribes as a wildcard: it asks for LISTENERS by name
     and (with FOLLOW) for what they reference, type by type, each only once it holds
     the resource that names it. It acknowledges every response and applies the
@@ -68,18 +65,13 @@ class ByNameClient:
     """
 
     def __init__(self, node_id: str, listeners: set[str] = frozenset(), *, delta: bool, follow: bool = True):
-        self.node = base_pb2.Node(id=node_id, cluster="meshlab")
-        self.delta = delta
+        super().__init__(node_id, delta=delta)
         self.follow = follow
         self.wanted: dict[str, set[str]] = {t: set() for t in (LISTENER, ROUTE, CLUSTER, ENDPOINT)}
         self.held: dict[str, dict[str, bytes]] = {t: {} for t in self.wanted}
         self.history: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []  # (type, sent, removed)
         self.absent: dict[str, set[str]] = {t: set() for t in self.wanted}      # delta: told "does not exist"
-        self._version: dict[str, str] = {}
-        self._nonce: dict[str, str] = {}
         self._asked: set[str] = set()   # types it has sent a request for
-        self._outbox: asyncio.Queue = asyncio.Queue()
-        self._node_sent = False
         self._changed = asyncio.Event()
         if listeners:
             self.subscribe(LISTENER, set(listeners))
@@ -104,40 +96,14 @@ class ByNameClient:
             self.subscribe(follows, set().union(*(references(type_url, body) for body in self.held[type_url].values())))
 
     def _send(self, type_url: str, *, added: set[str] = frozenset(), removed: set[str] = frozenset()) -> None:
-        if self.delta:
-            request = discovery_pb2.DeltaDiscoveryRequest(
-                type_url=type_url, response_nonce=self._nonce.get(type_url, ""),
-                resource_names_subscribe=sorted(added), resource_names_unsubscribe=sorted(removed))
-        else:
-            request = discovery_pb2.DiscoveryRequest(
-                type_url=type_url, version_info=self._version.get(type_url, ""),
-                response_nonce=self._nonce.get(type_url, ""), resource_names=sorted(self.wanted[type_url]))
-        if not self._node_sent:
-            request.node.CopyFrom(self.node)
-            self._node_sent = True
         self._asked.add(type_url)
-        self._outbox.put_nowait(request)
+        self.send(type_url, self.wanted[type_url], added=added, removed=removed)
 
     # -- running ---------------------------------------------------------------
-
-    async def run(self, channel: grpc.aio.Channel) -> None:
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-        method = stub.DeltaAggregatedResources if self.delta else stub.StreamAggregatedResources
-        call = method(self._requests())
-        try:
-            async for response in call:
-                self._on_response(response)
-        finally:
-            call.cancel()
-
-    async def _requests(self) -> AsyncIterator[Message]:
-        while True:
-            yield await self._outbox.get()
 
     def _on_response(self, response: Message) -> None:
         type_url = response.type_url
         held = self.held[type_url]
-        self._nonce[type_url] = response.nonce
         if self.delta:
             sent = {r.name: r.resource.value for r in response.resources}
             removed = set(response.removed_resources)
@@ -153,7 +119,7 @@ class ByNameClient:
                 removed = {name for name in held if name in self.wanted[type_url]} - sent.keys()
                 for name in removed:
                     held.pop(name)
-            self._version[type_url] = response.version_info
+            self.version[type_url] = response.version_info
         # A client ignores what it did not ask for.
         held.update({n: body for n, body in sent.items() if n in self.wanted[type_url]})
         self.history.append((type_url, tuple(sorted(sent)), tuple(sorted(removed))))
@@ -202,29 +168,9 @@ def only(cluster_names: set[str], endpoints: bool = True) -> Snapshot:
 
 
 def run(scenario, **server_options):
-    """Run SCENARIO(server, cache, connect) on a fresh loop; connect(client) starts one."""
+    """xds_support.run, with the short stage timeout these tests wait out."""
     server_options.setdefault("stage_timeout", STAGE_TIMEOUT)
-
-    async def main():
-        cache = SnapshotCache()
-        server = XdsServer(cache, **server_options)
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-        tasks = []
-
-        def connect(*clients):
-            tasks.extend(asyncio.create_task(client.run(channel)) for client in clients)
-
-        try:
-            await scenario(server, cache, connect)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await channel.close()
-            await server.stop(0)
-
-    asyncio.run(main())
+    xds_support.run(scenario, **server_options)
 
 
 async def synced(server: XdsServer, version: str, timeout: float = 3 * STAGE_TIMEOUT) -> None:

@@ -16,7 +16,9 @@ import pytest
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from meshlab.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, SnapshotCache, XdsServer, sample, serve_in_thread
+from xds_support import run
+
+from meshlab.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, SnapshotCache, sample, serve_in_thread
 from meshlab.xds.client import AdsClient
 from meshlab.xds.files import watch_file
 
@@ -34,31 +36,6 @@ async def until(predicate, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout} s: {predicate}")
         await asyncio.sleep(0.005)
-
-
-def run(scenario, **server_options):
-    """Run SCENARIO(server, cache, connect) on a fresh loop; connect(*clients) starts them."""
-
-    async def main():
-        cache = SnapshotCache()
-        server = XdsServer(cache, **server_options)
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-        tasks = []
-
-        def connect(*clients):
-            tasks.extend(asyncio.create_task(client.run(channel)) for client in clients)
-
-        try:
-            await scenario(server, cache, connect)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await channel.close()
-            await server.stop(0)
-
-    asyncio.run(main())
 
 
 @PROTOCOLS

@@ -107,6 +107,17 @@ class LabSession:
         """`http://127.0.0.1:PORT` + PATH for SERVICE's port (see `port`)."""
         return f"http://127.0.0.1:{self.port(service, role)}{path}"
 
+    def address(self, service: str, role: str | None = None) -> str:
+        """`HOST:PORT` where the lab's other pods reach SERVICE's port (see `port`):
+        HOST is the address the manifest gives SERVICE's pod, 127.0.0.1 for a
+        service outside any pod.
+
+            lab.address("remote")             # 10.77.7.3:8080 in lab 07
+        """
+        pod = self.lab.service(service).pod
+        host = self.lab.pod(pod).ip if pod else "127.0.0.1"
+        return f"{host}:{self.port(service, role)}"
+
     # -- traffic -----------------------------------------------------------------
 
     def get(self, url: str, *, hint: str | None = None, **kwargs: object) -> httpx.Response:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from meshlab.apps.server import serve_until_stopped
 
 RECORD = json.dumps({
     "customer": "Ada Lovelace",
@@ -99,15 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, required=True, help="port to listen on")
     options = parser.parse_args(argv)
-    server = Server((options.host, options.port), Handler)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
-    sys.stderr.write(f"listening on http://{options.host}:{options.port}\n")
-    try:
-        server.serve_forever(poll_interval=0.1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_until_stopped(Server((options.host, options.port), Handler))
 
 
 if __name__ == "__main__":

@@ -156,8 +156,14 @@ def serve(app: App | None, *, description: str, argv: list[str] | None = None,
         name = "\0" + options.unix[1:] if options.unix.startswith("@") else options.unix
         unix = _UnixServer(name, _unix_handler(make_handler(app, journal)))
         threading.Thread(target=unix.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    serve_until_stopped(server)
+
+
+def serve_until_stopped(server: socketserver.BaseServer) -> None:
+    """Serve until SIGTERM or Ctrl-C, then close: how every app of the course runs."""
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
-    sys.stderr.write(f"listening on http://{options.host}:{options.port}\n")
+    host, port = server.server_address[:2]
+    sys.stderr.write(f"listening on http://{host}:{port}\n")
     try:
         server.serve_forever(poll_interval=0.1)
     except KeyboardInterrupt:
