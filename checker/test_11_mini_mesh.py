@@ -184,6 +184,15 @@ def tcp_exchange(lab, pod: str, host: str, port: int, payload: bytes) -> bytes |
 REDIS_PING = b"*1\r\n$4\r\nPING\r\n"
 
 
+def require_working_path(lab, why: str) -> None:
+    """A refusal proves something only once the mesh carries web -> api -> db."""
+    response = web(lab, "/precondition")
+    if response.status_code != 200 or "hits" not in (_json(response).get("upstream") or {}):
+        fail(f"the mesh does not carry web -> api -> db yet, so {why} proves nothing",
+             expected="web -> api -> db answering 200 through the sidecars first",
+             received=f"{response.status_code} {response.text[:200]}", hint=XDS_HINT)
+
+
 # -- the checks ---------------------------------------------------------------------------
 
 @check("Every sidecar connects to the control plane and runs its node's configuration", hint=XDS_HINT)
@@ -260,6 +269,7 @@ def test_mutual_tls_every_hop(lab):
 @check("A plaintext client inside the mesh is refused", hint=SAN_HINT)
 def test_plaintext_refused(lab):
     wait_in_sync(lab)
+    require_working_path(lab, "a refused plaintext client")
     where = inject.addresses(mesh_of(lab))
     probe = uuid.uuid4().hex
     api = where.workloads["api-v1"]
@@ -294,7 +304,11 @@ def test_authorization(lab):
              expected="inbound_6379.rbac.denied +1 on db's sidecar", received=f"{answer!r}; the counter did not move",
              hint=RBAC_HINT)
     denied_api = sum(sidecar(lab, w).stat("http.inbound_8080.rbac.denied") for w in APIS)
-    response = lab.pod(DB).get(f"http://{where.services['api']}:8080/from-db", timeout=10)
+    try:
+        response = lab.pod(DB).get(f"http://{where.services['api']}:8080/from-db", timeout=10)
+    except httpx.HTTPError as error:
+        fail("db's pod could not reach api's sidecar at all", expected="403 from api's sidecar (RBAC)",
+             received=f"{type(error).__name__}: {error}", hint=RBAC_HINT)
     if response.status_code != 403:
         fail("db's pod called api and was not denied", expected="403 from api's sidecar (RBAC)",
              received=f"{response.status_code} {response.text[:120]}", hint=RBAC_HINT)
@@ -315,7 +329,12 @@ def test_forged_identity(lab):
     where = inject.addresses(mesh)
     forged = {"x-forwarded-client-cert": f"By={mesh.spiffe_id('api')};URI={mesh.spiffe_id('web')}",
               "x-caller": "web", "x-spiffe-id": mesh.spiffe_id("web"), "x-client-identity": mesh.spiffe_id("web")}
-    response = lab.pod(DB).get(f"http://{where.services['api']}:8080/forged", headers=forged, timeout=10)
+    require_working_path(lab, "a refused impostor")
+    try:
+        response = lab.pod(DB).get(f"http://{where.services['api']}:8080/forged", headers=forged, timeout=10)
+    except httpx.HTTPError as error:
+        fail("db's pod could not reach api's sidecar at all", expected="403 from api's sidecar (RBAC)",
+             received=f"{type(error).__name__}: {error}", hint=RBAC_HINT)
     if response.status_code != 403:
         fail("db's pod got through to api by claiming web's identity in headers",
              expected="403: identity is the verified certificate's, not a header",
