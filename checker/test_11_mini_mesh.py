@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from meshlab.grading import check, eventually, fail
+from meshlab.grading.borrowed import BorrowedFile
 from meshlab.grading.stats import expect_share
 from meshlab.mesh import inject, manifest
 from meshlab.runtime.netns import NetnsTransport
@@ -368,6 +369,38 @@ def test_split(lab):
              hint=SPLIT_HINT + "; routes are tried in order")
 
 
+@check("A manifest change (a new allowed caller) reaches every sidecar without a restart",
+       hint="build(node) runs again for every node when mesh.yaml changes: read the callers from node.mesh each "
+            "time, never from a copy made at start")
+def test_manifest_change_without_restart(lab):
+    wait_in_sync(lab)
+    require_working_path(lab, "a change of who may call whom")
+    where = inject.addresses(mesh_of(lab))
+    lab.runtime.refresh()
+    pids = {w: lab.runtime.state.services[f"{w}-envoy"].pid for w in workloads(lab)}
+    text = (lab.dir / "mesh.yaml").read_text()
+    if "  db: [api]" not in text:
+        pytest.skip("mesh.yaml's authorization of db is not the lab's (db: [api]): nothing to change")
+    with BorrowedFile(lab.dir / "mesh.yaml", keep=lab.runtime.run_dir) as manifest_file:
+        manifest_file.write(text.replace("  db: [api]", "  db: [api, web]"))
+        answer = eventually(lambda: _pong(tcp_exchange(lab, WEB, where.services["db"], 6379, REDIS_PING)), 10.0)
+    if not answer:
+        fail("after mesh.yaml allowed web to call db, web still could not",
+             expected="Redis's +PONG to web within 10 s of the change",
+             received=repr(tcp_exchange(lab, WEB, where.services["db"], 6379, REDIS_PING)),
+             hint="the control plane follows mesh.yaml: your build must use node.mesh's callers")
+    wait_in_sync(lab)
+    denied = eventually(lambda: not _pong(tcp_exchange(lab, WEB, where.services["db"], 6379, REDIS_PING)), 10.0)
+    if not denied:
+        fail("web could still reach db after the change was undone", expected="web -> db denied again",
+             received="Redis answered +PONG", hint=RBAC_HINT)
+    lab.runtime.refresh()
+    restarted = [w for w in pids if lab.runtime.state.services[f"{w}-envoy"].pid != pids[w]]
+    if restarted:
+        fail(f"the sidecars of {', '.join(restarted)} restarted", expected="the same Envoy processes",
+             received="new process ids", hint="a change travels over xDS, never by restarting a proxy")
+
+
 @check("Rotation under load: every sidecar gets a new certificate and 0 requests fail", hint=ROTATE_HINT)
 def test_rotation_under_load(lab):
     wait_in_sync(lab)
@@ -430,6 +463,10 @@ def _json(response: httpx.Response) -> dict:
         return data if isinstance(data, dict) else {}
     except ValueError:
         return {}
+
+
+def _pong(answer: bytes | str) -> bool:
+    return isinstance(answer, bytes) and answer.startswith(b"+PONG")
 
 
 def _caller(headers: dict) -> str | None:
