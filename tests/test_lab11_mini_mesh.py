@@ -164,3 +164,24 @@ def test_nothing_outlives_an_interrupted_run(lab_copy, course, how):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="pods need root")
+def test_every_sidecar_is_scrapeable_from_another_pod_and_nothing_else_is(lab_copy, course):
+    """The bootstrap's metrics listener (15090) is let through the capture rules; the
+    admin API stays on the pod's loopback."""
+    from meshlab.mesh import inject, manifest
+    from meshlab.session import LabSession, run_dir_for
+
+    folder = lab_copy(11, base="solution").resolve()
+    lab = course.find(11)
+    session = LabSession.open(lab, folder, run_dir_for(course, lab, folder))
+    try:
+        where = inject.addresses(manifest.load(lab.mesh))
+        scraper = session.pod(inject.CONTROL_POD)
+        for workload, address in where.workloads.items():
+            metrics = scraper.get(f"http://{address}:{inject.METRICS_PORT}/stats/prometheus")
+            assert metrics.status_code == 200 and "envoy_server_live" in metrics.text, workload
+            assert scraper.get(f"http://{address}:{inject.METRICS_PORT}/config_dump").status_code == 404
+    finally:
+        session.close()

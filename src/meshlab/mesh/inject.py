@@ -40,6 +40,7 @@ ENVOY_UID = 1337
 OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
 ADMIN_PORT = 15000
+METRICS_PORT = 15090                    # /stats/prometheus, reachable from other pods
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ def inject(mesh: Mesh, *, control_plane: str) -> Injected:
         services.append({
             "name": f"{name}-envoy", "kind": "envoy", "target": str(BOOTSTRAP), "pod": name, "user": ENVOY_UID,
             "args": ("--service-node", name, "--service-cluster", workload.service),
-            "ports": {"outbound": OUTBOUND_PORT, "inbound": INBOUND_PORT, "admin": ADMIN_PORT},
+            "ports": {"outbound": OUTBOUND_PORT, "inbound": INBOUND_PORT, "admin": ADMIN_PORT,
+                      "metrics": METRICS_PORT},
             "after": (control_plane, name),
             # Its listeners wait for the control plane's answer (and their certificates):
             # an unfinished control plane must not stop the mesh from starting.
