@@ -9,7 +9,7 @@ For every workload (one version of one service) the lab gets:
   (`API_SERVICE_HOST`, `API_SERVICE_PORT`) and `$(VAR)` in its arguments expanded
   from them, as a kubelet does;
 - an Envoy, as uid 1337, started from one bootstrap for all (`sidecar.yaml`: the
-  control plane's address, nothing else) with `--service-node <workload>
+  control plane's address, and its metrics on :15090) with `--service-node <workload>
   --service-cluster <service>`: everything it runs comes over xDS.
 
 The control plane runs in the pod `mesh` (10.77.11.2), which has no capture rules.
