@@ -464,7 +464,7 @@ def test_control_plane_outage(lab):
              received=json.dumps({w: bool(s) for w, s in after.items()}), hint=MTLS_HINT)
 
 
-# -- helpers -------------------------------------------------------------------------
+# -- reading answers -------------------------------------------------------------------
 
 def _json(response: httpx.Response) -> dict:
     try:
