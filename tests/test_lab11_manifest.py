@@ -70,3 +70,23 @@ def test_the_lab_injects_a_pod_and_a_sidecar_per_workload():
     web = lab.service("web-v1")
     assert "http://10.77.11.201:8080" in web.args and web.env["API_SERVICE_HOST"] == "10.77.11.201"
     assert lab.service("db-v1").target[0] == "redis-server"
+
+
+def test_the_mesh_ca_key_is_0600_and_survives_a_restart(tmp_path):
+    import datetime as dt
+
+    from cryptography import x509
+
+    from meshlab.mesh.control import Authority
+
+    first = Authority.load_or_create("meshlab.test", tmp_path / "ca")
+    assert (tmp_path / "ca" / "ca.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "ca").stat().st_mode & 0o777 == 0o700
+    again = Authority.load_or_create("meshlab.test", tmp_path / "ca")
+    assert again.root_pem == first.root_pem            # a restarted control plane signs with the same CA
+    svid = again.issue("spiffe://meshlab.test/ns/default/sa/api", dt.timedelta(minutes=10))
+    leaf = x509.load_pem_x509_certificate(svid.chain_pem.encode())
+    uris = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier)
+    assert uris == ["spiffe://meshlab.test/ns/default/sa/api"] and leaf.issuer == first.cert.subject
+    assert "PRIVATE KEY" in svid.key_pem and not list(tmp_path.glob("ca/*api*"))  # workload keys: memory only
