@@ -1,0 +1,92 @@
+"""The mesh manifest: the lab's mesh.yaml reads into the names the contract fixes, and a
+mistake is an InputError at its line (no traceback)."""
+
+from pathlib import Path
+
+import pytest
+
+from meshlab.errors import InputError
+from meshlab.mesh import manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+MESH = ROOT / "labs" / "11-mini-mesh" / "mesh.yaml"
+
+
+def test_the_labs_mesh_reads_into_workloads_identities_and_rules():
+    mesh = manifest.load(MESH)
+    assert [w.name for w in mesh.workloads] == ["web-v1", "api-v1", "api-v2", "db-v1"]
+    assert mesh.spiffe_id("api") == "spiffe://meshlab.test/ns/default/sa/api"
+    assert mesh.outbound_cluster("api", "v2") == "outbound|8080|v2|api"
+    assert mesh.inbound_cluster(6379) == "inbound|6379||"
+    assert mesh.service("db").protocol == "tcp"
+    first, default = mesh.rules("api")
+    assert first.headers == {"x-canary": "true"} and first.weights == {"v2": 100}
+    assert default.weights == {"v1": 80, "v2": 20}
+    assert mesh.callers("api") == ("web",) and mesh.callers("db") == ("api",) and mesh.callers("web") == ()
+    assert mesh.certificate_ttl_seconds == 600 and (mesh.xds_port, mesh.admin_port) == (18000, 18001)
+    # A service without rules is split evenly over its versions.
+    assert mesh.rules("db")[0].weights == {"v1": 100}
+
+
+@pytest.mark.parametrize("old, new, words", [
+    ("to: {v1: 80, v2: 20}", "to: {v1: 80, v2: 30}", "add up to 110"),
+    ("to: {v1: 80, v2: 20}", "to: {v1: 80, v3: 20}", "no version 'v3'"),
+    ("  db: [api]", "  db: [apii]", "unknown caller 'apii'"),
+    ("    protocol: tcp", "    protocol: udp", "http or tcp"),
+    ("certificates: {ttl: 10m}", "certificates: {ttl: ten}", "duration"),
+    ("    port: 6379", "    prot: 6379", "unknown key 'prot'"),
+])
+def test_a_mistake_names_its_line(tmp_path, old, new, words):
+    text = MESH.read_text()
+    assert old in text
+    line = text[:text.index(old)].count("\n") + 1
+    bad = tmp_path / "mesh.yaml"
+    bad.write_text(text.replace(old, new, 1))
+    with pytest.raises(InputError) as caught:
+        manifest.load(bad)
+    assert words in caught.value.message
+    assert caught.value.where.line == line, caught.value.where
+
+
+def test_mesh_commands_explain_what_is_missing(cli):
+    down = cli("mesh", "status")
+    assert down.code == 2 and "is not running" in down.output and "meshlab mesh up" in down.output
+    no_mesh = cli("mesh", "up", "3")
+    assert no_mesh.code == 2 and "lab 03 has no mesh" in no_mesh.output
+    assert cli("mesh", "--help").code == 0 and "up" in cli("mesh", "--help").output
+
+
+def test_the_lab_injects_a_pod_and_a_sidecar_per_workload():
+    from meshlab.course import load_course
+    from meshlab.mesh import inject
+
+    lab = load_course(ROOT).find(11)
+    assert [p.name for p in lab.pods] == ["mesh", "web-v1", "api-v1", "api-v2", "db-v1"]
+    assert all(p.iptables == str(inject.CAPTURE_RULES) for p in lab.pods[1:]) and lab.pods[0].iptables is None
+    envoy = lab.service("api-v2-envoy")
+    assert envoy.user == 1337 and envoy.pod == "api-v2" and envoy.target == str(inject.BOOTSTRAP)
+    assert envoy.args == ("--service-node", "api-v2", "--service-cluster", "api")
+    assert envoy.after == ("control-plane", "api-v2")
+    web = lab.service("web-v1")
+    assert "http://10.77.11.201:8080" in web.args and web.env["API_SERVICE_HOST"] == "10.77.11.201"
+    assert lab.service("db-v1").target[0] == "redis-server"
+
+
+def test_the_mesh_ca_key_is_0600_and_survives_a_restart(tmp_path):
+    import datetime as dt
+
+    from cryptography import x509
+
+    from meshlab.mesh.control import Authority
+
+    first = Authority.load_or_create("meshlab.test", tmp_path / "ca")
+    assert (tmp_path / "ca" / "ca.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "ca").stat().st_mode & 0o777 == 0o700
+    again = Authority.load_or_create("meshlab.test", tmp_path / "ca")
+    assert again.root_pem == first.root_pem            # a restarted control plane signs with the same CA
+    svid = again.issue("spiffe://meshlab.test/ns/default/sa/api", dt.timedelta(minutes=10))
+    leaf = x509.load_pem_x509_certificate(svid.chain_pem.encode())
+    uris = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier)
+    assert uris == ["spiffe://meshlab.test/ns/default/sa/api"] and leaf.issuer == first.cert.subject
+    assert "PRIVATE KEY" in svid.key_pem and not list(tmp_path.glob("ca/*api*"))  # workload keys: memory only
