@@ -125,6 +125,7 @@ class Lab:
     workspace: Path                 # labs/NN-slug: the learner's files
     solution: Path                  # solutions/NN-slug
     pods: tuple[PodSpec, ...] = ()
+    mesh: Path | None = None        # a mesh manifest whose workloads were injected (meshlab.mesh)
 
     def pod(self, name: str) -> PodSpec:
         for spec in self.pods:
@@ -212,7 +213,7 @@ def load_course(root: Path | None = None) -> Course:
 
 _SLUG = re.compile(r"^(\d{2})-[a-z0-9]+(?:-[a-z0-9]+)*$")
 _LAB_KEYS = {"format", "title", "summary", "time", "edit", "services", "hints", "requires", "prepare", "try", "checks",
-             "pods"}
+             "pods", "mesh"}
 _SERVICE_KEYS = {*SERVICE_KINDS, "args", "ports", "after", "env", "concurrency", "inputs", "ready_timeout", "ready",
                  "scratch", "pod", "user", "cgroup"}
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
@@ -239,6 +240,10 @@ def load_lab(root: Path, slug: str, *, course_doc: yamlfile.YamlDoc | None = Non
 
     pods = _pods(doc)
     services = tuple(_service(doc, name, body) for name, body in _mapping(doc, ("services",)).items())
+    mesh_file = None
+    if "mesh" in data:
+        mesh_file, mesh_pods, mesh_services = _injected(doc, workspace, pods, services)
+        pods, services = pods + mesh_pods, services + mesh_services
     names = {s.name for s in services}
     for spec in services:
         if spec.pod is not None and spec.pod not in {p.name for p in pods}:
@@ -276,7 +281,31 @@ def load_lab(root: Path, slug: str, *, course_doc: yamlfile.YamlDoc | None = Non
         workspace=workspace,
         solution=root / "solutions" / slug,
         pods=pods,
+        mesh=mesh_file,
     )
+
+
+def _injected(doc: yamlfile.YamlDoc, workspace: Path, pods: tuple[PodSpec, ...],
+              services: tuple[ServiceSpec, ...]) -> tuple[Path, tuple[PodSpec, ...], tuple[ServiceSpec, ...]]:
+    """`mesh: {manifest: mesh.yaml, control_plane: SERVICE}`: the manifest's workloads
+    injected as pods and services (meshlab.mesh.inject), started after SERVICE."""
+    from meshlab.mesh import inject, manifest  # only labs with a mesh pay for it
+
+    data = _mapping(doc, ("mesh",), {"manifest", "control_plane"})
+    for key in ("manifest", "control_plane"):
+        if not isinstance(data.get(key), str):
+            raise CourseError(f"`mesh.{key}` must be given, as text", where=doc.location(("mesh",)),
+                              fix="mesh: {manifest: mesh.yaml, control_plane: control-plane}")
+    if data["control_plane"] not in {s.name for s in services}:
+        raise CourseError(f"the mesh's control plane {data['control_plane']!r} is not a service of the lab",
+                          where=doc.location(("mesh", "control_plane")))
+    if pods:
+        raise CourseError("a lab with a mesh gets its pods from the mesh: remove `pods:`", where=doc.location(("pods",)))
+    file = workspace / data["manifest"]
+    injected = inject.inject(manifest.load(file), control_plane=data["control_plane"])
+    mesh_pods = tuple(PodSpec(name, address, rules) for name, address, rules in injected.pods)
+    mesh_services = tuple(ServiceSpec(**spec) for spec in injected.services)
+    return file, mesh_pods, mesh_services
 
 
 def _pods(doc: yamlfile.YamlDoc) -> tuple[PodSpec, ...]:

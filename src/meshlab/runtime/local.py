@@ -40,6 +40,7 @@ from meshlab.runtime.pods import PodNetwork, record_from
 from meshlab.runtime.pods import teardown as teardown_pods
 
 STATE_FILE = "state.json"
+STATE_FOLDER = "state"             # services' own state for the run (MESHLAB_STATE_DIR)
 
 
 @dataclass
@@ -161,7 +162,10 @@ class LocalRuntime:
         if self.pods is not None:
             argv = self.pods.launcher(spec, argv)
         log_path = self.run_dir / f"{name}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
+        # A service may keep what must survive its own restarts (a CA's key) in the run's
+        # state folder; it goes when the run stops.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MESHLAB_STATE_DIR": str(self.run_dir / STATE_FOLDER),
+               **spec.env}
         scratch = [str(self.lab_dir / folder) for folder in spec.scratch]
         for folder in scratch:  # what a killed run left behind is not this run's data
             shutil.rmtree(folder, ignore_errors=True)
@@ -430,6 +434,7 @@ class LocalRuntime:
 
     def _forget(self) -> None:
         (self.run_dir / STATE_FILE).unlink(missing_ok=True)
+        shutil.rmtree(self.run_dir / STATE_FOLDER, ignore_errors=True)
 
 
 def run_prepare_steps(lab: Lab, lab_dir: Path) -> None:
@@ -520,6 +525,7 @@ def stop_run(run_dir: Path) -> list[str]:
     if record is not None:
         teardown_pods(record)
     (Path(run_dir) / STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(Path(run_dir) / STATE_FOLDER, ignore_errors=True)
     return stopped
 
 
