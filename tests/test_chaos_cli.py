@@ -115,3 +115,9 @@ def test_no_control_plane_is_exit_2(cli, command):
     run = cli("chaos", *command, "--admin", url)
     assert run.code == 2 and f"no control plane answers at {url}" in run.stderr
     assert "meshlab mesh up" in run.stderr
+
+
+def test_without_admin_and_without_a_running_mesh_it_is_exit_2(cli):
+    run = cli("chaos", "list")
+    assert run.code == 2 and "no control plane is running: the mesh of lab 11 is not up" in run.stderr
+    assert "meshlab mesh up" in run.stderr

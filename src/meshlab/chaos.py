@@ -7,9 +7,10 @@ control plane turns it into Envoy's HTTP fault filter on the sidecars that call 
 service and pushes it over xDS; clearing it restores the configuration from before.
 
     fault = parse_fault(mesh, "api", abort="10%", status=503, delay=None, ...)
-    ControlPlane(url).inject(fault)     # POST /faults   -> id
-    ControlPlane(url).faults()          # GET /faults
-    ControlPlane(url).clear("api")      # DELETE /faults?service=api -> how many
+    plane = ControlPlane(httpx.Client(), "http://127.0.0.1:18001")
+    plane.inject(fault)                 # POST /faults   -> id
+    plane.faults()                      # GET /faults
+    plane.clear("api")                  # DELETE /faults?service=api -> how many
 
 The admin API is the mesh contract's (labs/11-mini-mesh/README.md).
 """
@@ -118,9 +119,10 @@ def parse_fault(mesh: Mesh, service: str, *, abort: str | None, status: int, del
 class ControlPlane:
     """The control plane's admin API, as the mesh contract defines it."""
 
-    def __init__(self, url: str, *, timeout: float = 5.0):
+    def __init__(self, client: httpx.Client, url: str, *, where: str | None = None):
+        self.client = client              # a plain one, or one whose requests leave from the mesh's pod
         self.url = url.rstrip("/")
-        self.timeout = timeout
+        self.where = where or self.url    # how to name the control plane in a message
 
     def inject(self, fault: Fault) -> str:
         return self._call("POST", "/faults", json=fault.body())["id"]
@@ -133,9 +135,9 @@ class ControlPlane:
 
     def _call(self, method: str, path: str, **kwargs) -> dict | list:
         try:
-            response = httpx.request(method, self.url + path, timeout=self.timeout, trust_env=False, **kwargs)
+            response = self.client.request(method, self.url + path, **kwargs)
         except httpx.HTTPError as error:
-            raise EnvironmentProblem(f"no control plane answers at {self.url}",
+            raise EnvironmentProblem(f"no control plane answers at {self.where}",
                                      details=f"  {type(error).__name__}: {error}",
                                      fix="start the mesh (`meshlab mesh up`), or give the control plane's "
                                          "admin URL with --admin") from None

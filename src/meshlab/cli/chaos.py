@@ -6,14 +6,16 @@
     meshlab chaos list [--json]
     meshlab chaos clear [api]
 
-The control plane's admin URL comes from the mesh manifest (control_plane.admin on
-127.0.0.1); --admin names another one.
+They talk to the control plane of the running mesh (`meshlab mesh up`) on its admin
+port, from inside its pod; --admin URL names another control plane, reached from here.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import click
 from rich.markup import escape
@@ -24,25 +26,49 @@ from meshlab.ui import console
 DEFAULT_MANIFEST = Path("labs/11-mini-mesh/mesh.yaml")
 
 _manifest_option = click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path),
-                                help=f"The mesh manifest [default: the course's {DEFAULT_MANIFEST}].")
+                                help="The mesh manifest [default: the running mesh's].")
 _admin_option = click.option("--admin", "admin_url", metavar="URL",
-                             help="The control plane's admin URL [default: 127.0.0.1 and the manifest's admin port].")
+                             help="The admin URL of a control plane reached from here [default: the running "
+                                  "mesh's, from inside its pod].")
 
 
-def _mesh(manifest_path: Path | None):
+@contextmanager
+def _connected(manifest_path: Path | None, admin_url: str | None) -> Iterator[tuple]:
+    """(the mesh, its control plane's admin API); exit 2 when no mesh runs."""
+    import httpx
+
+    from meshlab.chaos import ControlPlane
     from meshlab.mesh import manifest
 
-    if manifest_path is None:
-        from meshlab.course import find_root
+    if admin_url is not None:
+        mesh = manifest.load(manifest_path or _course_manifest())
+        with httpx.Client(timeout=5.0, trust_env=False) as client:
+            yield mesh, ControlPlane(client, admin_url)
+        return
+    from meshlab.cli.options import open_course
+    from meshlab.errors import EnvironmentProblem
+    from meshlab.mesh import inject
+    from meshlab.runtime import LocalRuntime
+    from meshlab.session import run_dir_for
 
-        manifest_path = find_root() / DEFAULT_MANIFEST
-    return manifest.load(manifest_path)
+    course = open_course()
+    lab = next((lab for lab in course.labs if lab.mesh is not None), None)
+    if lab is None:
+        raise EnvironmentProblem("no lab of this course declares a mesh", fix="give a control plane with --admin URL")
+    mesh = manifest.load(manifest_path or lab.mesh)
+    runtime = LocalRuntime.attach(lab, run_dir_for(course, lab, lab.workspace))
+    if runtime is None or runtime.pods is None:
+        raise EnvironmentProblem(f"no control plane is running: the mesh of lab {lab.number:02d} is not up",
+                                 fix="start it with `meshlab mesh up`, or give a control plane with --admin URL")
+    with runtime.pods.client(inject.CONTROL_POD, timeout=5.0) as client:
+        yield mesh, ControlPlane(client, f"http://127.0.0.1:{mesh.admin_port}",
+                                 where=f"port {mesh.admin_port} of the mesh's pod {inject.CONTROL_POD!r}")
 
 
-def _control_plane(mesh, admin_url: str | None):
-    from meshlab.chaos import ControlPlane
+def _course_manifest() -> Path:
+    from meshlab.course import find_root
 
-    return ControlPlane(admin_url or f"http://127.0.0.1:{mesh.admin_port}")
+    return find_root() / DEFAULT_MANIFEST
 
 
 @click.group("chaos")
@@ -74,10 +100,10 @@ def inject_command(service: str, abort: str | None, status: int, delay: str | No
 
     from meshlab.chaos import parse_fault
 
-    mesh = _mesh(manifest_path)
-    fault = parse_fault(mesh, service, abort=abort, status=status, delay=delay, delay_percent=delay_percent,
-                        duration=duration, route=route)
-    fault = replace(fault, id=_control_plane(mesh, admin_url).inject(fault))
+    with _connected(manifest_path, admin_url) as (mesh, plane):
+        fault = parse_fault(mesh, service, abort=abort, status=status, delay=delay, delay_percent=delay_percent,
+                            duration=duration, route=route)
+        fault = replace(fault, id=plane.inject(fault))
     if as_json:
         click.echo(json.dumps(asdict(fault)))
     else:
@@ -94,7 +120,8 @@ def list_command(manifest_path: Path | None, admin_url: str | None, as_json: boo
 
     from meshlab.chaos import expires_in
 
-    faults = _control_plane(_mesh(manifest_path), admin_url).faults()
+    with _connected(manifest_path, admin_url) as (_, plane):
+        faults = plane.faults()
     if as_json:
         click.echo(json.dumps([asdict(f) for f in faults], indent=2))
         return
@@ -117,12 +144,13 @@ def list_command(manifest_path: Path | None, admin_url: str | None, as_json: boo
 @_admin_option
 def clear_command(service: str | None, manifest_path: Path | None, admin_url: str | None) -> None:
     """End every experiment, or those on SERVICE; the sidecars get back their configuration."""
-    mesh = _mesh(manifest_path)
-    if service is not None and service not in mesh.services:
-        from meshlab.chaos import BadExperiment
+    with _connected(manifest_path, admin_url) as (mesh, plane):
+        if service is not None and service not in mesh.services:
+            from meshlab.chaos import BadExperiment
 
-        raise BadExperiment(f"the mesh has no service {service!r}", fix=f"its services: {', '.join(mesh.services)}")
-    cleared = _control_plane(mesh, admin_url).clear(service)
+            raise BadExperiment(f"the mesh has no service {service!r}",
+                                fix=f"its services: {', '.join(mesh.services)}")
+        cleared = plane.clear(service)
     console.print(f"cleared {cleared} experiment{'s' if cleared != 1 else ''}"
                   + (f" on {service}" if service else ""))
 
