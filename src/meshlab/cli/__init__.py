@@ -8,8 +8,9 @@ One module per command group, each exporting its click commands:
     load.py    meshlab load (fortio-compatible load)
     mtls.py    meshlab mtls probe
     xds.py     meshlab xds status
-    chaos.py   meshlab chaos inject / list / clear (faults on the Mini-Mesh)
+    mesh.py    meshlab mesh up / down / status (a lab's service mesh)
     k8s.py     meshlab mesh render --k8s (the mesh as Kubernetes manifests)
+    chaos.py   meshlab chaos inject / list / clear (faults on the Mini-Mesh)
     traces.py  meshlab traces (a lab's trace store as waterfalls)
     image.py   meshlab image: the course's Docker images
     compose.py meshlab compose: a Compose sandbox per lab, from its lab.yaml
@@ -84,19 +85,14 @@ def main() -> None:
 
 
 def _register() -> None:
-    from meshlab.cli import certs, chaos, compose, course, dev, image, k8s, labs, load, mtls, report, slides, traces, xds
+    from meshlab.cli import (certs, chaos, compose, course, dev, image, k8s, labs, load, mesh, mtls, report, slides,
+                             traces, xds)
 
     for command in (*labs.COMMANDS, *course.COMMANDS, load.load_command, certs.certs_group, mtls.mtls_group,
-                    xds.xds_group, traces.traces_command, image.image_group, compose.compose_command,
+                    xds.xds_group, mesh.mesh_group, traces.traces_command, image.image_group, compose.compose_command,
                     report.report_command, slides.slides_group, dev.dev_group, chaos.chaos_group):
         main.add_command(command)
-    mesh_group.add_command(k8s.render_command)
-    main.add_command(mesh_group)
-
-
-@click.group("mesh")
-def mesh_group() -> None:
-    """The Mini-Mesh of lab 11."""
+    mesh.mesh_group.add_command(k8s.render_command)
 
 
 _register()
