@@ -100,7 +100,7 @@ def test_every_pod_is_injected_like_istio_does_it(rendered):
         assert {"NET_ADMIN", "NET_RAW"} <= set(init["securityContext"]["capabilities"]["add"])
         script = init["command"][-1]
         port = mesh.service(workload.service).port
-        assert f"--dport {port} -j REDIRECT --to-ports 15006" in script
+        assert f"--syn --dport {port} -j REDIRECT --to-ports 15006" in script
         assert "--uid-owner 1337 -j RETURN" in script and "--to-ports 15001" in script
         app, proxy = pod["spec"]["containers"]
         assert app["command"] == mesh.service(workload.service).versions[workload.version].argv()

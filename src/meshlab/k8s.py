@@ -163,12 +163,12 @@ def capture_script(app_port: int) -> str:
         "set -e",
         "iptables -t nat -N MESH_INBOUND",
         "iptables -t nat -A PREROUTING -p tcp -j MESH_INBOUND",
-        f"iptables -t nat -A MESH_INBOUND -p tcp --dport {app_port} -j REDIRECT --to-ports {INBOUND_PORT}",
+        f"iptables -t nat -A MESH_INBOUND -p tcp --syn --dport {app_port} -j REDIRECT --to-ports {INBOUND_PORT}",
         "iptables -t nat -N MESH_OUTPUT",
         "iptables -t nat -A OUTPUT -p tcp -j MESH_OUTPUT",
         f"iptables -t nat -A MESH_OUTPUT -m owner --uid-owner {PROXY_UID} -j RETURN",
         "iptables -t nat -A MESH_OUTPUT -d 127.0.0.0/8 -j RETURN",
-        f"iptables -t nat -A MESH_OUTPUT -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}",
+        f"iptables -t nat -A MESH_OUTPUT -p tcp --syn -j REDIRECT --to-ports {OUTBOUND_PORT}",
         "",
     ])
 
