@@ -10,6 +10,7 @@ One module per command group, each exporting its click commands:
     xds.py     meshlab xds status
     mesh.py    meshlab mesh up / down / status (a lab's service mesh)
     k8s.py     meshlab mesh render --k8s (the mesh as Kubernetes manifests)
+    dashboard.py meshlab mesh dashboard (the mesh's traffic on a web page)
     chaos.py   meshlab chaos inject / list / clear (faults on the Mini-Mesh)
     traces.py  meshlab traces (a lab's trace store as waterfalls)
     image.py   meshlab image: the course's Docker images
@@ -85,7 +86,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from meshlab.cli import (certs, chaos, compose, course, dev, image, k8s, labs, load, mesh, mtls, report, slides,
+    from meshlab.cli import (certs, chaos, compose, course, dashboard, dev, image, k8s, labs, load, mesh, mtls, report, slides,
                              traces, xds)
 
     for command in (*labs.COMMANDS, *course.COMMANDS, load.load_command, certs.certs_group, mtls.mtls_group,
@@ -93,6 +94,7 @@ def _register() -> None:
                     report.report_command, slides.slides_group, dev.dev_group, chaos.chaos_group):
         main.add_command(command)
     mesh.mesh_group.add_command(k8s.render_command)
+    mesh.mesh_group.add_command(dashboard.dashboard_command)
 
 
 _register()
