@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,61 @@ def test_without_admin_and_without_a_running_mesh_it_is_exit_2(cli):
     run = cli("chaos", "list")
     assert run.code == 2 and "no control plane is running: the mesh of lab 11 is not up" in run.stderr
     assert "meshlab mesh up" in run.stderr
+
+
+@pytest.mark.lab_runs
+def test_against_the_solved_mesh(tmp_path):
+    """The CLI's own path: `meshlab mesh up` on a copy of the course with lab 11 solved,
+    then inject (the calls to api really fail), list, a refused second experiment, clear
+    (they really pass again), down; all in a network namespace of its own."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import CAN_ISOLATE, ROOT
+
+    from meshlab import isolation
+
+    if not CAN_ISOLATE:
+        pytest.skip("needs a network namespace of its own")
+    course = tmp_path / "course"
+    course.mkdir()
+    shutil.copy(ROOT / "course.yaml", course)
+    for folder in ("labs", "solutions", "checker"):
+        shutil.copytree(ROOT / folder, course / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "solutions" / "11-mini-mesh", course / "labs" / "11-mini-mesh", dirs_exist_ok=True)
+    meshlab = Path(sys.executable).parent / "meshlab"
+    web = "ip netns exec ml11-web-v1 curl -s -o /dev/null -w '%{http_code}\\n' http://127.0.0.1:8080/"
+    script = tmp_path / "run.sh"
+    script.write_text(f"""
+exec 2>&1
+ip link set lo up
+export MESHLAB_ROOT={course} MESHLAB_STATE_DIR={tmp_path / 'state'}
+cd {course}
+M={meshlab}
+$M mesh up >/dev/null 2>&1 || {{ echo UP-FAILED; exit 1; }}
+trap '$M mesh down >/dev/null 2>&1' EXIT
+echo "== inject"; $M chaos inject api --abort 100% --for 60s --json; echo "rc=$?"
+sleep 1; echo "== web"; {web}; {web}
+echo "== second"; $M chaos inject api --delay 1s; echo "rc=$?"
+echo "== list"; $M chaos list --json
+echo "== clear"; $M chaos clear api; echo "rc=$?"
+sleep 1; echo "== web"; {web}; {web}
+echo "== list"; $M chaos list
+""")
+    proc = subprocess.run(isolation.wrap(["bash", str(script)]), capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert "UP-FAILED" not in out, out
+    parts = {}
+    for chunk in out.split("== ")[1:]:
+        title, _, body = chunk.partition("\n")
+        parts.setdefault(title, []).append(body)
+    injected = json.loads(parts["inject"][0].split("rc=")[0])
+    assert injected["service"] == "api" and injected["abort_percent"] == 100.0 and injected["id"]
+    assert parts["inject"][0].strip().endswith("rc=0")
+    assert parts["web"][0].split() == ["502", "502"]              # web's app: its call to api was aborted
+    assert "already has an experiment" in parts["second"][0] and "rc=2" in parts["second"][0]
+    assert [f["id"] for f in json.loads(parts["list"][0])] == [injected["id"]]
+    assert "cleared 1 experiment on api" in parts["clear"][0] and "rc=0" in parts["clear"][0]
+    assert parts["web"][1].split() == ["200", "200"]
+    assert "No fault experiment runs." in parts["list"][1]
