@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from meshlab.grading import check, eventually, fail
+from meshlab.grading.borrowed import BorrowedFile
 from meshlab.grading.stats import expect_share
 from meshlab.mesh import inject, manifest
 from meshlab.runtime.netns import NetnsTransport
@@ -98,7 +99,14 @@ def in_sync(lab) -> tuple[bool, dict]:
     return ok, nodes
 
 
+# Set once no node ever acknowledged anything (an unfinished control plane): the checks
+# after the first do not wait the whole timeout again for what will not come.
+_NOTHING_ACKED: list[bool] = []
+
+
 def wait_in_sync(lab, timeout: float = 20.0) -> dict:
+    if _NOTHING_ACKED:
+        timeout = min(timeout, 3.0)
     deadline = time.monotonic() + timeout
     nodes: dict = {}
     while time.monotonic() < deadline:
@@ -106,6 +114,8 @@ def wait_in_sync(lab, timeout: float = 20.0) -> dict:
         if ok:
             return nodes
         time.sleep(0.2)
+    if not any(n.get("acked") for n in nodes.values()):
+        _NOTHING_ACKED.append(True)
     fail("not every sidecar runs its node's configuration",
          expected="every node connected, its acknowledged version equal to the one pushed, no NACK",
          received=json.dumps({k: {f: v.get(f) for f in ("connected", "acked", "target", "nack")}
@@ -184,6 +194,15 @@ def tcp_exchange(lab, pod: str, host: str, port: int, payload: bytes) -> bytes |
 REDIS_PING = b"*1\r\n$4\r\nPING\r\n"
 
 
+def require_working_path(lab, why: str) -> None:
+    """A refusal proves something only once the mesh carries web -> api -> db."""
+    response = web(lab, "/precondition")
+    if response.status_code != 200 or "hits" not in (_json(response).get("upstream") or {}):
+        fail(f"the mesh does not carry web -> api -> db yet, so {why} proves nothing",
+             expected="web -> api -> db answering 200 through the sidecars first",
+             received=f"{response.status_code} {response.text[:200]}", hint=XDS_HINT)
+
+
 # -- the checks ---------------------------------------------------------------------------
 
 @check("Every sidecar connects to the control plane and runs its node's configuration", hint=XDS_HINT)
@@ -260,6 +279,7 @@ def test_mutual_tls_every_hop(lab):
 @check("A plaintext client inside the mesh is refused", hint=SAN_HINT)
 def test_plaintext_refused(lab):
     wait_in_sync(lab)
+    require_working_path(lab, "a refused plaintext client")
     where = inject.addresses(mesh_of(lab))
     probe = uuid.uuid4().hex
     api = where.workloads["api-v1"]
@@ -294,7 +314,11 @@ def test_authorization(lab):
              expected="inbound_6379.rbac.denied +1 on db's sidecar", received=f"{answer!r}; the counter did not move",
              hint=RBAC_HINT)
     denied_api = sum(sidecar(lab, w).stat("http.inbound_8080.rbac.denied") for w in APIS)
-    response = lab.pod(DB).get(f"http://{where.services['api']}:8080/from-db", timeout=10)
+    try:
+        response = lab.pod(DB).get(f"http://{where.services['api']}:8080/from-db", timeout=10)
+    except httpx.HTTPError as error:
+        fail("db's pod could not reach api's sidecar at all", expected="403 from api's sidecar (RBAC)",
+             received=f"{type(error).__name__}: {error}", hint=RBAC_HINT)
     if response.status_code != 403:
         fail("db's pod called api and was not denied", expected="403 from api's sidecar (RBAC)",
              received=f"{response.status_code} {response.text[:120]}", hint=RBAC_HINT)
@@ -315,7 +339,12 @@ def test_forged_identity(lab):
     where = inject.addresses(mesh)
     forged = {"x-forwarded-client-cert": f"By={mesh.spiffe_id('api')};URI={mesh.spiffe_id('web')}",
               "x-caller": "web", "x-spiffe-id": mesh.spiffe_id("web"), "x-client-identity": mesh.spiffe_id("web")}
-    response = lab.pod(DB).get(f"http://{where.services['api']}:8080/forged", headers=forged, timeout=10)
+    require_working_path(lab, "a refused impostor")
+    try:
+        response = lab.pod(DB).get(f"http://{where.services['api']}:8080/forged", headers=forged, timeout=10)
+    except httpx.HTTPError as error:
+        fail("db's pod could not reach api's sidecar at all", expected="403 from api's sidecar (RBAC)",
+             received=f"{type(error).__name__}: {error}", hint=RBAC_HINT)
     if response.status_code != 403:
         fail("db's pod got through to api by claiming web's identity in headers",
              expected="403: identity is the verified certificate's, not a header",
@@ -347,6 +376,38 @@ def test_split(lab):
         fail(f"{got['api-v1']} of {HEADER_REQUESTS} requests with x-canary: true went to v1",
              expected=f"all {HEADER_REQUESTS} to api v2", received=json.dumps(got),
              hint=SPLIT_HINT + "; routes are tried in order")
+
+
+@check("A manifest change (a new allowed caller) reaches every sidecar without a restart",
+       hint="build(node) runs again for every node when mesh.yaml changes: read the callers from node.mesh each "
+            "time, never from a copy made at start")
+def test_manifest_change_without_restart(lab):
+    wait_in_sync(lab)
+    require_working_path(lab, "a change of who may call whom")
+    where = inject.addresses(mesh_of(lab))
+    lab.runtime.refresh()
+    pids = {w: lab.runtime.state.services[f"{w}-envoy"].pid for w in workloads(lab)}
+    text = (lab.dir / "mesh.yaml").read_text()
+    if "  db: [api]" not in text:
+        pytest.skip("mesh.yaml's authorization of db is not the lab's (db: [api]): nothing to change")
+    with BorrowedFile(lab.dir / "mesh.yaml", keep=lab.runtime.run_dir) as manifest_file:
+        manifest_file.write(text.replace("  db: [api]", "  db: [api, web]"))
+        answer = eventually(lambda: _pong(tcp_exchange(lab, WEB, where.services["db"], 6379, REDIS_PING)), 10.0)
+    if not answer:
+        fail("after mesh.yaml allowed web to call db, web still could not",
+             expected="Redis's +PONG to web within 10 s of the change",
+             received=repr(tcp_exchange(lab, WEB, where.services["db"], 6379, REDIS_PING)),
+             hint="the control plane follows mesh.yaml: your build must use node.mesh's callers")
+    wait_in_sync(lab)
+    denied = eventually(lambda: not _pong(tcp_exchange(lab, WEB, where.services["db"], 6379, REDIS_PING)), 10.0)
+    if not denied:
+        fail("web could still reach db after the change was undone", expected="web -> db denied again",
+             received="Redis answered +PONG", hint=RBAC_HINT)
+    lab.runtime.refresh()
+    restarted = [w for w in pids if lab.runtime.state.services[f"{w}-envoy"].pid != pids[w]]
+    if restarted:
+        fail(f"the sidecars of {', '.join(restarted)} restarted", expected="the same Envoy processes",
+             received="new process ids", hint="a change travels over xDS, never by restarting a proxy")
 
 
 @check("Rotation under load: every sidecar gets a new certificate and 0 requests fail", hint=ROTATE_HINT)
@@ -411,6 +472,10 @@ def _json(response: httpx.Response) -> dict:
         return data if isinstance(data, dict) else {}
     except ValueError:
         return {}
+
+
+def _pong(answer: bytes | str) -> bool:
+    return isinstance(answer, bytes) and answer.startswith(b"+PONG")
 
 
 def _caller(headers: dict) -> str | None:

@@ -54,9 +54,11 @@ def _numbers(ranges: str) -> set[int]:
 
 
 def test_only_the_features_the_course_requires_are_listed(course_copy):
-    # Lab 07 requires the interception features; without it, only namespaces are listed.
+    # Labs 07 and 11 require the interception features; without them, only namespaces are listed.
     manifest = course_copy / "labs" / "07-interception" / "lab.yaml"
     manifest.write_text(manifest.read_text().replace("requires: [pods, iptables, bpf, clang]", "requires: []"))
+    manifest = course_copy / "labs" / "11-mini-mesh" / "lab.yaml"
+    manifest.write_text(manifest.read_text().replace("requires: [pods, iptables, redis-server]", "requires: []"))
     findings = doctor.diagnose(load_course(course_copy))
     assert {f.name for f in findings if f.group == "features"} == {"netns"}
     require(course_copy, "03-resilience", "bpf")

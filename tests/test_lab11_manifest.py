@@ -46,3 +46,27 @@ def test_a_mistake_names_its_line(tmp_path, old, new, words):
         manifest.load(bad)
     assert words in caught.value.message
     assert caught.value.where.line == line, caught.value.where
+
+
+def test_mesh_commands_explain_what_is_missing(cli):
+    down = cli("mesh", "status")
+    assert down.code == 2 and "is not running" in down.output and "meshlab mesh up" in down.output
+    no_mesh = cli("mesh", "up", "3")
+    assert no_mesh.code == 2 and "lab 03 has no mesh" in no_mesh.output
+    assert cli("mesh", "--help").code == 0 and "up" in cli("mesh", "--help").output
+
+
+def test_the_lab_injects_a_pod_and_a_sidecar_per_workload():
+    from meshlab.course import load_course
+    from meshlab.mesh import inject
+
+    lab = load_course(ROOT).find(11)
+    assert [p.name for p in lab.pods] == ["mesh", "web-v1", "api-v1", "api-v2", "db-v1"]
+    assert all(p.iptables == str(inject.CAPTURE_RULES) for p in lab.pods[1:]) and lab.pods[0].iptables is None
+    envoy = lab.service("api-v2-envoy")
+    assert envoy.user == 1337 and envoy.pod == "api-v2" and envoy.target == str(inject.BOOTSTRAP)
+    assert envoy.args == ("--service-node", "api-v2", "--service-cluster", "api")
+    assert envoy.after == ("control-plane", "api-v2")
+    web = lab.service("web-v1")
+    assert "http://10.77.11.201:8080" in web.args and web.env["API_SERVICE_HOST"] == "10.77.11.201"
+    assert lab.service("db-v1").target[0] == "redis-server"

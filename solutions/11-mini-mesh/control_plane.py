@@ -6,7 +6,7 @@ each sidecar runs.
 The course gives the rest (meshlab.mesh.control): reading and following mesh.yaml, the
 certificate authority and each workload's certificate, serving over ADS, the admin API
 (GET /status, POST /rotate). Your part is `build(node)`: the resources of ONE sidecar,
-the node `node.name` (like `api-v2`), in five steps.
+the node `node.name` (like `api-v2`), in four steps (step 5 watches it hold).
 
 Every sidecar has two listeners, both fed by the pod's capture rules (lab 07):
 - `outbound` (port 15001): what the app sends. One filter chain per service of the
@@ -221,10 +221,10 @@ def authorization(node: Node) -> rbac_pb2.RBAC:
     return rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies=policies)
 
 
-# -- step 5: everything one sidecar runs --------------------------------------------------
+# -- everything one sidecar runs (given) ------------------------------------------------
 
 def build(node: Node) -> list[Message]:
-    """Step 5: the node's whole snapshot."""
+    """The node's whole snapshot: what steps 1-4 build."""
     resources: list[Message] = [outbound_listener(node), inbound_listener(node), inbound_cluster(node),
                                 *secrets(node)]
     for name, service in node.mesh.services.items():

@@ -7,6 +7,8 @@ It knows nothing of a mesh: it calls the addresses it was given, in plain HTTP o
 plain Redis protocol, and the mesh's sidecars make that mutual TLS. A failed call
 upstream is a 502 whose body says what failed, so a check can tell a denied call
 (403 from the next sidecar, a closed connection from Redis's) from a broken one.
+A request with `?alone=1` is answered without calling anything (one hop, for a
+benchmark).
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ def tier(name: str, version: str, upstream: str | None, redis: str | None) -> Ap
     def answer(request: Request) -> Response:
         body: dict = {"service": name, "version": version, "caller": peer_identity(request)}
         status = 200
+        if request.query.get("alone"):
+            return Response(200, json.dumps(body) + "\n", {"content-type": "application/json"})
         if client is not None:
             headers = {k: v for k, v in request.headers.items() if k.startswith("x-") and k != "x-forwarded-client-cert"}
             try:

@@ -8,7 +8,7 @@ workload and its certificate. This module does the rest, the way istiod does:
   without a restart);
 - runs the mesh's certificate authority and gives every workload an X.509-SVID for
   its service's SPIFFE ID, short-lived, renewed at 2/3 of its lifetime; the CA's key
-  stays in a 0600 file of the run's state folder ($MESHLAB_STATE_DIR, removed with the
+  stays in a 0600 file of the run's state folder ($MESHLAB_SERVICE_STATE, removed with the
   run), so a restarted control plane signs with the same CA and no sidecar ever
   distrusts another; the workloads' keys stay in memory and travel only over xDS (SDS);
 - serves the snapshots over ADS (meshlab.xds) and an admin API (JSON):
@@ -338,7 +338,7 @@ def main(build: Build, description: str = "A mesh's control plane.") -> None:
     options = parser.parse_args()
     logging.basicConfig(level=logging.DEBUG if options.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    state = os.environ.get("MESHLAB_STATE_DIR")
+    state = os.environ.get("MESHLAB_SERVICE_STATE")
     plane = ControlPlane(build, Path(options.mesh), state_dir=Path(state) / "mesh-ca" if state else None)
     try:
         asyncio.run(plane.run(options.host))

@@ -40,7 +40,7 @@ from meshlab.runtime.pods import PodNetwork, record_from
 from meshlab.runtime.pods import teardown as teardown_pods
 
 STATE_FILE = "state.json"
-STATE_FOLDER = "state"             # services' own state for the run (MESHLAB_STATE_DIR)
+STATE_FOLDER = "state"             # services' own state for the run (MESHLAB_SERVICE_STATE)
 
 
 @dataclass
@@ -164,7 +164,7 @@ class LocalRuntime:
         log_path = self.run_dir / f"{name}.log"
         # A service may keep what must survive its own restarts (a CA's key) in the run's
         # state folder; it goes when the run stops.
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MESHLAB_STATE_DIR": str(self.run_dir / STATE_FOLDER),
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MESHLAB_SERVICE_STATE": str(self.run_dir / STATE_FOLDER),
                **spec.env}
         scratch = [str(self.lab_dir / folder) for folder in spec.scratch]
         for folder in scratch:  # what a killed run left behind is not this run's data

@@ -1,0 +1,158 @@
+"""Lab 11 graded for real: control planes that look right but are wrong fail the check
+they should, an unusual correct one passes, and nothing of a mesh outlives its run.
+tests/test_course_proves_itself.py grades the starter and the solution."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from lab_variants import fails_only, passes
+
+pytestmark = pytest.mark.lab_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTION = (ROOT / "solutions/11-mini-mesh/control_plane.py").read_text()
+
+
+def solution_with(*edits: tuple[str, str]) -> dict[str, str]:
+    text = SOLUTION
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    return {"control_plane.py": text}
+
+
+# Identity by a header the caller's sidecar adds (and keeps when the app already sent
+# one): web -> api works and db -> api is denied, but anyone can claim to be web.
+RBAC_BY_HEADER = solution_with(
+    ("            http_filters=[hcm.HttpFilter(name=\"envoy.filters.http.rbac\", "
+     "typed_config=pack(http_rbac.RBAC(rules=policy))),",
+     "            http_filters=[hcm.HttpFilter(name=\"envoy.filters.http.rbac\", "
+     "typed_config=pack(http_rbac.RBAC(rules=by_header(node)))),"),
+    ("    return route_pb2.RouteConfiguration(name=name, virtual_hosts=[",
+     "    return route_pb2.RouteConfiguration(name=name, request_headers_to_add=[base_pb2.HeaderValueOption(\n"
+     "        header=base_pb2.HeaderValue(key=\"x-caller\", value=node.workload.service),\n"
+     "        append_action=base_pb2.HeaderValueOption.ADD_IF_ABSENT)], virtual_hosts=["),
+    ("# -- everything one sidecar runs (given)",
+     "def by_header(node):\n"
+     "    principals = [rbac_pb2.Principal(header=route_components_pb2.HeaderMatcher(\n"
+     "        name=\"x-caller\", string_match=string_pb2.StringMatcher(exact=caller)))\n"
+     "        for caller in node.mesh.callers(node.workload.service)]\n"
+     "    return rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies={\"callers\": rbac_pb2.Policy(\n"
+     "        permissions=[rbac_pb2.Permission(any=True)], principals=principals)} if principals else {})\n\n\n"
+     "# -- everything one sidecar runs (given)"),
+)
+
+# Certificates written next to the control plane once, then served by file name: the
+# key lies in the lab folder and a rotation changes nothing.
+CERTIFICATES_ON_DISK = solution_with(
+    ("    return [\n        secret_pb2.Secret(name=CERTIFICATE, tls_certificate=common_pb2.TlsCertificate(\n"
+     "            certificate_chain=base_pb2.DataSource(inline_string=node.certificate.chain_pem),\n"
+     "            private_key=base_pb2.DataSource(inline_string=node.certificate.key_pem))),",
+     "    import pathlib\n"
+     "    folder = pathlib.Path(\"certs\").resolve()\n"
+     "    folder.mkdir(exist_ok=True)\n"
+     "    chain, key = folder / f\"{node.name}.pem\", folder / f\"{node.name}-key.pem\"\n"
+     "    if not chain.exists():\n"
+     "        chain.write_text(node.certificate.chain_pem)\n"
+     "        key.write_text(node.certificate.key_pem)\n"
+     "    return [\n        secret_pb2.Secret(name=CERTIFICATE, tls_certificate=common_pb2.TlsCertificate(\n"
+     "            certificate_chain=base_pb2.DataSource(filename=str(chain)),\n"
+     "            private_key=base_pb2.DataSource(filename=str(key)))),"),
+)
+
+# Only the first version of each rule: every request of api goes to v1.
+SPLIT_IGNORES_V2 = solution_with(
+    ("            for version, weight in rule.weights.items() if weight > 0]))",
+     "            for version, weight in list(rule.weights.items())[:1] if weight > 0]))"),
+)
+
+# Correct the other way round: DENY whoever is not one of the callers.
+DENY_THE_REST = solution_with(
+    ("    policies = {\"callers\": rbac_pb2.Policy(permissions=[rbac_pb2.Permission(any=True)],\n"
+     "                                           principals=principals)} if principals else {}\n"
+     "    return rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies=policies)",
+     "    anyone_else = rbac_pb2.Principal(not_id=rbac_pb2.Principal(or_ids=rbac_pb2.Principal.Set(ids=principals))) \\\n"
+     "        if principals else rbac_pb2.Principal(any=True)\n"
+     "    return rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY, policies={\"not a caller\": rbac_pb2.Policy(\n"
+     "        permissions=[rbac_pb2.Permission(any=True)], principals=[anyone_else])})"),
+)
+
+
+def test_rbac_by_header_fails_the_forged_identity_check(grade):
+    checks = fails_only(grade, 11, RBAC_BY_HEADER, {"test_forged_identity"})
+    assert "claiming web's identity" in checks["test_forged_identity"]["message"]
+
+
+def test_certificates_on_disk_fail_the_sds_and_rotation_checks(grade):
+    checks = fails_only(grade, 11, CERTIFICATES_ON_DISK, {"test_mutual_tls_every_hop", "test_rotation_under_load"})
+    assert "private keys lie in the lab's folder" in checks["test_mutual_tls_every_hop"]["message"]
+    assert "still serve the certificate from before" in checks["test_rotation_under_load"]["message"]
+
+
+def test_a_split_ignoring_v2_fails_the_split_check(grade):
+    checks = fails_only(grade, 11, SPLIT_IGNORES_V2, {"test_split"})
+    assert "went to api v1" in checks["test_split"]["message"]
+
+
+def test_deny_everyone_else_passes(grade):
+    passes(grade, 11, DENY_THE_REST)
+
+
+# -- nothing outlives a mesh --------------------------------------------------------------
+
+def _leftovers(prefix: str, run_dir: Path, folder: Path) -> dict[str, list[str]]:
+    """The run's namespaces, and the processes of the run: started from its folder
+    (apps, control plane) or naming its run folder (Envoys)."""
+    namespaces = [n.split()[0] for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                       text=True).stdout.splitlines() if n.startswith(prefix)]
+    processes = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if str(run_dir) in argv or cwd == str(folder):
+            processes.append(f"{proc.name}: {argv[:120]}")
+    return {"namespaces": namespaces, "processes": processes}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="pods need root")
+def test_a_killed_checker_leaves_nothing_behind(lab_copy, course):
+    """SIGKILL to a checker in the middle of lab 11's checks: its reaper removes the
+    pods (and with them every rule), the kernel kills its services."""
+    from meshlab.runtime.pods import tag_for
+    from meshlab.session import run_dir_for
+
+    folder = lab_copy(11, base="solution").resolve()
+    run_dir = run_dir_for(course, course.find(11), folder)
+    prefix = f"ml{tag_for(run_dir)}-"
+    env = {**os.environ, "MESHLAB_ROOT": str(ROOT)}
+    checker = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", str(ROOT / "checker" /
+         "test_11_mini_mesh.py"), "--meshlab-path", str(folder), "-k", "rotation"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(_leftovers(prefix, run_dir, folder)["namespaces"]) < 6:
+            time.sleep(0.5)
+        assert len(_leftovers(prefix, run_dir, folder)["namespaces"]) == 6, "the mesh never started"
+        time.sleep(3)
+        checker.send_signal(signal.SIGKILL)
+        checker.wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_leftovers(prefix, run_dir, folder).values()):
+            time.sleep(0.5)
+        assert _leftovers(prefix, run_dir, folder) == {"namespaces": [], "processes": []}
+    finally:
+        if checker.poll() is None:
+            checker.kill()
