@@ -25,7 +25,7 @@ KUBERNETES_VERSIONS = ("1.29", "1.37")
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> tuple[Path, list[dict]]:
     folder = tmp_path_factory.mktemp("k8s")
-    files = k8s.render(manifest.load(MESH), manifest_text=MESH.read_text(), control_plane_source="print('cp')\n")
+    files = k8s.render(manifest.load(MESH), manifest_text=MESH.read_text(), control_plane_sources={"control_plane.py": "print('cp')\n", "faults.py": "X = 1\n"})
     k8s.write(files, folder)
     documents = [doc for path in sorted(folder.glob("*.yaml")) if path.name != "kustomization.yaml"
                  for doc in yaml.safe_load_all(path.read_text())]
@@ -79,7 +79,7 @@ def test_selectors_accounts_and_volumes_point_at_what_exists(rendered):
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items(), name
         assert template["spec"]["serviceAccountName"] in accounts, name
         for volume in template["spec"]["volumes"]:
-            assert volume["configMap"]["name"] in config_maps, name
+            assert "emptyDir" in volume or volume["configMap"]["name"] in config_maps, name
     mesh = manifest.load(MESH)
     for name, service in mesh.services.items():
         selector = services[name]["spec"]["selector"].items()
@@ -113,7 +113,9 @@ def test_the_control_plane_gets_the_manifest_and_its_source(rendered):
     _, documents = rendered
     data = _of(documents, "ConfigMap")["mini-mesh-control-plane"]["data"]
     assert manifest.parse(__import__("meshlab.yamlfile").yamlfile.load(MESH, data["mesh.yaml"])).services
-    assert data["control_plane.py"] == "print('cp')\n"
+    assert data["control_plane.py"] == "print('cp')\n" and data["faults.py"] == "X = 1\n"
+    container = _of(documents, "Deployment")["mini-mesh-control-plane"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "control_plane.py", "--mesh", "mesh.yaml"]
     ports = {p["name"]: p["port"] for p in _of(documents, "Service")["mini-mesh-control-plane"]["spec"]["ports"]}
     assert ports == {"grpc-xds": 18000, "http-admin": 18001}
 
@@ -182,6 +184,9 @@ def test_kubectl_client_side_dry_run(rendered, tmp_path):
 def test_the_command_writes_the_folder(cli, tmp_path):
     run = cli("mesh", "render", "--k8s", str(tmp_path / "out"))
     assert run.code == 0, run.stderr
+    shipped = yaml.safe_load_all((tmp_path / "out" / "control-plane.yaml").read_text())
+    data = next(d for d in shipped if d["kind"] == "ConfigMap")["data"]
+    assert {"mesh.yaml", "control_plane.py", "faults.py"} <= set(data)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "api.yaml", "control-plane.yaml", "db.yaml", "kustomization.yaml", "web.yaml"]
     assert "kubectl apply -k" in run.stdout

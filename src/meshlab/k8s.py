@@ -62,14 +62,16 @@ def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _text)
 
 
-def render(manifest: Mesh, *, manifest_text: str, control_plane_source: str | None,
+def render(manifest: Mesh, *, manifest_text: str, control_plane_sources: dict[str, str],
            image: str = DEFAULT_IMAGE) -> list[Rendered]:
-    """Every file of the rendering, the kustomization last (it lists the others)."""
+    """Every file of the rendering, the kustomization last (it lists the others).
+    CONTROL_PLANE_SOURCES: the control plane's Python files by name (control_plane.py
+    and what it imports from its folder), shipped in its ConfigMap."""
     files: list[Rendered] = []
     if manifest.namespace != "default":
         files.append(Rendered("namespace.yaml", [_namespace(manifest.namespace)]))
     files.append(Rendered("control-plane.yaml",
-                          _control_plane(manifest, manifest_text, control_plane_source, image)))
+                          _control_plane(manifest, manifest_text, control_plane_sources, image)))
     for name, service in manifest.services.items():
         documents = [_service_account(name, manifest.namespace), _service(manifest, name)]
         for version in service.versions:
@@ -255,12 +257,10 @@ def _admin_proxy(name: str, port: int, path: str, admin_path: str) -> dict:
     }
 
 
-def _control_plane(manifest: Mesh, manifest_text: str, source: str | None, image: str) -> list[dict]:
+def _control_plane(manifest: Mesh, manifest_text: str, sources: dict[str, str], image: str) -> list[dict]:
     namespace = manifest.namespace
     labels = {"app": CONTROL_PLANE}
-    data = {"mesh.yaml": manifest_text}
-    if source is not None:
-        data["control_plane.py"] = source
+    data = {"mesh.yaml": manifest_text, **sources}
     xds, admin = manifest.xds_port, manifest.admin_port
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -270,14 +270,18 @@ def _control_plane(manifest: Mesh, manifest_text: str, source: str | None, image
                      "serviceAccountName": CONTROL_PLANE,
                      "containers": [{
                          "name": "control-plane", "image": image, "workingDir": "/etc/mini-mesh",
-                         "command": ["python", "control_plane.py"],
-                         "env": [{"name": "MESH_MANIFEST", "value": "/etc/mini-mesh/mesh.yaml"}],
+                         "command": ["python", "control_plane.py", "--mesh", "mesh.yaml"],
+                         # The CA's key (0600) lives as long as the pod: a restarted container signs
+                         # with the same CA, so no sidecar distrusts another.
+                         "env": [{"name": "MESHLAB_STATE_DIR", "value": "/var/lib/mini-mesh"}],
                          "ports": [{"name": "grpc-xds", "containerPort": xds},
                                    {"name": "http-admin", "containerPort": admin}],
                          "readinessProbe": {"tcpSocket": {"port": xds}, "periodSeconds": 2},
-                         "volumeMounts": [{"name": "mini-mesh", "mountPath": "/etc/mini-mesh", "readOnly": True}],
+                         "volumeMounts": [{"name": "mini-mesh", "mountPath": "/etc/mini-mesh", "readOnly": True},
+                                          {"name": "state", "mountPath": "/var/lib/mini-mesh"}],
                      }],
-                     "volumes": [{"name": "mini-mesh", "configMap": {"name": CONTROL_PLANE}}],
+                     "volumes": [{"name": "mini-mesh", "configMap": {"name": CONTROL_PLANE}},
+                                 {"name": "state", "emptyDir": {}}],
                  }}}}
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(CONTROL_PLANE, namespace, labels)},

@@ -39,10 +39,10 @@ def render_command(folder: Path, manifest_path: Path | None, image: str | None) 
 
         manifest_path = find_root() / DEFAULT_MANIFEST
     mesh = manifest.load(manifest_path)
-    source = manifest_path.parent / "control_plane.py"
+    # The control plane and the modules it imports from its folder (lab 11: faults.py).
+    sources = {path.name: path.read_text(encoding="utf-8") for path in sorted(manifest_path.parent.glob("*.py"))}
     files = k8s.render(mesh, manifest_text=manifest_path.read_text(encoding="utf-8"),
-                       control_plane_source=source.read_text(encoding="utf-8") if source.is_file() else None,
-                       image=image or k8s.DEFAULT_IMAGE)
+                       control_plane_sources=sources, image=image or k8s.DEFAULT_IMAGE)
     for path in k8s.write(files, folder):
         console.print(f"wrote {path}")
     console.print(f"apply with: kubectl apply -k {folder}")

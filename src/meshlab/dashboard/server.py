@@ -30,8 +30,8 @@ ROUTES_TTL = 5.0          # seconds between readings of the sidecars' listeners
 
 @dataclass
 class Sources:
-    """Where the dashboard reads the mesh: its manifest, a sidecar's admin API by
-    workload (an httpx-like response for a path), and the control plane's /status."""
+    """Where the dashboard reads the mesh: its manifest, the body of a sidecar's admin
+    page by workload and path, and the control plane's /status."""
 
     mesh: Mesh
     sidecar_get: Callable[[str, str], bytes]          # (workload, path) -> body
