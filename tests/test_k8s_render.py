@@ -116,6 +116,9 @@ def test_the_control_plane_gets_the_manifest_and_its_source(rendered):
     assert data["control_plane.py"] == "print('cp')\n" and data["faults.py"] == "X = 1\n"
     container = _of(documents, "Deployment")["mini-mesh-control-plane"]["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["python", "control_plane.py", "--mesh", "mesh.yaml"]
+    # Where the scaffolding keeps its CA (meshlab.mesh.control reads this variable).
+    assert {"name": "MESHLAB_SERVICE_STATE", "value": "/var/lib/mini-mesh"} in container["env"]
+    assert 'os.environ.get("MESHLAB_SERVICE_STATE")' in (ROOT / "src" / "meshlab" / "mesh" / "control.py").read_text()
     ports = {p["name"]: p["port"] for p in _of(documents, "Service")["mini-mesh-control-plane"]["spec"]["ports"]}
     assert ports == {"grpc-xds": 18000, "http-admin": 18001}
 

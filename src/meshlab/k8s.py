@@ -273,7 +273,7 @@ def _control_plane(manifest: Mesh, manifest_text: str, sources: dict[str, str], 
                          "command": ["python", "control_plane.py", "--mesh", "mesh.yaml"],
                          # The CA's key (0600) lives as long as the pod: a restarted container signs
                          # with the same CA, so no sidecar distrusts another.
-                         "env": [{"name": "MESHLAB_STATE_DIR", "value": "/var/lib/mini-mesh"}],
+                         "env": [{"name": "MESHLAB_SERVICE_STATE", "value": "/var/lib/mini-mesh"}],
                          "ports": [{"name": "grpc-xds", "containerPort": xds},
                                    {"name": "http-admin", "containerPort": admin}],
                          "readinessProbe": {"tcpSocket": {"port": xds}, "periodSeconds": 2},
