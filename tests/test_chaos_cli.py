@@ -128,7 +128,7 @@ def test_without_admin_and_without_a_running_mesh_it_is_exit_2(cli):
 def test_against_the_solved_mesh(tmp_path):
     """The CLI's own path: `meshlab mesh up` on a copy of the course with lab 11 solved,
     then inject (the calls to api really fail), list, a refused second experiment, clear
-    (they really pass again), down; all in a network namespace of its own."""
+    (they really pass again), an experiment on one path prefix only, down; all in a network namespace of its own."""
     import shutil
     import subprocess
     import sys
@@ -147,6 +147,7 @@ def test_against_the_solved_mesh(tmp_path):
     shutil.copytree(ROOT / "solutions" / "11-mini-mesh", course / "labs" / "11-mini-mesh", dirs_exist_ok=True)
     meshlab = Path(sys.executable).parent / "meshlab"
     web = "ip netns exec ml11-web-v1 curl -s -o /dev/null -w '%{http_code}\\n' http://127.0.0.1:8080/"
+    orders = web + "orders/1"
     script = tmp_path / "run.sh"
     script.write_text(f"""
 exec 2>&1
@@ -163,6 +164,7 @@ echo "== list"; $M chaos list --json
 echo "== clear"; $M chaos clear api; echo "rc=$?"
 sleep 1; echo "== web"; {web}; {web}
 echo "== list"; $M chaos list
+echo "== route"; $M chaos inject api --abort 100% --route /orders; sleep 1; {orders}; {web}
 """)
     proc = subprocess.run(isolation.wrap(["bash", str(script)]), capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
@@ -180,3 +182,5 @@ echo "== list"; $M chaos list
     assert "cleared 1 experiment on api" in parts["clear"][0] and "rc=0" in parts["clear"][0]
     assert parts["web"][1].split() == ["200", "200"]
     assert "No fault experiment runs." in parts["list"][1]
+    route = parts["route"][0].split()
+    assert "under /orders" in parts["route"][0] and route[-2:] == ["502", "200"]   # only /orders is aborted

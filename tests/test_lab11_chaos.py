@@ -75,3 +75,15 @@ def test_an_experiment_remembered_after_it_ended_fails_only_the_clear_check(grad
     checks = grade_chaos(remembered)
     assert failing(checks) == {"test_expiry_and_clear"}
     assert "did not get their configuration back after its --for" in checks["test_expiry_and_clear"]["message"]
+
+
+def test_shares_per_hundred_pass_too(grade_chaos):
+    """An unusual correct translation: whole percentages as so many per HUNDRED (Envoy's
+    default denominator) instead of per million."""
+    per_hundred = replaced(
+        "    return percent_pb2.FractionalPercent(numerator=round(percent * 10_000),\n",
+        "    if percent == int(percent):\n"
+        "        return percent_pb2.FractionalPercent(numerator=int(percent))\n"
+        "    return percent_pb2.FractionalPercent(numerator=round(percent * 10_000),\n")
+    checks = grade_chaos(per_hundred)
+    assert not failing(checks), checks
