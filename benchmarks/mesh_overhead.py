@@ -17,8 +17,9 @@ where no capture rule exists, calling each other on the pod's loopback. Rows:
 
 A client sends at a fixed rate (one request every 1/RATE s, each timed from its
 scheduled start, so a slow answer delays nothing it should not: no coordinated
-omission) on one kept-alive connection from inside the pod. Ratios are to the row's
-no-mesh baseline of the same shape.
+omission) on one kept-alive connection from inside the pod; the rows take turns in short
+bursts (--rounds), so the shared machine's other work lands on all of them alike.
+Ratios are to the row's no-mesh baseline of the same shape.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second (default 100)")
     parser.add_argument("--seconds", type=float, default=10.0, help="per row (default 10)")
+    parser.add_argument("--rounds", type=int, default=5, help="turns the rows take (default 5)")
     parser.add_argument("--json", action="store_true")
     options = parser.parse_args()
     if os.geteuid() != 0:
@@ -117,10 +119,18 @@ def main() -> None:
             ("path, no mesh", control, "http://127.0.0.1:9080/"),
             ("path, mesh", pods.netns_path("web-v1"), "http://127.0.0.1:8080/"),
         ]
-        for name, netns, url in plan:
-            latencies, errors = fixed_rate(netns, url, options.rate, options.seconds)
-            rows.append({"row": name, "requests": len(latencies), "errors": errors, **percentiles(latencies),
-                         "mean": statistics.fmean(latencies) * 1000})
+        # Rows take turns, ROUNDS times: a burst of the shared machine's other work lands
+        # on every row alike instead of on whichever ran at that moment.
+        samples: dict[str, list[float]] = {name: [] for name, _, _ in plan}
+        failed: dict[str, int] = {name: 0 for name, _, _ in plan}
+        for _ in range(options.rounds):
+            for name, netns, url in plan:
+                latencies, errors = fixed_rate(netns, url, options.rate, options.seconds / options.rounds)
+                samples[name] += latencies
+                failed[name] += errors
+        for name, _, _ in plan:
+            rows.append({"row": name, "requests": len(samples[name]), "errors": failed[name],
+                         **percentiles(samples[name]), "mean": statistics.fmean(samples[name]) * 1000})
     finally:
         for process in baseline:
             process.terminate()
@@ -138,8 +148,8 @@ def main() -> None:
     if options.json:
         print(json.dumps({"rate": options.rate, "seconds": options.seconds, "rows": rows}, indent=2))
         return
-    print(f"{platform.node()} · {os.cpu_count()} cores · {options.rate:.0f} req/s for {options.seconds:.0f} s "
-          f"per row · {time.strftime('%Y-%m-%d')}")
+    print(f"{platform.node()} · {os.cpu_count()} cores · load {os.getloadavg()[0]:.1f} · {options.rate:.0f} req/s "
+          f"for {options.seconds:.0f} s per row in {options.rounds} turns · {time.strftime('%Y-%m-%d')}")
     print(f"{'row':<18} {'n':>5} {'err':>4} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p50 x':>6} "
           f"{'added p50/p90/p99 ms':>22}")
     for row in rows:

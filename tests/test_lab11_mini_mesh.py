@@ -127,9 +127,11 @@ def _leftovers(prefix: str, run_dir: Path, folder: Path) -> dict[str, list[str]]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="pods need root")
-def test_a_killed_checker_leaves_nothing_behind(lab_copy, course):
-    """SIGKILL to a checker in the middle of lab 11's checks: its reaper removes the
-    pods (and with them every rule), the kernel kills its services."""
+@pytest.mark.parametrize("how", ["checker killed", "check interrupted"])
+def test_nothing_outlives_an_interrupted_run(lab_copy, course, how):
+    """SIGKILL to a checker in the middle of lab 11's checks (its reaper removes the pods,
+    and with them every rule; the kernel kills its services), or Ctrl-C to `meshlab
+    check` (everything unwinds): no namespace and no process of the run remain."""
     from meshlab.runtime.pods import tag_for
     from meshlab.session import run_dir_for
 
@@ -137,22 +139,28 @@ def test_a_killed_checker_leaves_nothing_behind(lab_copy, course):
     run_dir = run_dir_for(course, course.find(11), folder)
     prefix = f"ml{tag_for(run_dir)}-"
     env = {**os.environ, "MESHLAB_ROOT": str(ROOT)}
-    checker = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", str(ROOT / "checker" /
-         "test_11_mini_mesh.py"), "--meshlab-path", str(folder), "-k", "rotation"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if how == "checker killed":
+        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+                str(ROOT / "checker" / "test_11_mini_mesh.py"), "--meshlab-path", str(folder), "-k", "rotation"]
+        sig = signal.SIGKILL
+    else:
+        argv = [sys.executable, "-m", "meshlab", "check", "11", "--path", str(folder)]
+        sig = signal.SIGINT
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(_leftovers(prefix, run_dir, folder)["namespaces"]) < 6:
             time.sleep(0.5)
         assert len(_leftovers(prefix, run_dir, folder)["namespaces"]) == 6, "the mesh never started"
         time.sleep(3)
-        checker.send_signal(signal.SIGKILL)
-        checker.wait(10)
+        process.send_signal(sig)
+        code = process.wait(30)
+        if how == "check interrupted":
+            assert code == 130
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and any(_leftovers(prefix, run_dir, folder).values()):
             time.sleep(0.5)
         assert _leftovers(prefix, run_dir, folder) == {"namespaces": [], "processes": []}
     finally:
-        if checker.poll() is None:
-            checker.kill()
+        if process.poll() is None:
+            process.kill()

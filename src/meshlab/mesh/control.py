@@ -248,10 +248,10 @@ class ControlPlane:
             streams = board.streams(workload.name)
             nack = board.last_nack(workload.name)
             certificate = self.certificates.get(workload.name)
+            snapshot = self.cache.snapshot(workload.name)   # an empty snapshot is falsy: compare with None
             nodes[workload.name] = {
                 "acked": next((s.synced_version for s in streams if s.synced_version), None),
-                "target": (self.cache.snapshot(workload.name).version
-                           if self.cache.snapshot(workload.name) else None),
+                "target": snapshot.version if snapshot is not None else None,
                 "connected": bool(streams),
                 "nack": nack.to_json().get("message") if nack else None,
                 "certificate": certificate.to_json() if certificate else None,
