@@ -25,7 +25,8 @@ KUBERNETES_VERSIONS = ("1.29", "1.37")
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> tuple[Path, list[dict]]:
     folder = tmp_path_factory.mktemp("k8s")
-    files = k8s.render(manifest.load(MESH), manifest_text=MESH.read_text(), control_plane_sources={"control_plane.py": "print('cp')\n", "faults.py": "X = 1\n"})
+    sources = {"control_plane.py": "print('cp')\n", "faults.py": "X = 1\n"}
+    files = k8s.render(manifest.load(MESH), manifest_text=MESH.read_text(), control_plane_sources=sources)
     k8s.write(files, folder)
     documents = [doc for path in sorted(folder.glob("*.yaml")) if path.name != "kustomization.yaml"
                  for doc in yaml.safe_load_all(path.read_text())]

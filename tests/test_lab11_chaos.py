@@ -60,7 +60,8 @@ def test_the_starter_fails_every_chaos_check(grade_chaos):
 
 def test_a_share_in_the_wrong_unit_fails_only_the_abort_share(grade_chaos):
     # The abort's 10 taken for a fraction and scaled down once more: 0.1 %, not 10 %.
-    checks = grade_chaos(replaced("percentage=_share(fault.abort_percent)", "percentage=_share(fault.abort_percent / 100)"))
+    checks = grade_chaos(replaced("percentage=_share(fault.abort_percent)",
+                                  "percentage=_share(fault.abort_percent / 100)"))
     assert failing(checks) == {"test_abort_share"}
     assert "not about 10 %" in checks["test_abort_share"]["message"]
 

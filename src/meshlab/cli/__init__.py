@@ -86,8 +86,8 @@ def main() -> None:
 
 
 def _register() -> None:
-    from meshlab.cli import (certs, chaos, compose, course, dashboard, dev, image, k8s, labs, load, mesh, mtls, report, slides,
-                             traces, xds)
+    from meshlab.cli import (certs, chaos, compose, course, dashboard, dev, image, k8s, labs, load, mesh, mtls,
+                             report, slides, traces, xds)
 
     for command in (*labs.COMMANDS, *course.COMMANDS, load.load_command, certs.certs_group, mtls.mtls_group,
                     xds.xds_group, mesh.mesh_group, traces.traces_command, image.image_group, compose.compose_command,
