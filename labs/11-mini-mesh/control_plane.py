@@ -36,6 +36,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+import faults
 from meshlab.mesh import control, inject
 from meshlab.mesh.control import Node
 
@@ -71,6 +72,7 @@ def outbound_listener(node: Node) -> listener_pb2.Listener:
     # filter_chain_match on prefix_ranges [the service's virtual address /32] and destination_port; an
     # HTTP service: an HTTP connection manager with RDS (route_config_name = the service's name, ads());
     # a TCP service: tcp_proxy to its clusters (weighted_clusters from node.mesh.rules(name)[0]).
+    # TODO(step 6): in every HTTP chain, faults.http_filter() before the router.
     return None
 
 
@@ -79,6 +81,7 @@ def outbound_routes(node: Node, name: str) -> route_pb2.RouteConfiguration:
     # TODO(step 1): a RouteConfiguration named NAME, one virtual host for "*", one route per rule of
     # node.mesh.rules(name) in order: prefix "/" plus the rule's headers (exact), to weighted_clusters
     # node.mesh.outbound_cluster(name, version) with each weight.
+    # TODO(step 6): each route's typed_per_filter_config=faults.per_route(node, name).
     return None
 
 

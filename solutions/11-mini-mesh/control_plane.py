@@ -36,6 +36,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+import faults
 from meshlab.mesh import control, inject
 from meshlab.mesh.control import Node
 
@@ -76,7 +77,7 @@ def outbound_listener(node: Node) -> listener_pb2.Listener:
             manager = hcm.HttpConnectionManager(
                 stat_prefix=f"outbound_{name}",
                 rds=hcm.Rds(route_config_name=name, config_source=ads()),
-                http_filters=[router()])
+                http_filters=[faults.http_filter(), router()])
             network = listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager",
                                                      typed_config=pack(manager))
         else:
@@ -107,7 +108,8 @@ def outbound_routes(node: Node, name: str) -> route_pb2.RouteConfiguration:
             route_components_pb2.WeightedCluster.ClusterWeight(name=node.mesh.outbound_cluster(name, version),
                                                                weight=wrappers_pb2.UInt32Value(value=weight))
             for version, weight in rule.weights.items() if weight > 0]))
-        routes.append(route_components_pb2.Route(match=match, route=action))
+        routes.append(route_components_pb2.Route(match=match, route=action,
+                                                 typed_per_filter_config=faults.per_route(node, name)))
     return route_pb2.RouteConfiguration(name=name, virtual_hosts=[
         route_components_pb2.VirtualHost(name=name, domains=["*"], routes=routes)])
 

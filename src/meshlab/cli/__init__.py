@@ -9,6 +9,9 @@ One module per command group, each exporting its click commands:
     mtls.py    meshlab mtls probe
     xds.py     meshlab xds status
     mesh.py    meshlab mesh up / down / status (a lab's service mesh)
+    k8s.py     meshlab mesh render --k8s (the mesh as Kubernetes manifests)
+    dashboard.py meshlab mesh dashboard (the mesh's traffic on a web page)
+    chaos.py   meshlab chaos inject / list / clear (faults on the Mini-Mesh)
     traces.py  meshlab traces (a lab's trace store as waterfalls)
     image.py   meshlab image: the course's Docker images
     compose.py meshlab compose: a Compose sandbox per lab, from its lab.yaml
@@ -83,12 +86,15 @@ def main() -> None:
 
 
 def _register() -> None:
-    from meshlab.cli import certs, compose, course, dev, image, labs, load, mesh, mtls, report, slides, traces, xds
+    from meshlab.cli import (certs, chaos, compose, course, dashboard, dev, image, k8s, labs, load, mesh, mtls,
+                             report, slides, traces, xds)
 
     for command in (*labs.COMMANDS, *course.COMMANDS, load.load_command, certs.certs_group, mtls.mtls_group,
                     xds.xds_group, mesh.mesh_group, traces.traces_command, image.image_group, compose.compose_command,
-                    report.report_command, slides.slides_group, dev.dev_group):
+                    report.report_command, slides.slides_group, dev.dev_group, chaos.chaos_group):
         main.add_command(command)
+    mesh.mesh_group.add_command(k8s.render_command)
+    mesh.mesh_group.add_command(dashboard.dashboard_command)
 
 
 _register()

@@ -16,6 +16,7 @@ workload and its certificate. This module does the rest, the way istiod does:
       GET  /status   the version, and per node: acknowledged, last NACK, certificate
       POST /rotate   {"ttl_seconds": N} (optional): new certificates for every node now
       GET  /xds      the xDS server's own view (streams, versions per type)
+      GET|POST|DELETE /faults   fault experiments (meshlab.mesh.faults); build sees them as node.faults
 
     python control_plane.py --mesh mesh.yaml     # ports from the manifest
 """
@@ -43,6 +44,7 @@ from google.protobuf.message import Message
 
 from meshlab.errors import MeshlabError
 from meshlab.mesh import inject, manifest
+from meshlab.mesh.faults import Experiments
 from meshlab.mesh.manifest import Mesh, Workload
 from meshlab.xds import Snapshot, SnapshotCache, XdsServer, watch_file
 from meshlab.xds import admin as xds_admin
@@ -143,6 +145,7 @@ class Node:
     addresses: inject.Addresses
     certificate: Certificate          # this workload's SVID
     trust_bundle_pem: str             # the CA certificate(s) every peer's chain must lead to
+    faults: tuple = ()                # the fault experiments running now (meshlab.chaos.Fault)
 
     @property
     def name(self) -> str:
@@ -165,6 +168,7 @@ class ControlPlane:
         self.ttl: dt.timedelta | None = None       # set by POST /rotate; else the manifest's
         self.version = ""
         self._rotated = asyncio.Event()
+        self.faults = Experiments()
 
     # -- building ------------------------------------------------------------------
 
@@ -184,7 +188,8 @@ class ControlPlane:
         where = inject.addresses(mesh)
         versions = []
         for workload in mesh.workloads:
-            node = Node(mesh, workload, where, self.certificates[workload.name], self.authority.root_pem)
+            node = Node(mesh, workload, where, self.certificates[workload.name], self.authority.root_pem,
+                        self.faults.active())
             try:
                 resources = [r for r in self.build(node) if r is not None]
                 snapshot = Snapshot(resources)
@@ -265,10 +270,15 @@ class ControlPlane:
             except ValueError:
                 return 400, {"error": "the body must be JSON, like {\"ttl_seconds\": 60}"}
             return 200, {"serials": self.rotate(ttl)}
+        if path == "/faults":
+            code, document = self.faults.respond(method, query, body, self.mesh)
+            if code == 200 and method != "GET" and self.mesh is not None:
+                self.push()
+            return code, document
         if path == "/xds" and method == "GET":
             return 200, xds_admin.status(self.cache, self.server.board)
         if path == "/":
-            return 200, {"endpoints": ["GET /status", "POST /rotate", "GET /xds"]}
+            return 200, {"endpoints": ["GET /status", "POST /rotate", "GET /xds", "GET/POST/DELETE /faults"]}
         return 404, {"error": f"no such page: {method} {path}"}
 
     async def _serve_admin(self, host: str, port: int) -> asyncio.AbstractServer:
@@ -303,6 +313,7 @@ class ControlPlane:
         admin = await self._serve_admin(host, first.admin_port)
         log.info("control plane: xDS on %s:%d, admin API on %s:%d", host, first.xds_port, host, first.admin_port)
         renewer = asyncio.create_task(self.renew_forever())
+        expiry = asyncio.create_task(self.faults.expire_forever(self.push))
         try:
             async for _ in watch_file(self.mesh_file):
                 try:
@@ -314,6 +325,7 @@ class ControlPlane:
                 self.apply(mesh)
         finally:
             renewer.cancel()
+            expiry.cancel()
             admin.close()
 
 
