@@ -194,6 +194,14 @@ class DockerRuntime:
             self.admin_urls[name] = f"http://127.0.0.1:{spec.admin_port}"
         return Admin(self.admin_urls[name])
 
+    def network_namespace(self) -> str:
+        """The pod's network namespace, as a path a process on this host may enter: the
+        checker joins it (see `LabSession.open`) to see the lab as its services do."""
+        pod = self._container(POD)
+        if pod is None or pod.status != "running":
+            raise ServiceFailed(f"the pod container of lab {self.lab.slug} is not running")
+        return f"/proc/{pod.attrs['State']['Pid']}/ns/net"
+
     def log_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.log"
 
