@@ -462,7 +462,7 @@ def verification_scorecard(lab: LabFiles) -> Iterator[Breach]:
                "console block", f"show the scorecard of a passing run, as `meshlab check {lab.lab.number}` prints it")
         return
     shown = [(line.strip()[1:].strip(), block.first + offset) for offset, line in enumerate(block.text.splitlines())
-             if line.strip()[:1] in ("✔", "✘")]
+             if line.strip()[:1] in ("✔", "✘") or line.strip().startswith("- ")]  # "-": skipped here
     texts = [text for text, _ in shown]
     fix = f"copy the scorecard from a real run of `meshlab check {lab.lab.number}`"
     matcher = difflib.SequenceMatcher(None, texts, titles, autojunk=False)

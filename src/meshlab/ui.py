@@ -61,6 +61,12 @@ def show_result(result: LabResult, *, logs: bool = True) -> None:
         console.print(f" {_MARK.get(check.status, '?')} {escape(check.title)}")
         for note in check.notes:
             console.print(f"     [dim]{escape(note)}[/]")
+        if check.status == "skip" and check.message:
+            # Why it did not run (the Docker part of a lab on the local runtime), once.
+            reason = ("skip", check.message)
+            console.print("     [dim]skipped: same reason[/]" if reason in causes_shown
+                          else f"     [yellow]skipped:[/] {escape(check.message)}")
+            causes_shown.append(reason)
         if check.status in ("fail", "error"):
             cause = (check.message, check.expected, check.received)
             if cause in causes_shown:
@@ -75,7 +81,7 @@ def show_result(result: LabResult, *, logs: bool = True) -> None:
                 console.print(f"     [bold]RECEIVED[/] {_continued(check.received)}")
             if check.hint:
                 console.print(f"     [bold cyan]HINT[/]     {escape(check.hint)}")
-    failed = [c for c in result.checks if c.status != "pass"]
+    failed = [c for c in result.checks if c.status not in ("pass", "skip")]
     if failed and logs:
         tails = next((c.logs for c in failed if c.logs), {})
         for service, text in tails.items():
@@ -86,7 +92,9 @@ def show_result(result: LabResult, *, logs: bool = True) -> None:
                     console.print(f"   [dim]{escape(line)}[/]")  # whole: an error ends the line
     total = len(result.checks)
     colour = "green" if result.status == "pass" else "red"
-    console.print(f"[{colour}]{result.passed}/{total} checks pass[/] in {result.duration:.1f} s."
+    skipped = sum(1 for c in result.checks if c.status == "skip")
+    console.print(f"[{colour}]{result.passed}/{total} checks pass[/]"
+                  + (f" ({skipped} skipped)" if skipped else "") + f" in {result.duration:.1f} s."
                   + ("" if result.status == "pass" else f"  Logs: {escape(relative(result.run_dir or ''))}  "
                      f"More help: meshlab hint {result.number}"))
 
