@@ -91,7 +91,9 @@ def compose_up(folder: Path, part: str) -> Iterator[object]:
         if started.returncode != 0:
             fail(f"docker compose could not start docker/{part}/compose.yaml",
                  expected="every service of the file running", received=started.stderr.strip()[-1500:],
-                 hint=f"run it yourself: docker compose -f docker/{part}/compose.yaml up")
+                 hint=f"run it yourself: docker compose -f docker/{part}/compose.yaml up; its ports must be free "
+                      f"(stop whatever publishes {ENVOY_PORT} or {ADMIN_PORT}: meshlab stop 1, or docker compose "
+                      f"... down for a sandbox)")
         wait_for_envoy(project, part)
         yield project
     finally:

@@ -82,9 +82,11 @@ class DockerRuntime:
 
     @classmethod
     def attach(cls, lab: Lab, run_dir: Path) -> "DockerRuntime | None":
-        """The run of RUN_DIR if its pod still runs, else None (leftovers are removed)."""
+        """The run of RUN_DIR if its pod still runs, else None (leftovers are removed);
+        without a run of ours, the lab's Compose sandbox if the learner started one."""
         if not (Path(run_dir) / MARKER).is_file():
-            return None
+            from meshlab.runtime.sandbox import ComposeSandbox
+            return ComposeSandbox.find(lab, run_dir)
         marker = json.loads((Path(run_dir) / MARKER).read_text())
         runtime = cls(lab, Path(marker["lab_dir"]), run_dir, detached=marker["owner_pid"] is None)
         runtime.owner_pid, runtime.owner_started = marker["owner_pid"], marker["owner_started"]
