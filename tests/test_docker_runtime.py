@@ -146,6 +146,10 @@ def test_start_check_attaches_and_stop_removes_everything(meshlab, clean_engine)
         import httpx
 
         assert httpx.get("http://127.0.0.1:8080/", trust_env=False, timeout=5).status_code == 200
+        status = meshlab("status", "1")
+        assert status.code == 0 and "container meshlab-01-" in status.stdout, status.output
+        listed = {row["slug"]: row for row in meshlab("list", "--json").json()}
+        assert listed["01-hello-mesh"]["running"] and not listed["02-canary"]["running"]
         checked = meshlab("check", "1", "--runtime", "docker", "--json")
         assert checked.code == 1, checked.output  # the starter, graded on the running sandbox
         assert len([c for c in ours(clean_engine)[0] if c["State"] == "running"]) == 3, \
