@@ -167,10 +167,13 @@ def show_audit(rows: list) -> None:
             table.add_row(escape(row.lab.slug), "skipped", "skipped", "[yellow]skipped: " + escape(row.skipped) + "[/]")
             continue
         total = len(row.starter.checks)
-        starter = (f"fails {total - row.starter.passed}/{total}" if row.starter.status == "fail"
-                   else row.starter.status)
+        failed = sum(1 for c in row.starter.checks if c.status in ("fail", "error"))
+        starter = (f"fails {failed}/{total}" if row.starter.status == "fail" else row.starter.status)
         solution = (f"passes {row.solution.passed}/{len(row.solution.checks)}" if row.solution.status == "pass"
                     else row.solution.status)
+        skipped = sum(1 for c in row.solution.checks if c.status == "skip")
+        if skipped:  # checks of another runtime (lab 01's Docker part on local processes)
+            solution += f" ({skipped} skipped)"
         verdict = "[green]ok[/]" if row.ok else "[red]" + escape("; ".join(row.problems)) + "[/]"
         table.add_row(escape(row.lab.slug), starter, solution, verdict)
     console.print(table)
