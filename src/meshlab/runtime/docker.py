@@ -263,13 +263,24 @@ class DockerRuntime:
                                 "stop the process holding it (`meshlab stop` if it is a lab)"))
 
     def _start_pod(self) -> None:
+        import docker.errors
+
         ports = sorted({port for _, _, port in self.lab.ports()})
         network = self.client.networks.create(self.prefix, labels=self._labels(POD))
-        self.client.containers.run(
-            engine.TOOLBOX_IMAGE, ["-m", "meshlab.container.relay", *map(str, ports)], entrypoint=["python3"],
-            name=f"{self.prefix}-{POD}", detach=True, init=True, network=network.name,
-            hostname=f"lab{self.lab.number:02d}", ports={f"{port}/tcp": ("127.0.0.1", port) for port in ports},
-            labels=self._labels(POD))
+        try:
+            self.client.containers.run(
+                engine.TOOLBOX_IMAGE, ["-m", "meshlab.container.relay", *map(str, ports)], entrypoint=["python3"],
+                name=f"{self.prefix}-{POD}", detach=True, init=True, network=network.name,
+                hostname=f"lab{self.lab.number:02d}", ports={f"{port}/tcp": ("127.0.0.1", port) for port in ports},
+                labels=self._labels(POD))
+        except docker.errors.APIError as error:
+            # A port taken between the check above and Docker's bind (another program).
+            text = str(error)
+            if "already in use" not in text and "already allocated" not in text:
+                raise
+            raise PortBusy(f"Docker could not publish a port of lab {self.lab.number:02d} on 127.0.0.1",
+                           details=f"  {text}", fix="stop the process or container holding it, then check again") \
+                from None
 
     def _argv(self, spec: ServiceSpec) -> list[str]:
         if spec.kind == "envoy":
