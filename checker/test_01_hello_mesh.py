@@ -8,11 +8,17 @@ learner's YAML. A request marked with a unique probe proves it reached the app, 
 
 from __future__ import annotations
 
+import contextlib
+import time
 import uuid
+from pathlib import Path
+from typing import Iterator
 
+import httpx
 import pytest
 
 from meshlab.apps.hello import GREETING
+from meshlab.envoy import Admin
 from meshlab.grading import (
     check,
     describe,
@@ -22,7 +28,9 @@ from meshlab.grading import (
     responds_with_header,
     responds_with_status,
 )
+from meshlab.grading.http import request
 from meshlab.grading.upstreams import clusters_reaching
+from meshlab.runtime.interface import selected
 
 pytestmark = pytest.mark.lab("01-hello-mesh")
 
@@ -52,6 +60,132 @@ def through_envoy(lab, *, require_app: bool = True):
 def app_clusters(lab) -> list[str]:
     """The clusters (whatever their names) that have the app as an endpoint."""
     return clusters_reaching(lab.envoy(), lab.port("app"), what="the app")
+
+
+# -- the Docker part (steps 7 and 8): the learner's own compose files ---------------
+#
+# These checks run the compose files as written, with the real Compose, and ask Docker
+# and Envoy what came of it. They come first: they publish the lab's ports on the
+# host's 127.0.0.1, which the lab's own sandbox takes once the checks below start it.
+
+on_docker = pytest.mark.skipif(selected() != "docker", reason="the Docker part (steps 7-8) is graded on the Docker "
+                               "runtime: meshlab check 1 --runtime docker")
+ENVOY_PORT, ADMIN_PORT, APP_PORT = 10000, 9901, 8080
+NETWORK_HINT = ("step 7: from Envoy's container 127.0.0.1 is Envoy's own loopback; a STRICT_DNS cluster "
+                "whose endpoint is the app's service name (app:8080) finds the app's container")
+SIDECAR_HINT = ("step 8: `network_mode: service:app` puts Envoy in the app's network namespace, where the app "
+                "is on 127.0.0.1:8080 again")
+PORTS_HINT = ("step 8: publish 10000 and 9901 on the app's service (it owns the namespace) and drop the app's "
+              "own 8080")
+
+
+@contextlib.contextmanager
+def compose_up(folder: Path, part: str) -> Iterator[object]:
+    """The learner's docker/PART/compose.yaml, up while the block lasts; fails the check
+    when Compose refuses it or Envoy does not come up."""
+    from meshlab.container.project import ComposeProject
+
+    project = ComposeProject(folder / "docker" / part / "compose.yaml", f"01-{part}")
+    try:
+        started = project.up()
+        if started.returncode != 0:
+            fail(f"docker compose could not start docker/{part}/compose.yaml",
+                 expected="every service of the file running", received=started.stderr.strip()[-1500:],
+                 hint=f"run it yourself: docker compose -f docker/{part}/compose.yaml up; its ports must be free "
+                      f"(stop whatever publishes {ENVOY_PORT} or {ADMIN_PORT}: meshlab stop 1, or docker compose "
+                      f"... down for a sandbox)")
+        wait_for_envoy(project, part)
+        yield project
+    finally:
+        project.down()
+
+
+def wait_for_envoy(project, part: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        envoy = project.containers().get("envoy")
+        if envoy is None or envoy.status in ("exited", "dead"):
+            fail(f"Envoy's container of docker/{part} is not running",
+                 expected=f"Envoy running with docker/{part}/envoy.yaml",
+                 received=project.log("envoy") if envoy is not None else "no container for the service envoy",
+                 hint=f"Envoy's own words are above; docker compose -f docker/{part}/compose.yaml logs envoy")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{ADMIN_PORT}/ready", timeout=1, trust_env=False).text.strip() == "LIVE":
+                return
+        time.sleep(0.2)
+    fail(f"Envoy of docker/{part} never answered on its published admin port {ADMIN_PORT}",
+         expected=f"http://127.0.0.1:{ADMIN_PORT}/ready says LIVE", received=project.log("envoy"),
+         hint=f"Envoy's admin must listen on 0.0.0.0:{ADMIN_PORT} in its container, published as "
+              f"127.0.0.1:{ADMIN_PORT}:{ADMIN_PORT}")
+
+
+def app_hosts(admin: Admin) -> list[str]:
+    """Envoy's own view: the upstream hosts on the app's port, as `/clusters` lists them
+    (for a DNS cluster, the addresses it resolved)."""
+    return sorted({f"{h.address}:{h.port}" for h in admin.hosts() if h.port == APP_PORT})
+
+
+def through_the_container(hint: str) -> httpx.Response:
+    with httpx.Client(timeout=10, trust_env=False) as client:
+        response = request(client, "GET", f"http://127.0.0.1:{ENVOY_PORT}/", hint=hint)
+    responds_with_status(response, 200)
+    responds_with_body(response, GREETING)
+    responds_with_header(response, "x-my-injected-header", "envoy-was-here")
+    return response
+
+
+@on_docker
+@check("Step 7: in a container of its own, Envoy reaches the app by its Compose service name", hint=NETWORK_HINT)
+def test_docker_network(lab_folder):
+    with compose_up(lab_folder, "network") as project, contextlib.closing(Admin(f"http://127.0.0.1:{ADMIN_PORT}")) as admin:
+        app = project.addresses("app")
+        hosts = app_hosts(admin)
+        if not hosts:
+            fail(f"Envoy of docker/network has no cluster with a host on port {APP_PORT}",
+                 expected=f"a cluster whose host is the app's container ({', '.join(app)}:{APP_PORT})",
+                 received="clusters: " + (", ".join(admin.cluster_hosts()) or "none"))
+        if not any(host.rsplit(":", 1)[0] in app for host in hosts):
+            loopback = any(host.startswith(("127.", "localhost")) for host in hosts)
+            fail("Envoy's cluster points at its own container's loopback" if loopback else
+                 "Envoy's cluster does not reach the app's container",
+                 expected=f"Envoy resolved the app to its container's address {', '.join(app)}:{APP_PORT}",
+                 received="Envoy's hosts (admin /clusters): " + ", ".join(hosts))
+        through_the_container(NETWORK_HINT)
+
+
+@on_docker
+@check("Step 8: as the app's sidecar, Envoy shares its network namespace and reaches it on 127.0.0.1",
+       hint=SIDECAR_HINT)
+def test_docker_sidecar(lab_folder):
+    with compose_up(lab_folder, "sidecar") as project, contextlib.closing(Admin(f"http://127.0.0.1:{ADMIN_PORT}")) as admin:
+        containers = project.containers()
+        mode = containers["envoy"].attrs["HostConfig"]["NetworkMode"]
+        app = containers.get("app")
+        if app is None or mode != f"container:{app.id}":
+            fail("Envoy's container does not share the app's network namespace",
+                 expected="Envoy's network mode: the app's container (network_mode: service:app)",
+                 received=f"network mode {mode!r}")
+        hosts = app_hosts(admin)
+        if f"127.0.0.1:{APP_PORT}" not in hosts:
+            fail(f"Envoy of docker/sidecar does not send to the app at 127.0.0.1:{APP_PORT}",
+                 expected=f"a cluster with the host 127.0.0.1:{APP_PORT}, the app in the same namespace",
+                 received="Envoy's hosts (admin /clusters): " + (", ".join(hosts) or "none"))
+        through_the_container(SIDECAR_HINT)
+
+
+@on_docker
+@check("Step 8: only Envoy's ports are published; the app's 8080 is out of the host's reach", hint=PORTS_HINT)
+def test_docker_sidecar_ports(lab_folder):
+    with compose_up(lab_folder, "sidecar") as project:
+        published = project.published_ports()
+    shown = ", ".join(f"{port} by {service}" for port, service in sorted(published.items())) or "none"
+    expected = f"{ENVOY_PORT} and {ADMIN_PORT} (Envoy's listener and admin), not {APP_PORT}"
+    if APP_PORT in published:
+        fail(f"the app's port {APP_PORT} is published: the host reaches the app around its sidecar",
+             expected=expected, received=f"published on the host: {shown}")
+    if ENVOY_PORT not in published:
+        fail(f"Envoy's listener port {ENVOY_PORT} is not published", expected=expected,
+             received=f"published on the host: {shown}")
 
 
 @check("The app's greeting arrives through Envoy on :10000", hint=LISTENER_HINT)

@@ -65,7 +65,9 @@ def test_a_check_inside_the_toolbox_container_passes_lab_01s_solution(docker_cli
     assert code == 0, output[-3000:] + errors[-3000:]
     result = json.loads(output)
     assert result["status"] == "pass" and len(result["checks"]) >= 5
-    assert all(check["status"] == "pass" for check in result["checks"])
+    # Lab 01's Docker part is skipped there: inside the toolbox the checks run on local processes.
+    assert all(check["status"] in ("pass", "skip") for check in result["checks"])
+    assert sum(check["status"] == "pass" for check in result["checks"]) >= 7
 
 
 def test_doctor_reports_the_engine_and_the_images(cli, toolbox):

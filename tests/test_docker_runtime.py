@@ -19,6 +19,7 @@ import pytest
 
 from conftest import ROOT
 from docker_support import docker_client, host_ports, toolbox  # noqa: F401 - fixtures
+from lab_variants import fails_only, passes
 from meshlab.grading import eventually
 from meshlab.container.engine import LABEL
 
@@ -51,22 +52,24 @@ def grade_in_docker(meshlab, folder, number: int) -> tuple[int, dict]:
     return result.code, result.json()
 
 
-def test_lab_01s_starter_fails_and_its_solution_passes_in_docker(meshlab, lab_copy, clean_engine):
-    code, data = grade_in_docker(meshlab, lab_copy(1, base="starter", name="starter"), 1)
-    assert code == 1 and data["status"] == "fail"
-    assert all(c["status"] == "fail" for c in data["checks"])
+# Labs 01-04 both ways: each starter fails and each solution passes in containers. The
+# checker joins the pod's network namespace, so lab 04's impostor server (a check that
+# serves on 127.0.0.1 for a sidecar to reach) works as it does on local processes.
+@pytest.mark.parametrize("number", [1, 2, 3, 4])
+def test_starter_fails_and_solution_passes_in_docker(number, meshlab, lab_copy, clean_engine):
+    code, data = grade_in_docker(meshlab, lab_copy(number, base="starter", name="starter"), number)
+    assert code == 1 and data["status"] == "fail", json.dumps(data, indent=2)[:4000]
+    assert any(c["status"] == "fail" for c in data["checks"])
     assert ours(clean_engine) == ([], [])
-    code, data = grade_in_docker(meshlab, lab_copy(1, base="solution"), 1)
-    assert code == 0 and all(c["status"] == "pass" for c in data["checks"]), json.dumps(data, indent=2)[:4000]
+    code, data = grade_in_docker(meshlab, lab_copy(number, base="solution"), number)
+    failed = [c for c in data["checks"] if c["status"] != "pass"]
+    assert code == 0 and not failed, json.dumps(failed, indent=2)[:4000]
     assert ours(clean_engine) == ([], [])
 
 
-# The other labs' solutions, unchanged, on containers (their starters fail on local
-# processes already; a starter fails the same way in a container, as lab 01 shows).
-# Not lab 04 yet: one of its checks plays an impostor server on 127.0.0.1 inside the
-# checker's process, which a sidecar in the pod's namespace cannot reach while the
-# checker runs on the host (docs/architecture.md, "Two runtimes").
-@pytest.mark.parametrize("number", [2, 3, 5, 6])
+# Labs 05 and 06's solutions, unchanged, on containers (their starters fail on local
+# processes already; a starter fails the same way in a container, as labs 01-04 show).
+@pytest.mark.parametrize("number", [5, 6])
 def test_solution_passes_in_docker(number, meshlab, lab_copy, clean_engine):
     code, data = grade_in_docker(meshlab, lab_copy(number, base="solution"), number)
     failed = [c for c in data["checks"] if c["status"] != "pass"]
@@ -143,6 +146,10 @@ def test_start_check_attaches_and_stop_removes_everything(meshlab, clean_engine)
         import httpx
 
         assert httpx.get("http://127.0.0.1:8080/", trust_env=False, timeout=5).status_code == 200
+        status = meshlab("status", "1")
+        assert status.code == 0 and "container meshlab-01-" in status.stdout, status.output
+        listed = {row["slug"]: row for row in meshlab("list", "--json").json()}
+        assert listed["01-hello-mesh"]["running"] and not listed["02-canary"]["running"]
         checked = meshlab("check", "1", "--runtime", "docker", "--json")
         assert checked.code == 1, checked.output  # the starter, graded on the running sandbox
         assert len([c for c in ours(clean_engine)[0] if c["State"] == "running"]) == 3, \
@@ -151,3 +158,59 @@ def test_start_check_attaches_and_stop_removes_everything(meshlab, clean_engine)
         stopped = meshlab("stop", "1")
     assert stopped.code == 0 and "sidecar" in stopped.stdout and "app" in stopped.stdout
     assert ours(clean_engine) == ([], [])
+
+
+# -- lab 01's Docker part: the learner's own compose files --------------------------
+
+SOLVED = ROOT / "solutions" / "01-hello-mesh" / "docker"
+
+
+@pytest.fixture
+def grade_docker(meshlab, lab_copy, clean_engine):
+    """`grade` of conftest, on the Docker runtime (for lab_variants' fails_only / passes)."""
+    def run(number: int, *, base: str = "solution", files: dict[str, str] | None = None, path=None):
+        folder = path or lab_copy(number, base=base, files=files)
+        result = meshlab("check", str(number), "--path", str(folder), "--runtime", "docker", "--json")
+        assert result.code in (0, 1, 2), result.output
+        data = result.json()
+        return result.code, {c["id"]: c for c in data["checks"]}, data
+    yield run
+    assert ours(clean_engine) == ([], [])
+    assert not clean_engine.containers.list(all=True, filters={"label": "com.docker.compose.project"}), \
+        "a check left a Compose project's containers behind"
+
+
+def test_a_static_cluster_naming_the_service_fails_only_step_7(grade_docker):
+    # STATIC takes IP addresses only: Envoy refuses `app` and its container exits.
+    text = (SOLVED / "network" / "envoy.yaml").read_text().replace("type: STRICT_DNS", "type: STATIC")
+    checks = fails_only(grade_docker, 1, {"docker/network/envoy.yaml": text}, {"test_docker_network"})
+    assert "not running" in checks["test_docker_network"]["message"]
+
+
+def test_the_local_config_in_a_container_of_its_own_fails_only_step_7(grade_docker):
+    # Listening on 0.0.0.0 but still sending to 127.0.0.1:8080: Envoy's own loopback.
+    text = (SOLVED / "sidecar" / "envoy.yaml").read_text()
+    checks = fails_only(grade_docker, 1, {"docker/network/envoy.yaml": text}, {"test_docker_network"})
+    assert "its own container's loopback" in checks["test_docker_network"]["message"]
+    assert "127.0.0.1:8080" in checks["test_docker_network"]["received"]
+
+
+def test_logical_dns_passes_too(grade_docker):
+    text = (SOLVED / "network" / "envoy.yaml").read_text().replace("type: STRICT_DNS", "type: LOGICAL_DNS")
+    passes(grade_docker, 1, {"docker/network/envoy.yaml": text})
+
+
+def test_a_sidecar_that_still_publishes_the_apps_port_fails_only_the_ports_check(grade_docker):
+    text = (SOLVED / "sidecar" / "compose.yaml").read_text().replace(
+        '"127.0.0.1:9901:9901"]', '"127.0.0.1:9901:9901", "127.0.0.1:8080:8080"]')
+    assert "8080:8080" in text
+    checks = fails_only(grade_docker, 1, {"docker/sidecar/compose.yaml": text}, {"test_docker_sidecar_ports"})
+    assert "8080 by app" in checks["test_docker_sidecar_ports"]["received"]
+
+
+def test_a_sidecar_that_reaches_the_app_by_its_name_fails_only_step_8s_namespace_check(grade_docker):
+    # In the app's namespace, `app` resolves to the app's outside address, where an app
+    # on 127.0.0.1 does not listen: Envoy must use 127.0.0.1 there.
+    text = (SOLVED / "network" / "envoy.yaml").read_text()
+    checks = fails_only(grade_docker, 1, {"docker/sidecar/envoy.yaml": text}, {"test_docker_sidecar"})
+    assert "127.0.0.1:8080" in checks["test_docker_sidecar"]["expected"]

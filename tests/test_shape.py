@@ -160,12 +160,13 @@ def test_readme_header_missing(copy):
     copy.replace(copy.readme, "**Time:**", "Time:")
     findings = copy.findings()
     assert [(f.rule, f.line) for f in findings] == [("readme-header", line)]
-    assert "**Time:** about 45 minutes. **You edit:** `envoy.yaml`. **Ports:** app http 8080" in findings[0].fix
+    assert "**Time:** about 45 minutes. **You edit:** `envoy.yaml`, `docker/network/envoy.yaml`" in findings[0].fix
+    assert "**Ports:** app http 8080" in findings[0].fix
 
 
 @pytest.mark.parametrize("old, new, message", [
     ("about 45 minutes", "about 50 minutes", "the header says about 50 minutes; lab.yaml says 45"),
-    ("`envoy.yaml`.", "the config.", "does not name `envoy.yaml`"),
+    ("`envoy.yaml`;", "the config;", "does not name `envoy.yaml`"),
     ("admin 9901", "admin 9902", "does not name port 9901 (sidecar admin)"),
 ])
 def test_readme_header_disagrees_with_the_manifest(copy, old, new, message):
@@ -204,7 +205,8 @@ def test_readme_sections_others_may_sit_between(copy):
 def test_readme_steps_with_a_gap(copy):
     last = max(int(n) for n in re.findall(r"^### (\d+)\.", copy.text(copy.readme), flags=re.M))
     copy.replace(copy.readme, f"### {last}. ", f"### {last + 1}. ")
-    findings = copy.findings()
+    # (the TODOs of the step renumbered now name a missing step: todo-step says so too)
+    findings = [f for f in copy.findings() if f.rule != "todo-step"]
     assert [(f.rule, f.line) for f in findings] == [("readme-steps", copy.line_of(copy.readme, f"^### {last + 1}\\."))]
     assert findings[0].message == f"step {last + 1} where step {last} was due"
 
@@ -213,7 +215,8 @@ def test_readme_steps_unnumbered(copy):
     last = max(int(n) for n in re.findall(r"^### (\d+)\.", copy.text(copy.readme), flags=re.M))
     copy.replace(copy.readme, f"### {last}. ", "### ")
     line = copy.line_of(copy.readme, r"^### [^\d]")
-    assert copy.found() == [("readme-steps", "labs/01-hello-mesh/README.md", line)]
+    found = [finding for finding in copy.found() if finding[0] != "todo-step"]  # that step's TODOs, too
+    assert found == [("readme-steps", "labs/01-hello-mesh/README.md", line)]
 
 
 def test_readme_steps_as_a_list_instead_of_headings(copy):
@@ -386,7 +389,8 @@ def test_a_port_changed_in_the_manifest_leaves_no_text_naming_the_old_one(copy):
              for number, line in enumerate(copy.text(file).splitlines(), 1) if "10000" in line}
     flagged = {(path, line) for rule, path, line in found if rule in ("ports-declared", "readme-header")}
     header_start = copy.line_of(copy.readme, r"^\*\*Time:\*\*")
-    assert stale - flagged <= {(copy.rel(copy.readme), header_start + 1)}  # the header paragraph, flagged once
+    # the header paragraph, flagged once
+    assert stale - flagged <= {(copy.rel(copy.readme), header_start + n) for n in (1, 2)}
     assert ("readme-header", copy.rel(copy.readme), header_start) in found
     assert {rule for rule, _, _ in found} == {"ports-declared", "readme-header"}
     hint_line = copy.line_of(copy.manifest, "port_value 10000")

@@ -83,7 +83,18 @@ def _docker(course: Course | None) -> list[Finding]:
             continue
         found.append(Finding("docker", name, "ok" if image_id else "absent", image_id or "not built",
                              None if image_id else make))
+    found.append(_compose())
     return found
+
+
+def _compose() -> Finding:
+    """Compose: for the labs' sandboxes (compose/) and lab 01's Docker part."""
+    from meshlab.container.project import compose_command
+
+    try:
+        return Finding("docker", "compose", "ok", " ".join(compose_command()))
+    except MeshlabError as error:
+        return Finding("docker", "compose", "absent", error.message, error.fix)
 
 
 def _required(course: Course | None) -> dict[str, list[str]]:

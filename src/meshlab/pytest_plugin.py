@@ -91,6 +91,14 @@ def _lab_of(request: pytest.FixtureRequest, course: Course) -> Lab:
 
 
 @pytest.fixture(scope="session")
+def lab_folder(request: pytest.FixtureRequest) -> Path:
+    """The folder being graded, for a check that starts nothing of the lab's manifest
+    (one that brings up the learner's own compose file, for instance)."""
+    spec = _lab_of(request, load_course())
+    return Path(request.config.getoption("--meshlab-path") or spec.workspace).resolve()
+
+
+@pytest.fixture(scope="session")
 def lab(request: pytest.FixtureRequest) -> Iterator[LabSession]:
     """The lab under test, started once per run (or attached to, if the learner left it
     running with `meshlab start`), stopped at the end if this run started it."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +25,7 @@ from meshlab.errors import PortBusy
 from meshlab.grading import http as grading_http
 from meshlab.grading.raised import Raised, learners_tracebacks
 from meshlab.runtime import LocalRuntime
+from meshlab.runtime.enter import enter_netns
 from meshlab.runtime.interface import runtime_class
 
 
@@ -60,10 +63,13 @@ class LabSession:
                 raise PortBusy(f"{lab_ref} is already running from {running.lab_dir}",
                                fix=f"stop it first: meshlab stop {lab.number}")
             running.sync()  # restart what the learner changed since `meshlab start`
-            return cls(lab, lab_dir, running, owned=False)
-        runtime = runtime_type(lab, lab_dir, run_dir, detached=False)
-        runtime.start_all()
-        return cls(lab, lab_dir, runtime, owned=True)
+            session = cls(lab, lab_dir, running, owned=False)
+        else:
+            runtime = runtime_type(lab, lab_dir, run_dir, detached=False)
+            runtime.start_all()
+            session = cls(lab, lab_dir, runtime, owned=True)
+        session._join_network()
+        return session
 
     def close(self) -> None:
         for admin in self._admins.values():
@@ -71,8 +77,39 @@ class LabSession:
         for client in self._pods.values():
             client.close()
         self.http.close()
+        self._leave_network()
         if self.owned:
             self.runtime.stop_all()
+
+    # -- where 127.0.0.1 is ------------------------------------------------------
+
+    def _join_network(self) -> None:
+        """See the lab from inside the network namespace its services share, when the
+        runtime gives them one of their own (Docker's pod): 127.0.0.1 in a check is then
+        their 127.0.0.1 both ways, so a check may also serve something a service connects
+        to (lab 04's impostor server), and a port a check frees is free for it.
+
+        Only this (the main) thread moves, and the threads it starts later; it comes back
+        at `close`. Entering another namespace takes root (CAP_SYS_ADMIN): without it,
+        checks reach the services through the ports the runtime publishes on the host,
+        which is enough for every check that only sends requests."""
+        self._home_network = None
+        path = self.runtime.network_namespace()
+        if path is None:
+            return
+        home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            enter_netns(path)
+        except PermissionError:
+            os.close(home)
+            return
+        self._home_network = home
+
+    def _leave_network(self) -> None:
+        home, self._home_network = getattr(self, "_home_network", None), None
+        if home is not None:
+            enter_netns(f"/proc/self/fd/{home}")
+            os.close(home)
 
     # -- Envoy -------------------------------------------------------------------
 

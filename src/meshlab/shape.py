@@ -330,7 +330,8 @@ def readme_header(lab: LabFiles) -> Iterator[Breach]:
         yield (lab.readme_file, line, f"the header says about {minutes} minutes; lab.yaml says {lab.lab.time_minutes}",
                "make the two agree (lab.yaml's `time` is the one `meshlab list` shows)")
     for name in lab.lab.edit:
-        if name not in edited:
+        # A whole path: `docker/network/envoy.yaml` does not name `envoy.yaml`.
+        if not re.search(rf"(?<![\w/.-]){re.escape(name)}(?![\w/.-])", edited):
             yield lab.readme_file, line, f"the header's **You edit:** does not name `{name}`", \
                 f"list every file of lab.yaml's `edit`: {', '.join(lab.lab.edit)}"
     for service, role, port in ports:
@@ -462,7 +463,7 @@ def verification_scorecard(lab: LabFiles) -> Iterator[Breach]:
                "console block", f"show the scorecard of a passing run, as `meshlab check {lab.lab.number}` prints it")
         return
     shown = [(line.strip()[1:].strip(), block.first + offset) for offset, line in enumerate(block.text.splitlines())
-             if line.strip()[:1] in ("✔", "✘")]
+             if line.strip()[:1] in ("✔", "✘") or line.strip().startswith("- ")]  # "-": skipped here
     texts = [text for text, _ in shown]
     fix = f"copy the scorecard from a real run of `meshlab check {lab.lab.number}`"
     matcher = difflib.SequenceMatcher(None, texts, titles, autojunk=False)

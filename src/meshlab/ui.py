@@ -61,6 +61,12 @@ def show_result(result: LabResult, *, logs: bool = True) -> None:
         console.print(f" {_MARK.get(check.status, '?')} {escape(check.title)}")
         for note in check.notes:
             console.print(f"     [dim]{escape(note)}[/]")
+        if check.status == "skip" and check.message:
+            # Why it did not run (the Docker part of a lab on the local runtime), once.
+            reason = ("skip", check.message)
+            console.print("     [dim]skipped: same reason[/]" if reason in causes_shown
+                          else f"     [yellow]skipped:[/] {escape(check.message)}")
+            causes_shown.append(reason)
         if check.status in ("fail", "error"):
             cause = (check.message, check.expected, check.received)
             if cause in causes_shown:
@@ -75,7 +81,7 @@ def show_result(result: LabResult, *, logs: bool = True) -> None:
                 console.print(f"     [bold]RECEIVED[/] {_continued(check.received)}")
             if check.hint:
                 console.print(f"     [bold cyan]HINT[/]     {escape(check.hint)}")
-    failed = [c for c in result.checks if c.status != "pass"]
+    failed = [c for c in result.checks if c.status not in ("pass", "skip")]
     if failed and logs:
         tails = next((c.logs for c in failed if c.logs), {})
         for service, text in tails.items():
@@ -86,7 +92,9 @@ def show_result(result: LabResult, *, logs: bool = True) -> None:
                     console.print(f"   [dim]{escape(line)}[/]")  # whole: an error ends the line
     total = len(result.checks)
     colour = "green" if result.status == "pass" else "red"
-    console.print(f"[{colour}]{result.passed}/{total} checks pass[/] in {result.duration:.1f} s."
+    skipped = sum(1 for c in result.checks if c.status == "skip")
+    console.print(f"[{colour}]{result.passed}/{total} checks pass[/]"
+                  + (f" ({skipped} skipped)" if skipped else "") + f" in {result.duration:.1f} s."
                   + ("" if result.status == "pass" else f"  Logs: {escape(relative(result.run_dir or ''))}  "
                      f"More help: meshlab hint {result.number}"))
 
@@ -159,10 +167,13 @@ def show_audit(rows: list) -> None:
             table.add_row(escape(row.lab.slug), "skipped", "skipped", "[yellow]skipped: " + escape(row.skipped) + "[/]")
             continue
         total = len(row.starter.checks)
-        starter = (f"fails {total - row.starter.passed}/{total}" if row.starter.status == "fail"
-                   else row.starter.status)
+        failed = sum(1 for c in row.starter.checks if c.status in ("fail", "error"))
+        starter = (f"fails {failed}/{total}" if row.starter.status == "fail" else row.starter.status)
         solution = (f"passes {row.solution.passed}/{len(row.solution.checks)}" if row.solution.status == "pass"
                     else row.solution.status)
+        skipped = sum(1 for c in row.solution.checks if c.status == "skip")
+        if skipped:  # checks of another runtime (lab 01's Docker part on local processes)
+            solution += f" ({skipped} skipped)"
         verdict = "[green]ok[/]" if row.ok else "[red]" + escape("; ".join(row.problems)) + "[/]"
         table.add_row(escape(row.lab.slug), starter, solution, verdict)
     console.print(table)

@@ -20,8 +20,10 @@ def list_command(as_json: bool) -> None:
 
     course = open_course()
     done = progress.load(course)
+    runs = course.state_dir / "runs"
+    # A docker run leaves its marker file (docker.json) in the run folder.
     running = {lab.slug for lab in course.labs
-               if read_state(course.state_dir / "runs" / lab.slug) is not None}
+               if read_state(runs / lab.slug) is not None or (runs / lab.slug / "docker.json").is_file()}
     if as_json:
         click.echo(json.dumps([{
             "number": lab.number, "slug": lab.slug, "title": lab.title, "summary": lab.summary,
@@ -153,7 +155,12 @@ def status_command(lab: str | None, as_json: bool) -> None:
     report = []
     for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
         state = read_state(folder)
-        if state is None or slug not in (None, state.lab):
+        if state is None:
+            docker_run = _docker_status(course, folder)
+            if docker_run is not None and slug in (None, docker_run["lab"]):
+                report.append(docker_run)
+            continue
+        if slug not in (None, state.lab):
             continue
         services = [{"name": s.name, "kind": s.kind, "pid": s.pid, "ports": s.ports,
                      "running": alive(s.pid, s.create_time)} for s in state.services.values()]
@@ -171,7 +178,27 @@ def status_command(lab: str | None, as_json: bool) -> None:
         for s in run["services"]:
             state = "[green]running[/]" if s["running"] else "[red]stopped[/]"
             ports = ", ".join(f"{p} ({r})" for r, p in s["ports"].items())
-            ui.console.print(f"  {s['name']:<{width}} {state}  pid {s['pid']:<7} {ports}")
+            where = f"container {s['container']}" if s.get("container") else f"pid {s['pid']:<7}"
+            ui.console.print(f"  {s['name']:<{width}} {state}  {where} {ports}")
+
+
+def _docker_status(course, folder) -> dict | None:
+    """A run of the docker runtime in FOLDER (its marker file), as `status` reports runs."""
+    from meshlab.runtime.docker import MARKER, DockerRuntime
+
+    marker = folder / MARKER
+    if not marker.is_file():
+        return None
+    spec = course.find(json.loads(marker.read_text())["lab"])
+    runtime = DockerRuntime.attach(spec, folder)
+    if runtime is None:
+        return None
+    running = runtime.state.services
+    services = [{"name": s.name, "kind": s.kind, "pid": running[s.name].pid if s.name in running else None,
+                 "container": running[s.name].container if s.name in running else None,
+                 "ports": dict(s.ports), "running": s.name in running} for s in spec.services]
+    return {"run": folder.name, "lab": spec.slug, "lab_dir": str(runtime.lab_dir), "runtime": "docker",
+            "detached": runtime.owner_pid is None, "services": services}
 
 
 @click.command("check")

@@ -6,7 +6,9 @@ runtime's: a `pod` service owns the network namespace and publishes the lab's po
 the host's 127.0.0.1 (through meshlab's relay: Docker forwards a published port to the
 container's address, not its loopback); every lab service joins it with
 `network_mode: service:pod`, so the configs on 127.0.0.1 work unchanged. The learner's
-lab folder is mounted at /lab, the working directory of every service.
+lab folder is mounted at /lab, the working directory of every service. Labels name the
+lab and the service, so that `meshlab check N --runtime docker` grades a sandbox the
+learner started (`runtime/sandbox.py`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from meshlab.container.engine import TOOLBOX_IMAGE
+from meshlab.container.engine import LABEL, TOOLBOX_IMAGE
 from meshlab.course import Course, Lab, ServiceSpec
 
 COMPOSE_DIR = "compose"
@@ -31,9 +33,13 @@ def render(course: Course, lab: Lab) -> str:
     folder = path_for(course, lab).parent
     lab_folder = Path("..") / ".." / lab.workspace.relative_to(course.root)
     ports = sorted({port for _, _, port in lab.ports()})
+    # Labels let `meshlab check N --runtime docker` find a sandbox the learner started.
+    def labels(service: str) -> dict[str, str]:
+        return {f"{LABEL}.sandbox": lab.slug, f"{LABEL}.service": service}
+
     services: dict[str, dict] = {
         "pod": {
-            "image": TOOLBOX_IMAGE, "init": True,
+            "image": TOOLBOX_IMAGE, "init": True, "labels": labels("pod"),
             "entrypoint": ["python3", "-m", "meshlab.container.relay", *map(str, ports)],
             "ports": [f"127.0.0.1:{port}:{port}" for port in ports],
         },
@@ -43,9 +49,9 @@ def render(course: Course, lab: Lab) -> str:
     if lab.prepare:
         script = " && ".join(" ".join(_shell_word(_python(w)) for w in command) for command in lab.prepare)
         services["prepare"] = {**{k: v for k, v in common.items() if k != "network_mode"},
-                               "entrypoint": ["sh", "-c", script]}
+                               "labels": labels("prepare"), "entrypoint": ["sh", "-c", script]}
     for spec in lab.services:
-        body = {**common, "entrypoint": _argv(spec)}
+        body = {**common, "labels": labels(spec.name), "entrypoint": _argv(spec)}
         if spec.env:
             body["environment"] = dict(spec.env)
         needs = {"pod": {"condition": "service_started"}}

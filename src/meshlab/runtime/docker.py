@@ -82,9 +82,11 @@ class DockerRuntime:
 
     @classmethod
     def attach(cls, lab: Lab, run_dir: Path) -> "DockerRuntime | None":
-        """The run of RUN_DIR if its pod still runs, else None (leftovers are removed)."""
+        """The run of RUN_DIR if its pod still runs, else None (leftovers are removed);
+        without a run of ours, the lab's Compose sandbox if the learner started one."""
         if not (Path(run_dir) / MARKER).is_file():
-            return None
+            from meshlab.runtime.sandbox import ComposeSandbox
+            return ComposeSandbox.find(lab, run_dir)
         marker = json.loads((Path(run_dir) / MARKER).read_text())
         runtime = cls(lab, Path(marker["lab_dir"]), run_dir, detached=marker["owner_pid"] is None)
         runtime.owner_pid, runtime.owner_started = marker["owner_pid"], marker["owner_started"]
@@ -194,6 +196,14 @@ class DockerRuntime:
             self.admin_urls[name] = f"http://127.0.0.1:{spec.admin_port}"
         return Admin(self.admin_urls[name])
 
+    def network_namespace(self) -> str:
+        """The pod's network namespace, as a path a process on this host may enter: the
+        checker joins it (see `LabSession.open`) to see the lab as its services do."""
+        pod = self._container(POD)
+        if pod is None or pod.status != "running":
+            raise ServiceFailed(f"the pod container of lab {self.lab.slug} is not running")
+        return f"/proc/{pod.attrs['State']['Pid']}/ns/net"
+
     def log_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.log"
 
@@ -253,13 +263,24 @@ class DockerRuntime:
                                 "stop the process holding it (`meshlab stop` if it is a lab)"))
 
     def _start_pod(self) -> None:
+        import docker.errors
+
         ports = sorted({port for _, _, port in self.lab.ports()})
         network = self.client.networks.create(self.prefix, labels=self._labels(POD))
-        self.client.containers.run(
-            engine.TOOLBOX_IMAGE, ["-m", "meshlab.container.relay", *map(str, ports)], entrypoint=["python3"],
-            name=f"{self.prefix}-{POD}", detach=True, init=True, network=network.name,
-            hostname=f"lab{self.lab.number:02d}", ports={f"{port}/tcp": ("127.0.0.1", port) for port in ports},
-            labels=self._labels(POD))
+        try:
+            self.client.containers.run(
+                engine.TOOLBOX_IMAGE, ["-m", "meshlab.container.relay", *map(str, ports)], entrypoint=["python3"],
+                name=f"{self.prefix}-{POD}", detach=True, init=True, network=network.name,
+                hostname=f"lab{self.lab.number:02d}", ports={f"{port}/tcp": ("127.0.0.1", port) for port in ports},
+                labels=self._labels(POD))
+        except docker.errors.APIError as error:
+            # A port taken between the check above and Docker's bind (another program).
+            text = str(error)
+            if "already in use" not in text and "already allocated" not in text:
+                raise
+            raise PortBusy(f"Docker could not publish a port of lab {self.lab.number:02d} on 127.0.0.1",
+                           details=f"  {text}", fix="stop the process or container holding it, then check again") \
+                from None
 
     def _argv(self, spec: ServiceSpec) -> list[str]:
         if spec.kind == "envoy":

@@ -283,6 +283,10 @@ class LocalRuntime:
             raise ServiceFailed(f"{name} is not a running Envoy of lab {self.lab.slug}")
         return Admin(service.admin_url, transport=self._transport(self.lab.service(name)))
 
+    def network_namespace(self) -> None:
+        """None: the services (pods aside) share the caller's network namespace."""
+        return None
+
     def log_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.log"
 
