@@ -8,7 +8,7 @@ import sys
 import click
 
 from meshlab import progress, ui, workspace
-from meshlab.cli.options import JSON, LAB, RUNTIME, lab_dir_for, open_course
+from meshlab.cli.options import JSON, LAB, RUNTIME, any_runs, lab_dir_for, open_course
 from meshlab.errors import MeshlabError
 
 
@@ -16,12 +16,14 @@ from meshlab.errors import MeshlabError
 @JSON
 def list_command(as_json: bool) -> None:
     """The labs in course order, with your progress and time estimates."""
-    from meshlab.runtime import read_state
-
     course = open_course()
     done = progress.load(course)
-    running = {lab.slug for lab in course.labs
-               if read_state(course.state_dir / "runs" / lab.slug) is not None}
+    running = set()
+    if any_runs(course):
+        from meshlab.runtime import read_state
+
+        running = {lab.slug for lab in course.labs
+                   if read_state(course.state_dir / "runs" / lab.slug) is not None}
     if as_json:
         click.echo(json.dumps([{
             "number": lab.number, "slug": lab.slug, "title": lab.title, "summary": lab.summary,

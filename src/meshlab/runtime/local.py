@@ -27,8 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from meshlab import ports as portcheck
 from meshlab.course import Lab, ServiceSpec
@@ -38,6 +37,9 @@ from meshlab.platform import install_hint
 from meshlab.runtime import processes
 from meshlab.runtime.pods import PodNetwork, record_from
 from meshlab.runtime.pods import teardown as teardown_pods
+
+if TYPE_CHECKING:  # imported where a service is probed: `meshlab list` and `stop` need no HTTP client
+    import httpx
 
 STATE_FILE = "state.json"
 
@@ -358,6 +360,8 @@ class LocalRuntime:
 
     def _probe(self, spec: ServiceSpec, service: ServiceState) -> bool:
         if spec.kind == "envoy":
+            import httpx
+
             address_file = self._admin_address_file(spec.name)
             if not address_file.is_file() or not address_file.read_text().strip():
                 return False
