@@ -64,9 +64,9 @@ def test_the_probe_would_see_a_heavy_import(state_dir):
     # `--help` loads its module, and the checker's machinery is found when imported.
     assert "meshlab.cli.labs" in modules_after(["check", "--help"], state_dir)
     env = {**os.environ, "MESHLAB_ROOT": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", "import sys, json, meshlab.watch; print(json.dumps(sorted(sys.modules)))"],
+    proc = subprocess.run([sys.executable, "-c", "import sys, json, meshlab.session; print(json.dumps(sorted(sys.modules)))"],
                           env=env, capture_output=True, text=True, timeout=60)
-    assert {"pytest", "meshlab.session", "meshlab.checking"} <= set(heavy_in(set(json.loads(proc.stdout))))
+    assert {"pytest", "meshlab.session", "meshlab.grading", "httpx"} <= set(heavy_in(set(json.loads(proc.stdout))))
 
 
 def test_the_listing_says_what_each_command_says_of_itself():
@@ -89,3 +89,15 @@ def test_help_lists_every_command_with_its_short_help(cli):
         line = next((line for line in text.splitlines() if line.split()[:1] == [name]), None)
         assert line is not None, f"{name} missing from --help"
         assert short_help.split()[0] in line
+
+
+@pytest.mark.parametrize("module", ["meshlab.checking", "meshlab.watch"])
+def test_check_and_watch_leave_pytest_to_the_checker_process(module):
+    # `meshlab check` runs pytest in a child; the CLI's own process needs none of it.
+    env = {**os.environ, "MESHLAB_ROOT": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", f"import sys, json, {module}; print(json.dumps(sorted(sys.modules)))"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    modules = set(json.loads(proc.stdout))
+    assert [m for m in heavy_in(modules) if not m.startswith(("meshlab.checking", "meshlab.watch", "meshlab.runtime",
+                                                                "httpx"))] == []

@@ -20,12 +20,21 @@ from pathlib import Path
 from typing import Callable
 
 from meshlab import isolation
-from meshlab.course import Course, Lab
+from meshlab.course import Course, Lab, run_dir_for
 from meshlab.runtime.processes import spawn, tail
-from meshlab.session import run_dir_for
 
 # A check that hangs is stopped after this long (pytest-timeout, inside the child).
 CHECK_TIMEOUT_S = 120
+
+# The checker's only pytest plugins, named instead of autoloaded: every installed plugin
+# (hypothesis, xdist, anyio...) would be imported at each check, and the plugins of an
+# installed distribution get their whole package assertion-rewritten (meshlab's, 100+
+# modules). Checks fail through CheckFailed, not bare asserts: the checker modules are
+# still rewritten, the engine need not be.
+CHECKER_PLUGINS = ("-p", "meshlab.pytest_plugin", "-p", "pytest_timeout")
+
+# How often the CLI looks at the report the checker appends to (progress, and the end).
+FOLLOW_INTERVAL_S = 0.01
 
 # The version of `LabResult.to_json`'s format, documented in docs/results-schema.md.
 # 2 added `learner` and `finished_at`, so that collected files can be told apart.
@@ -95,14 +104,15 @@ def run_checks(course: Course, lab: Lab, lab_dir: Path, *, isolate: bool = False
     report, output = report_dir / f"{stamp}.jsonl", report_dir / f"{stamp}.out"
     argv = [
         sys.executable, "-m", "pytest", str(lab.checks), "-q", "--no-header", "-p", "no:cacheprovider",
-        "-o", "addopts=", "-o", f"timeout={CHECK_TIMEOUT_S}", "--rootdir", str(course.root),
+        *CHECKER_PLUGINS, "-o", "addopts=", "-o", f"timeout={CHECK_TIMEOUT_S}", "--rootdir", str(course.root),
         "--meshlab-path", str(lab_dir), "--meshlab-report", str(report),
     ]
     if run_dir is not None:
         argv += ["--meshlab-run-dir", str(run_dir)]
     if isolate:
         argv = isolation.wrap(argv)
-    env = {**os.environ, "MESHLAB_ROOT": str(course.root), "MESHLAB_STATE_DIR": str(course.state_dir)}
+    env = {**os.environ, "MESHLAB_ROOT": str(course.root), "MESHLAB_STATE_DIR": str(course.state_dir),
+           "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     if runtime is not None:
         env["MESHLAB_RUNTIME"] = runtime  # the checker's session starts the lab on it
     result = LabResult(lab=lab.slug, number=lab.number, title=lab.title, path=str(lab_dir), status="error",
@@ -161,7 +171,7 @@ def _follow(report: Path, child: subprocess.Popen, on_event: OnEvent | None) -> 
                         on_event(event)
         if finished:
             return events
-        time.sleep(0.05)
+        time.sleep(FOLLOW_INTERVAL_S)
 
 
 def _fill(result: LabResult, events: list[Event], returncode: int, output: Path) -> None:

@@ -9,7 +9,6 @@ this process, and stop it again at the end.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from pathlib import Path
 from typing import Iterator
 
@@ -17,24 +16,13 @@ import httpx
 
 from meshlab import platform, preflight
 from meshlab.apps.server import JOURNAL_PATH
-from meshlab.course import Course, Lab
+from meshlab.course import Course, Lab, run_dir_for  # noqa: F401 - where callers long found it
 from meshlab.envoy import Admin
 from meshlab.errors import PortBusy
 from meshlab.grading import http as grading_http
 from meshlab.grading.raised import Raised, learners_tracebacks
 from meshlab.runtime import LocalRuntime
 from meshlab.runtime.interface import runtime_class
-
-
-def run_dir_for(course: Course, lab: Lab, lab_dir: Path) -> Path:
-    """Where a run of LAB from LAB_DIR keeps state and logs: one fixed place for the
-    learner's workspace (so `start`, `check` and `stop` find each other), another per
-    folder graded with --path or --solution."""
-    lab_dir = Path(lab_dir).resolve()
-    runs = course.state_dir / "runs"
-    if lab_dir == lab.workspace.resolve():
-        return runs / lab.slug
-    return runs / f"{lab.slug}@{hashlib.sha1(str(lab_dir).encode()).hexdigest()[:8]}"
 
 
 class LabSession:

@@ -46,7 +46,7 @@ def start_command(lab: str, fresh: bool, runtime: str | None) -> None:
     """
     from meshlab import platform, preflight
     from meshlab.runtime.interface import runtime_class
-    from meshlab.session import run_dir_for
+    from meshlab.course import run_dir_for
 
     course = open_course()
     spec = course.find(lab)
@@ -95,7 +95,7 @@ def start_command(lab: str, fresh: bool, runtime: str | None) -> None:
 def stop_command(lab: str | None, service: str | None) -> None:
     """Stop LAB's services (every running lab when LAB is omitted)."""
     from meshlab.runtime import LocalRuntime, stop_run
-    from meshlab.session import run_dir_for
+    from meshlab.course import run_dir_for
 
     course = open_course()
     runs = course.state_dir / "runs"

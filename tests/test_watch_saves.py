@@ -1,0 +1,69 @@
+"""How `meshlab watch` hears saves: from the kernel's notifications, one save per burst
+of writes (editors write in several steps), whatever way the editor saves, and nothing
+for the files it does not watch."""
+
+from __future__ import annotations
+
+import queue
+import time
+from pathlib import Path
+
+import pytest
+
+from meshlab.watch import _Saves
+
+QUIET = 0.3   # generous: the steps below are 20 ms apart, even on a busy machine
+
+
+def saves_within(saves: _Saves, seconds: float, then: float = 1.0) -> int:
+    """How many saves arrive: the first within SECONDS, more within THEN after it."""
+    count, wait = 0, seconds
+    while True:
+        try:
+            saves.saved.get(timeout=wait)
+        except queue.Empty:
+            return count
+        count, wait = count + 1, then
+
+
+@pytest.fixture
+def watched(tmp_path: Path):
+    config = tmp_path / "envoy.yaml"
+    config.write_text("admin: {}\n")
+    nested = tmp_path / "src" / "lib.rs"
+    nested.parent.mkdir()
+    nested.write_text("// starter\n")
+    with _Saves([config, nested], QUIET) as saves:
+        time.sleep(0.2)  # the watcher is up
+        yield saves, config, nested
+
+
+def test_a_save_by_rename_is_heard_once(watched):
+    saves, config, _ = watched
+    draft = config.with_name("envoy.yaml.draft")
+    draft.write_text("admin: {}\n# saved\n")
+    draft.replace(config)
+    assert saves_within(saves, 3) == 1
+
+
+def test_a_save_in_several_steps_is_one_save(watched):
+    saves, config, _ = watched
+    with open(config, "w") as handle:  # truncate, then write in pieces, as some editors do
+        for piece in ("admin:", " {}", "\n"):
+            handle.write(piece)
+            handle.flush()
+            time.sleep(0.02)
+    assert saves_within(saves, 3) == 1
+
+
+def test_a_file_in_a_subfolder_is_watched(watched):
+    saves, _, nested = watched
+    nested.write_text("// solved\n")
+    assert saves_within(saves, 3) == 1
+
+
+def test_other_files_in_the_folder_are_not_saves(watched):
+    saves, config, _ = watched
+    (config.parent / "notes.txt").write_text("not a lab file\n")
+    (config.parent / "envoy.yaml.swp").write_text("an editor's swap file\n")
+    assert saves_within(saves, 1.5) == 0
