@@ -67,3 +67,21 @@ def test_other_files_in_the_folder_are_not_saves(watched):
     (config.parent / "notes.txt").write_text("not a lab file\n")
     (config.parent / "envoy.yaml.swp").write_text("an editor's swap file\n")
     assert saves_within(saves, 1.5) == 0
+
+
+def test_the_checker_skips_a_preflight_the_watcher_just_passed_and_only_that(lab_copy, course, monkeypatch):
+    from meshlab import preflight
+
+    lab = course.find(1)
+    folder = lab_copy(1, base="solution")
+    passed = preflight.digest(lab, folder)
+    validations = []
+    monkeypatch.setattr(preflight, "check_files", lambda *args, **kwargs: validations.append(args))
+    preflight.prepare_and_check(lab, folder, passed=passed)
+    assert validations == []  # the files are as they passed: no second `envoy --mode validate`
+    config = folder / "envoy.yaml"
+    config.write_text(config.read_text() + "# saved again\n")
+    assert preflight.digest(lab, folder) != passed
+    preflight.prepare_and_check(lab, folder, passed=passed)
+    preflight.prepare_and_check(lab, folder)
+    assert len(validations) == 2  # a file saved since, or no digest at all: preflight runs

@@ -95,8 +95,9 @@ OnEvent = Callable[[Event], None]
 
 def run_checks(course: Course, lab: Lab, lab_dir: Path, *, isolate: bool = False,
                run_dir: Path | None = None, on_event: OnEvent | None = None,
-               runtime: str | None = None) -> LabResult:
-    """Grade LAB_DIR against LAB's checker; never raises for a broken lab (status error)."""
+               runtime: str | None = None, preflight_passed: str | None = None) -> LabResult:
+    """Grade LAB_DIR against LAB's checker; never raises for a broken lab (status error).
+    PREFLIGHT_PASSED: the digest of the files that just passed preflight (`meshlab watch`)."""
     lab_dir = Path(lab_dir).resolve()
     report_dir = course.state_dir / "reports"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +114,10 @@ def run_checks(course: Course, lab: Lab, lab_dir: Path, *, isolate: bool = False
         argv = isolation.wrap(argv)
     env = {**os.environ, "MESHLAB_ROOT": str(course.root), "MESHLAB_STATE_DIR": str(course.state_dir),
            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    if preflight_passed:
+        from meshlab.preflight import PASSED_ENV
+
+        env[PASSED_ENV] = preflight_passed
     if runtime is not None:
         env["MESHLAB_RUNTIME"] = runtime  # the checker's session starts the lab on it
     result = LabResult(lab=lab.slug, number=lab.number, title=lab.title, path=str(lab_dir), status="error",

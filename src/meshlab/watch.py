@@ -108,6 +108,7 @@ def watch(course: Course, lab: Lab, lab_dir: Path, *,
                 seen = _fingerprint(files)
                 rounds += 1
                 try:
+                    passed = preflight.digest(lab, lab_dir)
                     preflight.prepare_and_check(lab, lab_dir)
                     if runtime is None:
                         runtime = LocalRuntime(lab, lab_dir, run_dir)
@@ -119,7 +120,8 @@ def watch(course: Course, lab: Lab, lab_dir: Path, *,
                     on_error(error)
                     on_waiting(files)
                     continue
-                result = run_checks(course, lab, lab_dir, run_dir=run_dir)
+                # The checker need not validate again the files that just passed.
+                result = run_checks(course, lab, lab_dir, run_dir=run_dir, preflight_passed=passed)
                 if runtime.owner:
                     runtime.adopt()  # services the checks restarted must die with us again
                 on_result(result, restarted)
