@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from meshlab.watch import _Saves
 
 QUIET = 0.3   # generous: the steps below are 20 ms apart, even on a busy machine
@@ -85,3 +86,19 @@ def test_the_checker_skips_a_preflight_the_watcher_just_passed_and_only_that(lab
     preflight.prepare_and_check(lab, folder, passed=passed)
     preflight.prepare_and_check(lab, folder)
     assert len(validations) == 2  # a file saved since, or no digest at all: preflight runs
+
+
+def test_a_checker_started_ahead_and_called_off_leaves_nothing(state_dir, monkeypatch):
+    from meshlab.checking import Checker
+    from meshlab.course import load_course
+
+    monkeypatch.setenv("MESHLAB_STATE_DIR", str(state_dir))
+    course = load_course(ROOT)
+    lab = course.find(1)
+    checker = Checker(course, lab, lab.workspace, ahead=True)
+    time.sleep(0.5)
+    assert checker.child.poll() is None, "it waits for go, running nothing"
+    checker.cancel()
+    assert checker.child.poll() is not None
+    assert checker.go.parent == state_dir / "reports"
+    assert list(checker.go.parent.iterdir()) == []  # its FIFO, report and output are gone

@@ -22,7 +22,7 @@ from typing import Callable
 import watchfiles
 
 from meshlab import preflight
-from meshlab.checking import LabResult, run_checks
+from meshlab.checking import Checker, LabResult
 from meshlab.course import Course, Lab, run_dir_for
 from meshlab.errors import MeshlabError
 from meshlab.runtime import LocalRuntime
@@ -98,6 +98,8 @@ def watch(course: Course, lab: Lab, lab_dir: Path, *,
     files = _watched_files(lab, lab_dir)
     rounds = 0
     seen = None
+    # The next round's checker, started ahead: after a save, only the checks are left to run.
+    ahead = Checker(course, lab, lab_dir, run_dir=run_dir, ahead=True)
     try:
         with _Saves(files, quiet) as saves:
             while max_rounds is None or rounds < max_rounds:
@@ -121,11 +123,15 @@ def watch(course: Course, lab: Lab, lab_dir: Path, *,
                     on_waiting(files)
                     continue
                 # The checker need not validate again the files that just passed.
-                result = run_checks(course, lab, lab_dir, run_dir=run_dir, preflight_passed=passed)
+                checker, ahead = ahead, None
+                result = checker.run(preflight_passed=passed)
+                ahead = Checker(course, lab, lab_dir, run_dir=run_dir, ahead=True)
                 if runtime.owner:
                     runtime.adopt()  # services the checks restarted must die with us again
                 on_result(result, restarted)
                 on_waiting(files)
     finally:
+        if ahead is not None:
+            ahead.cancel()
         if runtime is not None and owned:
             runtime.stop_all()
