@@ -160,11 +160,8 @@ class LocalRuntime:
     def _start_together(self, wave: list[ServiceSpec]) -> None:
         """Launch every service of WAVE, then wait for each: none of them waits for
         another, so they come up side by side (lab 03's seven apps in the time of one)."""
-        launched = []
-        for spec in wave:
-            self.refresh()
-            if not self.is_running(spec.name):
-                launched.append((spec, self._launch(spec, *self._prepare(spec))))
+        self.refresh()  # once: a refresh between launches would replace the records just made
+        launched = [(spec, self._launch(spec, *self._prepare(spec))) for spec in wave if not self.is_running(spec.name)]
         for spec, service in launched:
             self._settle(spec, service)
 
@@ -230,10 +227,11 @@ class LocalRuntime:
     def _settle(self, spec: ServiceSpec, service: ServiceState) -> ServiceState:
         """Wait until SERVICE is ready; one that never is, is stopped."""
         try:
-            self._wait_ready(spec, service)
+            self._wait_ready(spec, service)  # fills in what readiness learns (an Envoy's admin address)
         except BaseException:
             self.stop(spec.name)
             raise
+        self.state.services[spec.name] = service
         self._save()
         return service
 
