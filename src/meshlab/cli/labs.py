@@ -288,6 +288,3 @@ def reset_command(lab: str, yes: bool) -> None:
     backup, restored = workspace.reset(course, spec)
     ui.console.print(f"Restored {', '.join(restored) or 'nothing'}. Your previous files: {ui.relative(backup)}/")
 
-
-COMMANDS = (list_command, start_command, stop_command, status_command, check_command, watch_command,
-            hint_command, reset_command)
