@@ -18,6 +18,12 @@ included, N times.
 
 Children run with bytecode caching on (Python's default on a learner's machine, even
 where PYTHONDONTWRITEBYTECODE is set for this process) and a state folder of their own.
+
+    .venv/bin/python benchmarks/check_speed.py --baseline ../meshlab-before
+
+compares with another version of meshlab (a checkout: its src/ goes first on PYTHONPATH):
+every measurement alternates between the two, run by run, so that both see the same load
+on a shared machine, and each row prints the ratio of this checkout to the baseline.
 """
 
 from __future__ import annotations
@@ -75,9 +81,12 @@ print(json.dumps(times))
 """
 
 
-def child_env(state_dir: Path) -> dict[str, str]:
+def child_env(state_dir: Path, checkout: Path | None = None) -> dict[str, str]:
     env = {**os.environ, "MESHLAB_STATE_DIR": str(state_dir), "COLUMNS": "120"}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    if checkout is not None:  # another version of meshlab, and its course
+        env["PYTHONPATH"] = str(checkout / "src")
+        env["MESHLAB_ROOT"] = str(checkout)
     return env
 
 
@@ -100,36 +109,41 @@ def floor(n: int, env: dict[str, str], workdir: Path) -> dict[str, float]:
     return {"python_s": python, "envoy_s": envoy, "floor_s": python + envoy}
 
 
-def cli_start(n: int, env: dict[str, str], root: Path) -> dict[str, float]:
+def cli_start(n: int, sides: dict[str, tuple[dict, Path]]) -> dict[str, dict[str, float]]:
+    """Per side: the median wall time of `meshlab --help` and `meshlab list`, and the
+    import time of meshlab.cli; the sides alternate run by run."""
     meshlab = [sys.executable, "-m", "meshlab"]
-    wall([*meshlab, "--help"], env, cwd=root)  # bytecode written once, as after an install
-    rows = {}
-    for words in (["--help"], ["list"]):
-        rows[" ".join(words)] = statistics.median(wall([*meshlab, *words], env, cwd=root)[0] for _ in range(n))
-    imports = []
+    for env, root in sides.values():
+        wall([*meshlab, "--help"], env, cwd=root)  # bytecode written once, as after an install
+    samples: dict[str, dict[str, list[float]]] = {side: {} for side in sides}
     for _ in range(n):
-        _, proc = wall([sys.executable, "-X", "importtime", "-c", "import meshlab.cli"], env, cwd=root)
-        cumulative = [int(m.group(1)) for m in re.finditer(r"\|\s*(\d+) \| meshlab\.cli$", proc.stderr, re.M)]
-        imports.append(cumulative[-1] / 1e6)
-    rows["import meshlab.cli"] = statistics.median(imports)
-    return rows
+        for side, (env, root) in sides.items():
+            for words in (["--help"], ["list"]):
+                samples[side].setdefault(" ".join(words), []).append(wall([*meshlab, *words], env, cwd=root)[0])
+            _, proc = wall([sys.executable, "-X", "importtime", "-c", "import meshlab.cli"], env, cwd=root)
+            cumulative = [int(m.group(1)) for m in re.finditer(r"\|\s*(\d+) \| meshlab\.cli$", proc.stderr, re.M)]
+            samples[side].setdefault("import meshlab.cli", []).append(cumulative[-1] / 1e6)
+    return {side: {name: statistics.median(values) for name, values in rows.items()} for side, rows in samples.items()}
 
 
-def check_times(lab_number: int, n: int, env: dict[str, str], root: Path) -> dict:
-    times, failures = [], []
+def check_times(lab_number: int, n: int, sides: dict[str, tuple[dict, Path]]) -> dict[str, dict]:
+    """Per side: N solution checks of the lab, the sides alternating run by run."""
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    failures: dict[str, list[str]] = {side: [] for side in sides}
     for _ in range(n):
-        seconds, proc = wall([sys.executable, "-m", "meshlab", "check", str(lab_number), "--solution", "--isolate",
-                              "--json"], env, cwd=root, timeout=600)
-        try:
-            status = json.loads(proc.stdout)["status"]
-        except (json.JSONDecodeError, KeyError):
-            status = f"exit {proc.returncode}"
-        if status == "pass":
-            times.append(seconds)
-        else:
-            failures.append(status)
-    return {"runs": n, "median_s": statistics.median(times) if times else None,
-            "min_s": min(times, default=None), "failures": failures}
+        for side, (env, root) in sides.items():
+            seconds, proc = wall([sys.executable, "-m", "meshlab", "check", str(lab_number), "--solution",
+                                  "--isolate", "--json"], env, cwd=root, timeout=600)
+            try:
+                status = json.loads(proc.stdout)["status"]
+            except (json.JSONDecodeError, KeyError):
+                status = f"exit {proc.returncode}"
+            if status == "pass":
+                times[side].append(seconds)
+            else:
+                failures[side].append(status)
+    return {side: {"runs": n, "median_s": statistics.median(times[side]) if times[side] else None,
+                   "min_s": min(times[side], default=None), "failures": failures[side]} for side in sides}
 
 
 def watch_round_trip(n: int, env: dict[str, str], root: Path, workdir: Path) -> dict:
@@ -151,44 +165,67 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labs", default="1,2,3,4,5,6", help="comma-separated lab numbers (default 1-6)")
     parser.add_argument("-n", type=int, default=5, help="checks per lab, watch saves, CLI starts (default 5)")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="another version of meshlab to alternate with, run by run")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     course = load_course()
-    root = course.root
     with tempfile.TemporaryDirectory(prefix="meshlab-speed-") as tmp:
         workdir = Path(tmp)
-        env = child_env(workdir / "state")
-        base = floor(max(args.n, 5), env, workdir)
-        cli = cli_start(max(args.n, 10), env, root)
-        labs = {number: check_times(number, args.n, env, root) for number in map(int, args.labs.split(","))}
-        watched = watch_round_trip(args.n, env, root, workdir)
+        sides = {"this": (child_env(workdir / "state"), course.root)}
+        if args.baseline:
+            baseline = args.baseline.resolve()
+            sides["baseline"] = (child_env(workdir / "state-baseline", baseline), baseline)
+        base = floor(max(args.n, 5), sides["this"][0], workdir)
+        cli = cli_start(max(args.n, 10), sides)
+        labs = {number: check_times(number, args.n, sides) for number in map(int, args.labs.split(","))}
+        watched = {side: watch_round_trip(args.n, env, root, workdir / side) for side, (env, root) in sides.items()}
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()},
                "floor": base, "cli": cli, "labs": labs, "watch_lab01": watched}
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2, default=str))
         return
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    show(results, course, list(sides))
+
+
+def show(results: dict, course, sides: list[str]) -> None:
+    base = results["floor"]
+    load = ", ".join(f"{x:.1f}" for x in results["machine"]["load"])
     print(f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average now {load}")
     print(f"floor: python start {base['python_s'] * 1000:.0f} ms + Envoy to /ready {base['envoy_s'] * 1000:.0f} ms"
           f" = {base['floor_s'] * 1000:.0f} ms")
-    for name, seconds in cli.items():
-        ratio = "" if name.startswith("import") else f"  {seconds / base['python_s']:.1f}x python start"
-        print(f"  {name:<22} {seconds * 1000:6.0f} ms{ratio}")
-    print(f"{'lab':<20} {'median':>8} {'min':>8} {'x floor':>8}  runs")
-    for number, row in labs.items():
-        lab = course.find(number)
-        if row["median_s"] is None:
-            print(f"{lab.slug:<20} {'-':>8} {'-':>8} {'-':>8}  {row['runs']} (none passed: {row['failures']})")
-            continue
-        failed = f", {len(row['failures'])} not passing: {row['failures']}" if row["failures"] else ""
-        print(f"{lab.slug:<20} {row['median_s']:7.2f}s {row['min_s']:7.2f}s {row['median_s'] / base['floor_s']:7.1f}x"
-              f"  {row['runs']}{failed}")
-    if "error" in watched:
-        print(f"watch round trip: failed\n{watched['error']}")
-    elif watched["median_s"] is not None:
-        print(f"watch round trip, lab 01 (save -> result, sidecar restart included): median "
-              f"{watched['median_s']:.2f} s, max {watched['max_s']:.2f} s over {watched['rounds']} saves"
-              + (f"; not passing: {watched['not_passing']}" if watched["not_passing"] else ""))
+    against = "baseline" in sides
+    for name in results["cli"]["this"]:
+        cells = []
+        for side in sides:
+            seconds = results["cli"][side][name]
+            ratio = "" if name.startswith("import") else f" ({seconds / base['python_s']:.1f}x python)"
+            cells.append(f"{side} {seconds * 1000:6.0f} ms{ratio}")
+        if against:
+            cells.append(f"this/baseline {results['cli']['this'][name] / results['cli']['baseline'][name]:.2f}")
+        print(f"  {name:<20} " + "   ".join(cells))
+    print(f"{'lab':<20} " + " ".join(f"{side + ' median':>16} {'x floor':>8}" for side in sides)
+          + ("  this/baseline" if against else ""))
+    for number, row in results["labs"].items():
+        cells, failed = [], []
+        for side in sides:
+            median = row[side]["median_s"]
+            cells.append(f"{median:15.2f}s {median / base['floor_s']:7.1f}x" if median else f"{'-':>16} {'-':>8}")
+            if row[side]["failures"]:
+                failed.append(f"{side}: {len(row[side]['failures'])} of {row[side]['runs']} not passing "
+                              f"{row[side]['failures']}")
+        ratio = ""
+        if against and row["this"]["median_s"] and row["baseline"]["median_s"]:
+            ratio = f"  {row['this']['median_s'] / row['baseline']['median_s']:13.2f}"
+        print(f"{course.find(number).slug:<20} " + " ".join(cells) + ratio + (f"  ({'; '.join(failed)})" if failed else ""))
+    for side in sides:
+        watched = results["watch_lab01"][side]
+        if "error" in watched:
+            print(f"watch round trip ({side}): failed\n{watched['error']}")
+        elif watched["median_s"] is not None:
+            print(f"watch round trip ({side}), lab 01, save -> result, sidecar restart included: median "
+                  f"{watched['median_s']:.2f} s, max {watched['max_s']:.2f} s over {watched['rounds']} saves"
+                  + (f"; not passing: {watched['not_passing']}" if watched["not_passing"] else ""))
 
 
 if __name__ == "__main__":
