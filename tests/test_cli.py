@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 from meshlab import isolation, ports
@@ -26,7 +27,9 @@ def every_command(group=None, prefix=()):
     from meshlab.cli import main
 
     group = group or main
-    for name, command in sorted(group.commands.items()):
+    context = click.Context(group)
+    for name in group.list_commands(context):  # commands load when asked: not all are in .commands yet
+        command = group.get_command(context, name)
         yield (*prefix, name)
         if hasattr(command, "commands"):
             yield from every_command(command, (*prefix, name))

@@ -297,3 +297,33 @@ def test_services_of_a_pod_whose_rules_changed_restart_so_old_connections_do_not
     monkeypatch.setattr(runtime, "_apply_pod_rules", lambda: [])
     restarted.clear()
     assert runtime.sync() == [] and restarted == []
+
+
+def test_services_started_side_by_side_are_each_recorded_ready(demo):
+    # Two apps, then two Envoys, each pair in one wave: every Envoy's admin address (learnt
+    # while waiting for it) must reach the state file, whatever was launched beside it.
+    extra = {name: ports.free_port() for name in ("app2", "listener2", "admin2")}
+    lab_yaml = demo["dir"] / "lab.yaml"
+    lab_yaml.write_text(lab_yaml.read_text()
+                        + f"  app2:\n    python: meshlab.apps.hello\n    args: [--port, \"{extra['app2']}\"]\n"
+                        + f"    ports: {{http: {extra['app2']}}}\n"
+                        + f"  proxy2:\n    envoy: envoy2.yaml\n"
+                        + f"    ports: {{listener: {extra['listener2']}, admin: {extra['admin2']}}}\n    after: [app2]\n")
+    config = (demo["dir"] / "envoy.yaml").read_text()
+    (demo["dir"] / "envoy2.yaml").write_text(
+        config.replace(f"port_value: {demo['ports']['app']}", f"port_value: {extra['app2']}")
+              .replace(f"port_value: {demo['ports']['listener']}", f"port_value: {extra['listener2']}")
+              .replace(f"port_value: {demo['ports']['admin']}", f"port_value: {extra['admin2']}"))
+    lab = load_course(demo["root"]).labs[0]
+    runtime = LocalRuntime(lab, demo["dir"], demo["run"])
+    assert [[s.name for s in wave] for wave in runtime._start_waves()] == [["app", "app2"], ["proxy", "proxy2"]]
+    runtime.start_all()
+    try:
+        recorded = read_state(demo["run"]).services
+        for proxy, admin in (("proxy", demo["ports"]["admin"]), ("proxy2", extra["admin2"])):
+            assert recorded[proxy].admin_url == f"http://127.0.0.1:{admin}"
+            assert runtime.admin(proxy).ready() == "LIVE"
+        attached = LocalRuntime.attach(lab, demo["run"])
+        assert attached.admin("proxy2").ready() == "LIVE"
+    finally:
+        runtime.stop_all()

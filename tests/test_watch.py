@@ -45,7 +45,7 @@ def on_error(error):
     events.append({"error": error.message})
 
 watch(course, lab, lab_dir, on_result=on_result, on_error=on_error, on_waiting=lambda files: None,
-      poll_interval=0.05, max_rounds=3)
+      max_rounds=3)
 print(json.dumps(events))
 """
 
@@ -92,7 +92,7 @@ def on_result(result, restarted):
     threading.Thread(target=save_comment).start()
 
 watch(course, lab, lab_dir, on_result=on_result, on_error=lambda e: events.append({"error": e.message}),
-      on_waiting=lambda files: None, poll_interval=0.05, max_rounds=2)
+      on_waiting=lambda files: None, max_rounds=2)
 print(json.dumps({"events": events, "run_dir": str(run_dir),
                   "pids": {n: s.pid for n, s in read_state(run_dir).services.items()}}))
 """

@@ -20,12 +20,21 @@ from pathlib import Path
 from typing import Callable
 
 from meshlab import isolation
-from meshlab.course import Course, Lab
+from meshlab.course import Course, Lab, run_dir_for
 from meshlab.runtime.processes import spawn, tail
-from meshlab.session import run_dir_for
 
 # A check that hangs is stopped after this long (pytest-timeout, inside the child).
 CHECK_TIMEOUT_S = 120
+
+# The checker's only pytest plugins, named instead of autoloaded: every installed plugin
+# (hypothesis, xdist, anyio...) would be imported at each check, and the plugins of an
+# installed distribution get their whole package assertion-rewritten (meshlab's, 100+
+# modules). Checks fail through CheckFailed, not bare asserts: the checker modules are
+# still rewritten, the engine need not be.
+CHECKER_PLUGINS = ("-p", "meshlab.pytest_plugin", "-p", "pytest_timeout")
+
+# How often the CLI looks at the report the checker appends to (progress, and the end).
+FOLLOW_INTERVAL_S = 0.01
 
 # The version of `LabResult.to_json`'s format, documented in docs/results-schema.md.
 # 2 added `learner` and `finished_at`, so that collected files can be told apart.
@@ -86,34 +95,69 @@ OnEvent = Callable[[Event], None]
 
 def run_checks(course: Course, lab: Lab, lab_dir: Path, *, isolate: bool = False,
                run_dir: Path | None = None, on_event: OnEvent | None = None,
-               runtime: str | None = None) -> LabResult:
-    """Grade LAB_DIR against LAB's checker; never raises for a broken lab (status error)."""
-    lab_dir = Path(lab_dir).resolve()
-    report_dir = course.state_dir / "reports"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    stamp = f"{lab.slug}-{os.getpid()}-{time.monotonic_ns()}"
-    report, output = report_dir / f"{stamp}.jsonl", report_dir / f"{stamp}.out"
-    argv = [
-        sys.executable, "-m", "pytest", str(lab.checks), "-q", "--no-header", "-p", "no:cacheprovider",
-        "-o", "addopts=", "-o", f"timeout={CHECK_TIMEOUT_S}", "--rootdir", str(course.root),
-        "--meshlab-path", str(lab_dir), "--meshlab-report", str(report),
-    ]
-    if run_dir is not None:
-        argv += ["--meshlab-run-dir", str(run_dir)]
-    if isolate:
-        argv = isolation.wrap(argv)
-    env = {**os.environ, "MESHLAB_ROOT": str(course.root), "MESHLAB_STATE_DIR": str(course.state_dir)}
-    if runtime is not None:
-        env["MESHLAB_RUNTIME"] = runtime  # the checker's session starts the lab on it
-    result = LabResult(lab=lab.slug, number=lab.number, title=lab.title, path=str(lab_dir), status="error",
-                       run_dir=str(run_dir or run_dir_for(course, lab, lab_dir)))
-    started = time.monotonic()
-    with open(output, "wb") as out:
-        # SIGTERM, not SIGKILL, if we die: the checker then stops the lab's processes.
-        child = spawn(argv, cwd=course.root, env=env, stdout=out, stderr=subprocess.STDOUT,
-                      die_with_parent=True, death_signal=signal.SIGTERM)
+               runtime: str | None = None, preflight_passed: str | None = None) -> LabResult:
+    """Grade LAB_DIR against LAB's checker; never raises for a broken lab (status error).
+    PREFLIGHT_PASSED: the digest of the files that just passed preflight (`meshlab watch`)."""
+    checker = Checker(course, lab, lab_dir, isolate=isolate, run_dir=run_dir, runtime=runtime)
+    return checker.run(on_event, preflight_passed=preflight_passed)
+
+
+class Checker:
+    """One run of a lab's checker. Started AHEAD, its process starts now (Python, pytest,
+    the plugin, the checker module: the largest fixed cost of a check) and waits on a
+    FIFO until `run` says go, so that `meshlab watch` pays none of that after a save."""
+
+    def __init__(self, course: Course, lab: Lab, lab_dir: Path, *, isolate: bool = False,
+                 run_dir: Path | None = None, runtime: str | None = None, ahead: bool = False):
+        self.course, self.lab, self.lab_dir = course, lab, Path(lab_dir).resolve()
+        self.run_dir = run_dir
+        report_dir = course.state_dir / "reports"
+        report_dir.mkdir(parents=True, exist_ok=True)
+        stamp = f"{lab.slug}-{os.getpid()}-{time.monotonic_ns()}"
+        self.report, self.output = report_dir / f"{stamp}.jsonl", report_dir / f"{stamp}.out"
+        self.go = report_dir / f"{stamp}.go" if ahead else None
+        self.argv = [
+            sys.executable, "-m", "pytest", str(lab.checks), "-q", "--no-header", "-p", "no:cacheprovider",
+            *CHECKER_PLUGINS, "-o", "addopts=", "-o", f"timeout={CHECK_TIMEOUT_S}", "--rootdir", str(course.root),
+            "--meshlab-path", str(self.lab_dir), "--meshlab-report", str(self.report),
+        ]
+        if run_dir is not None:
+            self.argv += ["--meshlab-run-dir", str(run_dir)]
+        if self.go is not None:
+            os.mkfifo(self.go, 0o600)
+            self.argv += ["--meshlab-go", str(self.go)]
+        if isolate:
+            self.argv = isolation.wrap(self.argv)
+        self.env = {**os.environ, "MESHLAB_ROOT": str(course.root), "MESHLAB_STATE_DIR": str(course.state_dir),
+                    "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+        if runtime is not None:
+            self.env["MESHLAB_RUNTIME"] = runtime  # the checker's session starts the lab on it
+        self.child: subprocess.Popen | None = None
+        if ahead:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        with open(self.output, "wb") as out:
+            # SIGTERM, not SIGKILL, if we die: the checker then stops the lab's processes.
+            self.child = spawn(self.argv, cwd=self.course.root, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                               die_with_parent=True, death_signal=signal.SIGTERM)
+
+    def run(self, on_event: OnEvent | None = None, *, preflight_passed: str | None = None) -> LabResult:
+        lab = self.lab
+        result = LabResult(lab=lab.slug, number=lab.number, title=lab.title, path=str(self.lab_dir), status="error",
+                           run_dir=str(self.run_dir or run_dir_for(self.course, lab, self.lab_dir)))
+        started = time.monotonic()
+        if self.child is None:
+            if preflight_passed:
+                from meshlab.preflight import PASSED_ENV
+
+                self.env[PASSED_ENV] = preflight_passed
+            self._spawn()
+        else:
+            self._say_go(preflight_passed or "")
+        child = self.child
         try:
-            events = _follow(report, child, on_event)
+            events = _follow(self.report, child, on_event)
         except KeyboardInterrupt:
             child.send_signal(signal.SIGINT)
             try:
@@ -121,13 +165,45 @@ def run_checks(course: Course, lab: Lab, lab_dir: Path, *, isolate: bool = False
             except subprocess.TimeoutExpired:
                 child.kill()
             raise
-    result.duration = round(time.monotonic() - started, 2)
-    result.finished_at = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-    _fill(result, events, child.returncode, output)
-    if result.status != "error":
-        report.unlink(missing_ok=True)
-        output.unlink(missing_ok=True)
-    return result
+        finally:
+            if self.go is not None:
+                self.go.unlink(missing_ok=True)
+        result.duration = round(time.monotonic() - started, 2)
+        result.finished_at = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+        _fill(result, events, child.returncode, self.output)
+        if result.status != "error":
+            self.report.unlink(missing_ok=True)
+            self.output.unlink(missing_ok=True)
+        return result
+
+    def _say_go(self, digest: str) -> None:
+        """Tell the waiting checker to run (with the digest of the files that passed
+        preflight), once it has opened its end of the FIFO; a checker that died before
+        that is left to `_follow`, which reports how it ended."""
+        while self.child.poll() is None:
+            try:
+                descriptor = os.open(self.go, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader yet, it is still importing
+                time.sleep(0.005)
+                continue
+            try:
+                os.write(descriptor, f"go {digest}\n".encode())
+            finally:
+                os.close(descriptor)
+            return
+
+    def cancel(self) -> None:
+        """Stop a checker started ahead that will not be needed (it runs no lab yet)."""
+        if self.child is not None and self.child.poll() is None:
+            self.child.terminate()
+            try:
+                self.child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+                self.child.wait()
+        for path in (self.go, self.report, self.output):
+            if path is not None:
+                path.unlink(missing_ok=True)
 
 
 def default_learner(root: Path) -> str | None:
@@ -161,7 +237,7 @@ def _follow(report: Path, child: subprocess.Popen, on_event: OnEvent | None) -> 
                         on_event(event)
         if finished:
             return events
-        time.sleep(0.05)
+        time.sleep(FOLLOW_INTERVAL_S)
 
 
 def _fill(result: LabResult, events: list[Event], returncode: int, output: Path) -> None:

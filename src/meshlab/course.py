@@ -44,6 +44,7 @@ a mapping; the loader refuses it with its line instead of showing it to a learne
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -177,6 +178,17 @@ class Course:
     def state_dir(self) -> Path:
         """`.meshlab/` at the project root: runs, logs, progress (gitignored)."""
         return Path(os.environ.get("MESHLAB_STATE_DIR", self.root / ".meshlab"))
+
+
+def run_dir_for(course: Course, lab: Lab, lab_dir: Path) -> Path:
+    """Where a run of LAB from LAB_DIR keeps state and logs: one fixed place for the
+    learner's workspace (so `start`, `check` and `stop` find each other), another per
+    folder graded with --path or --solution."""
+    lab_dir = Path(lab_dir).resolve()
+    runs = course.state_dir / "runs"
+    if lab_dir == lab.workspace.resolve():
+        return runs / lab.slug
+    return runs / f"{lab.slug}@{hashlib.sha1(str(lab_dir).encode()).hexdigest()[:8]}"
 
 
 def find_root(start: Path | None = None) -> Path:

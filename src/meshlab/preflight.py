@@ -32,12 +32,35 @@ _QUOTED = re.compile(r"'([^']+)'")
 _LUA_CHUNK = re.compile(r'\[string "(?P<head>(?:[^"\\]|\\.)*)"\]:(?P<line>\d+): (?P<reason>.*)')
 
 
-def prepare_and_check(lab: Lab, lab_dir: Path) -> None:
-    """Everything before a lab starts: its prepare steps, then the file checks."""
+# Set by `meshlab watch` for the checker it starts right after its own preflight passed:
+# the digest of the files as they passed (see `digest`). Equal files need no second
+# `envoy --mode validate`; a file saved in between changes the digest, and preflight runs.
+PASSED_ENV = "MESHLAB_PREFLIGHT_PASSED"
+
+
+def prepare_and_check(lab: Lab, lab_dir: Path, *, passed: str | None = None) -> None:
+    """Everything before a lab starts: its prepare steps, then the file checks; none of
+    it when PASSED is the digest of the files as they are (they passed a moment ago)."""
     from meshlab.runtime.local import run_prepare_steps
 
+    if passed and passed == digest(lab, lab_dir):
+        return
     run_prepare_steps(lab, lab_dir)
     check_files(lab, lab_dir)
+
+
+def digest(lab: Lab, lab_dir: Path) -> str:
+    """What preflight reads, by content: the learner's files, the Envoy configs and every
+    service's inputs."""
+    import hashlib
+
+    names = sorted({*lab.edit, *(spec.target for spec in lab.envoys),
+                    *(name for spec in lab.services for name in spec.inputs)})
+    summary = hashlib.sha256()
+    for name in names:
+        path = Path(lab_dir) / name
+        summary.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"(none)") + b"\0")
+    return summary.hexdigest()
 
 
 def check_files(lab: Lab, lab_dir: Path, *, binary: EnvoyBinary | None = None) -> None:

@@ -9,6 +9,9 @@ Options (set by `meshlab check`; all optional when running pytest by hand):
     --meshlab-path DIR       grade the lab files in DIR (default: the lab's workspace)
     --meshlab-run-dir DIR    keep state and logs there
     --meshlab-report FILE    write one JSON line per event (start, check, error, end)
+    --meshlab-go FIFO        once collected, wait for a line `go DIGEST` on FIFO before
+                             running (a checker `meshlab watch` started ahead of a save;
+                             DIGEST, if any, is of the files that just passed preflight)
 
 The report is how `meshlab check` learns results while the run goes on (it draws the
 progress bar from it): the first line lists the checks, one line per finished check
@@ -20,6 +23,7 @@ A check adds a note (shown with its result, whatever the verdict) with pytest's
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from pathlib import Path
@@ -31,6 +35,7 @@ from meshlab.course import Course, Lab, load_course
 from meshlab.errors import MeshlabError
 from meshlab.grading.failures import CheckFailed
 from meshlab.grading.raised import Raised
+from meshlab.preflight import PASSED_ENV
 from meshlab.session import LabSession, run_dir_for
 
 _REPORT = pytest.StashKey["_Report"]()
@@ -42,6 +47,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--meshlab-path", metavar="DIR", help="grade the lab files in DIR")
     group.addoption("--meshlab-run-dir", metavar="DIR", help="state and logs of the run")
     group.addoption("--meshlab-report", metavar="FILE", help="write JSON-lines results to FILE")
+    group.addoption("--meshlab-go", metavar="FIFO", help="wait for `go DIGEST` on FIFO before running the checks")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -76,9 +82,23 @@ def _check_info(item: pytest.Item) -> dict:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    go = session.config.getoption("--meshlab-go", default=None)
+    if go:
+        _wait_for_go(Path(go))
     report = session.config.stash.get(_REPORT, None)
     if report:
         report.write("start", checks=[_check_info(item) for item in session.items])
+
+
+def _wait_for_go(fifo: Path) -> None:
+    """Block until the watcher says go; the files' preflight digest comes with it."""
+    with open(fifo, encoding="utf-8") as pipe:
+        line = pipe.readline()
+    if not line.startswith("go"):
+        pytest.exit("called off before it ran", returncode=0)
+    digest = line[2:].strip()
+    if digest:
+        os.environ[PASSED_ENV] = digest
 
 
 def _lab_of(request: pytest.FixtureRequest, course: Course) -> Lab:

@@ -19,7 +19,7 @@ import httpx
 
 from meshlab import platform, preflight
 from meshlab.apps.server import JOURNAL_PATH
-from meshlab.course import Course, Lab
+from meshlab.course import Course, Lab, run_dir_for  # noqa: F401 - where callers long found it
 from meshlab.envoy import Admin
 from meshlab.errors import PortBusy
 from meshlab.grading import http as grading_http
@@ -27,17 +27,6 @@ from meshlab.grading.raised import Raised, learners_tracebacks
 from meshlab.runtime import LocalRuntime
 from meshlab.runtime.enter import enter_netns
 from meshlab.runtime.interface import runtime_class
-
-
-def run_dir_for(course: Course, lab: Lab, lab_dir: Path) -> Path:
-    """Where a run of LAB from LAB_DIR keeps state and logs: one fixed place for the
-    learner's workspace (so `start`, `check` and `stop` find each other), another per
-    folder graded with --path or --solution."""
-    lab_dir = Path(lab_dir).resolve()
-    runs = course.state_dir / "runs"
-    if lab_dir == lab.workspace.resolve():
-        return runs / lab.slug
-    return runs / f"{lab.slug}@{hashlib.sha1(str(lab_dir).encode()).hexdigest()[:8]}"
 
 
 class LabSession:
@@ -55,7 +44,7 @@ class LabSession:
         lab_dir = Path(lab_dir).resolve()
         lab_ref = f"lab {lab.number:02d} ({lab.slug})"
         platform.require(lab.requires, lab_ref=lab_ref)
-        preflight.prepare_and_check(lab, lab_dir)
+        preflight.prepare_and_check(lab, lab_dir, passed=os.environ.get(preflight.PASSED_ENV))
         runtime_type = runtime_class()  # local, or MESHLAB_RUNTIME's choice
         running = runtime_type.attach(lab, run_dir)
         if running is not None:

@@ -8,21 +8,32 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from meshlab.checking import LabResult
 from meshlab.course import Course, Lab
 from meshlab.errors import MeshlabError
+
+if TYPE_CHECKING:  # only named: importing it would load the checker's machinery into every command
+    from meshlab.checking import LabResult
 
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
 
 _MARK = {"pass": "[green]✔[/]", "fail": "[red]✘[/]", "error": "[red]![/]", "skip": "[yellow]-[/]"}
+
+
+def _progress_bar():
+    """A transient bar: spinner, description, bar, done/total, elapsed. (rich.progress is
+    imported here: only the commands that show progress pay for it.)"""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    return Progress(*columns, console=console, transient=True)
 
 
 def relative(path: str | Path) -> str:
@@ -110,9 +121,7 @@ def check_progress(lab: Lab) -> Iterator[Callable[[dict], None]]:
     if not console.is_terminal:
         yield lambda event: None
         return
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task(f"Lab {lab.number:02d}: starting services", total=None)
 
         def on_event(event: dict) -> None:
@@ -130,9 +139,7 @@ def audit_progress(total: int) -> Iterator[Callable[[Lab, str, LabResult], None]
     if not console.is_terminal:
         yield lambda lab, which, result: None
         return
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task("auditing", total=total)
         yield lambda lab, which, result: bar.update(task, advance=1,
                                                      description=f"{lab.slug} {which}: {result.status}")

@@ -79,35 +79,53 @@ def load(file: Path, text: str | None = None) -> YamlDoc:
                                   fix="create the file, or run `meshlab reset` to restore the starter") from None
         except UnicodeDecodeError as exc:
             raise YamlSyntaxError(f"{file} is not UTF-8 text ({exc.reason})", where=Location(file)) from None
-    loader = yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file)
-        problem = exc.problem or "invalid YAML"
-        context = f" ({exc.context})" if exc.context else ""
-        fix = _syntax_fix(problem)
-        opened = _runaway_quote(text, where.line)
-        if opened is not None:
-            # An unclosed quote runs on to the next line's quote; the error shows there.
-            fix = (f"the quoted text that starts on line {opened} ends only on line {where.line}: "
-                   f"close its quote on line {opened}")
-        raise YamlSyntaxError(
-            f"{file.name} is not valid YAML: {problem}{context}",
-            where=where,
-            fix=fix,
-            details=_excerpt(text, where.line),
-        ) from None
-    except yaml.YAMLError as exc:  # errors without a position (rare)
-        raise YamlSyntaxError(f"{file.name} is not valid YAML: {exc}", where=Location(file)) from None
-    finally:
-        loader.dispose()
+        node, data = _parse(text, _FAST_LOADER)
+    except yaml.YAMLError:  # parsed again, for the error in the words the fixes know
+        try:
+            node, data = _parse(text, yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            raise _syntax_error(file, text, exc) from None
+        except yaml.YAMLError as exc:  # errors without a position (rare)
+            raise YamlSyntaxError(f"{file.name} is not valid YAML: {exc}", where=Location(file)) from None
     doc = YamlDoc(file=file, data=data)
     if node is not None:
         _index(node, (), doc.positions)
     return doc
+
+
+# libyaml's parser, when PyYAML was built with it: the same nodes and marks, ten times
+# faster (every command loads every lab.yaml). Its error texts differ from the pure
+# Python parser's, which the fixes below match, so a broken file is parsed again.
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _parse(text: str, loader_class: type) -> tuple[yaml.Node | None, Any]:
+    loader = loader_class(text)
+    try:
+        node = loader.get_single_node()
+        return node, loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
+
+
+def _syntax_error(file: Path, text: str, exc: yaml.MarkedYAMLError) -> YamlSyntaxError:
+    mark = exc.problem_mark or exc.context_mark
+    where = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file)
+    problem = exc.problem or "invalid YAML"
+    context = f" ({exc.context})" if exc.context else ""
+    fix = _syntax_fix(problem)
+    opened = _runaway_quote(text, where.line)
+    if opened is not None:
+        # An unclosed quote runs on to the next line's quote; the error shows there.
+        fix = (f"the quoted text that starts on line {opened} ends only on line {where.line}: "
+               f"close its quote on line {opened}")
+    return YamlSyntaxError(
+        f"{file.name} is not valid YAML: {problem}{context}",
+        where=where,
+        fix=fix,
+        details=_excerpt(text, where.line),
+    )
 
 
 def _index(node: yaml.Node, path: YamlPath, positions: dict) -> None:

@@ -82,5 +82,3 @@ def audit_command(labs: tuple[str, ...], jobs: int, isolate: bool | None, workin
                 ui.show_result(row.solution)
     sys.exit(0 if all(row.ok for row in rows) else 1)
 
-
-COMMANDS = (doctor_command, audit_command)

@@ -8,7 +8,7 @@ import sys
 import click
 
 from meshlab import progress, ui, workspace
-from meshlab.cli.options import JSON, LAB, RUNTIME, lab_dir_for, open_course
+from meshlab.cli.options import JSON, LAB, RUNTIME, any_runs, lab_dir_for, open_course
 from meshlab.errors import MeshlabError
 
 
@@ -16,14 +16,16 @@ from meshlab.errors import MeshlabError
 @JSON
 def list_command(as_json: bool) -> None:
     """The labs in course order, with your progress and time estimates."""
-    from meshlab.runtime import read_state
-
     course = open_course()
     done = progress.load(course)
-    runs = course.state_dir / "runs"
-    # A docker run leaves its marker file (docker.json) in the run folder.
-    running = {lab.slug for lab in course.labs
-               if read_state(runs / lab.slug) is not None or (runs / lab.slug / "docker.json").is_file()}
+    running = set()
+    if any_runs(course):
+        from meshlab.runtime import read_state
+
+        runs = course.state_dir / "runs"
+        # A docker run leaves its marker file (docker.json) in the run folder.
+        running = {lab.slug for lab in course.labs
+                   if read_state(runs / lab.slug) is not None or (runs / lab.slug / "docker.json").is_file()}
     if as_json:
         click.echo(json.dumps([{
             "number": lab.number, "slug": lab.slug, "title": lab.title, "summary": lab.summary,
@@ -46,7 +48,7 @@ def start_command(lab: str, fresh: bool, runtime: str | None) -> None:
     """
     from meshlab import platform, preflight
     from meshlab.runtime.interface import runtime_class
-    from meshlab.session import run_dir_for
+    from meshlab.course import run_dir_for
 
     course = open_course()
     spec = course.find(lab)
@@ -96,7 +98,7 @@ def start_command(lab: str, fresh: bool, runtime: str | None) -> None:
 def stop_command(lab: str | None, service: str | None) -> None:
     """Stop LAB's services (every running lab when LAB is omitted)."""
     from meshlab.runtime import LocalRuntime, stop_run
-    from meshlab.session import run_dir_for
+    from meshlab.course import run_dir_for
 
     course = open_course()
     runs = course.state_dir / "runs"
@@ -314,6 +316,3 @@ def reset_command(lab: str, yes: bool) -> None:
     backup, restored = workspace.reset(course, spec)
     ui.console.print(f"Restored {', '.join(restored) or 'nothing'}. Your previous files: {ui.relative(backup)}/")
 
-
-COMMANDS = (list_command, start_command, stop_command, status_command, check_command, watch_command,
-            hint_command, reset_command)

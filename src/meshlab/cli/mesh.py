@@ -115,3 +115,15 @@ def status_command(lab: str | None, as_json: bool) -> None:
     ui.console.print("Services (virtual addresses): " + ", ".join(
         f"{name} {where.services[name]}:{service.port}" for name, service in mesh.services.items()))
     sys.exit(0 if in_sync else 1)
+
+
+def _add_subcommands() -> None:
+    # `mesh render` and `mesh dashboard` live in modules of their own (one idea each).
+    from meshlab.cli.dashboard import dashboard_command
+    from meshlab.cli.k8s import render_command
+
+    mesh_group.add_command(render_command)
+    mesh_group.add_command(dashboard_command)
+
+
+_add_subcommands()

@@ -19,15 +19,23 @@ JSON = click.option("--json", "as_json", is_flag=True, help="Print machine-reada
 
 def open_course() -> Course:
     """The course, after stopping the leftovers of runs whose owner died."""
-    from meshlab.runtime import stop_orphaned_runs
-
     course = load_course()
     workspace.keep_starter_copies(course)  # outside git, the only way `reset` can work later
-    # A checker or watcher killed outright could not stop its services: do it now.
-    for run in stop_orphaned_runs(course.state_dir / "runs"):
-        ui.errors.print(f"[dim]stopped the leftovers of {run}, whose owner had died[/]")
+    if any_runs(course):  # else the runtime is not even imported: `meshlab list` stays instant
+        from meshlab.runtime import stop_orphaned_runs
+
+        # A checker or watcher killed outright could not stop its services: do it now.
+        for run in stop_orphaned_runs(course.state_dir / "runs"):
+            ui.errors.print(f"[dim]stopped the leftovers of {run}, whose owner had died[/]")
     _stop_orphaned_containers(course)
     return course
+
+
+def any_runs(course: Course) -> bool:
+    """Whether any run folder holds a state file (the local runtime's `state.json`, a
+    Docker run's `docker.json`)."""
+    runs = course.state_dir / "runs"
+    return runs.is_dir() and (any(runs.glob("*/state.json")) or any(runs.glob("*/docker.json")))
 
 
 def _stop_orphaned_containers(course: Course) -> None:

@@ -27,8 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from meshlab import ports as portcheck
 from meshlab.course import Lab, ServiceSpec
@@ -38,6 +37,9 @@ from meshlab.platform import install_hint
 from meshlab.runtime import processes
 from meshlab.runtime.pods import PodNetwork, record_from
 from meshlab.runtime.pods import teardown as teardown_pods
+
+if TYPE_CHECKING:  # imported where a service is probed: `meshlab list` and `stop` need no HTTP client
+    import httpx
 
 STATE_FILE = "state.json"
 STATE_FOLDER = "state"             # services' own state for the run (MESHLAB_SERVICE_STATE)
@@ -135,8 +137,8 @@ class LocalRuntime:
     # -- lifecycle ---------------------------------------------------------------
 
     def start_all(self) -> None:
-        """Check ports, then start every service in order and
-        wait until each is ready. On any failure, what was started is stopped."""
+        """Check ports, then start every service once those it comes `after` are ready,
+        and wait until each is ready. On any failure, what was started is stopped."""
         portcheck.ensure_free(self.lab.host_ports(), lab_ref=f"lab {self.lab.number:02d} ({self.lab.slug})")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for old_log in self.run_dir.glob("*.log"):
@@ -146,18 +148,38 @@ class LocalRuntime:
                 self.pods = PodNetwork.create(self.lab, self.run_dir, owner_pid=self.state.owner_pid)
                 self.state.pods = asdict(self.pods.record)
                 self._save()
-            for spec in self._start_order():
-                self.start(spec.name)
+                for spec in self._start_order():  # one at a time: each starts with its pod's rules lifted
+                    self.start(spec.name)
+            else:
+                for wave in self._start_waves():
+                    self._start_together(wave)
             self._apply_pod_rules()
         except BaseException:
             self.stop_all()
             raise
+
+    def _start_together(self, wave: list[ServiceSpec]) -> None:
+        """Launch every service of WAVE, then wait for each: none of them waits for
+        another, so they come up side by side (lab 03's seven apps in the time of one)."""
+        self.refresh()  # once: a refresh between launches would replace the records just made
+        launched = [(spec, self._launch(spec, *self._prepare(spec))) for spec in wave if not self.is_running(spec.name)]
+        for spec, service in launched:
+            self._settle(spec, service)
 
     def start(self, name: str) -> ServiceState:
         spec = self.lab.service(name)
         self.refresh()
         if self.is_running(name):
             return self.state.services[name]
+        argv, log_path, env, scratch = self._prepare(spec)
+        lifted = self.pods.capture_lifted(spec.pod) if self.pods is not None else contextlib.nullcontext()
+        with lifted:
+            service = self._launch(spec, argv, log_path, env, scratch)
+            return self._settle(spec, service)
+
+    def _prepare(self, spec: ServiceSpec) -> tuple[list[str], Path, dict, list[str]]:
+        """What launching SPEC takes: its argv, log, environment and emptied scratch folders."""
+        name = spec.name
         argv = self._argv(spec)
         if self.pods is not None:
             argv = self.pods.launcher(spec, argv)
@@ -173,11 +195,10 @@ class LocalRuntime:
         # The address file of a previous start must be gone before Envoy can write the new
         # one: removed any later, a fast Envoy's fresh file could be the one removed.
         self._admin_address_file(name).unlink(missing_ok=True)
-        lifted = self.pods.capture_lifted(spec.pod) if self.pods is not None else contextlib.nullcontext()
-        with lifted:
-            return self._spawn(spec, argv, log_path, env, scratch)
+        return argv, log_path, env, scratch
 
-    def _spawn(self, spec: ServiceSpec, argv: list[str], log_path: Path, env: dict, scratch: list[str]) -> ServiceState:
+    def _launch(self, spec: ServiceSpec, argv: list[str], log_path: Path, env: dict, scratch: list[str]) -> ServiceState:
+        """Spawn SPEC's process and record it (not yet ready)."""
         name = spec.name
         with open(log_path, "ab") as log:
             log.write(f"--- meshlab: starting {name} at {time.strftime('%H:%M:%S')}\n".encode())
@@ -205,11 +226,16 @@ class LocalRuntime:
         )
         self.state.services[name] = service
         self._save()
+        return service
+
+    def _settle(self, spec: ServiceSpec, service: ServiceState) -> ServiceState:
+        """Wait until SERVICE is ready; one that never is, is stopped."""
         try:
-            self._wait_ready(spec, service)
+            self._wait_ready(spec, service)  # fills in what readiness learns (an Envoy's admin address)
         except BaseException:
-            self.stop(name)
+            self.stop(spec.name)
             raise
+        self.state.services[spec.name] = service
         self._save()
         return service
 
@@ -299,6 +325,17 @@ class LocalRuntime:
 
     # -- internals ---------------------------------------------------------------
 
+    def _start_waves(self) -> list[list[ServiceSpec]]:
+        """The services in waves: a service's wave comes after those of everything it
+        starts `after`; within a wave, the manifest's order."""
+        wave_of: dict[str, int] = {}
+        for spec in self._start_order():
+            wave_of[spec.name] = 1 + max((wave_of[dep] for dep in spec.after), default=-1)
+        waves: list[list[ServiceSpec]] = [[] for _ in range(max(wave_of.values(), default=-1) + 1)]
+        for spec in self.lab.services:
+            waves[wave_of[spec.name]].append(spec)
+        return waves
+
     def _start_order(self) -> list[ServiceSpec]:
         ordered: list[ServiceSpec] = []
         pending = list(self.lab.services)
@@ -366,12 +403,15 @@ class LocalRuntime:
 
     def _probe(self, spec: ServiceSpec, service: ServiceState) -> bool:
         if spec.kind == "envoy":
+            import httpx
+
             address_file = self._admin_address_file(spec.name)
             if not address_file.is_file() or not address_file.read_text().strip():
                 return False
             service.admin_url = "http://" + address_file.read_text().strip()
             try:
-                with httpx.Client(timeout=1.0, trust_env=False, transport=self._transport(spec)) as http:
+                # verify=False: plain HTTP to an admin port, no TLS, so no CA bundle to load (~50 ms a client).
+                with httpx.Client(timeout=1.0, trust_env=False, verify=False, transport=self._transport(spec)) as http:
                     state = http.get(service.admin_url + "/ready").text.strip()
             except httpx.HTTPError:
                 return False

@@ -38,12 +38,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from meshlab.course import Lab, ServiceSpec
 from meshlab.errors import InputError, Location, ServiceFailed
-from meshlab.runtime import enter, netns
+from meshlab.runtime import enter
+
+if TYPE_CHECKING:  # httpx is imported when a pod is reached, not by `meshlab list`
+    import httpx
+
+    from meshlab.runtime import netns
 
 NETNS_DIR = Path("/run/netns")
 
@@ -163,16 +167,22 @@ class PodNetwork:
     def namespace(self, pod: str) -> netns.Namespace:
         """A thread inside POD's namespace (for probes)."""
         if pod not in self._namespaces:
+            from meshlab.runtime import netns
+
             self._namespaces[pod] = netns.Namespace(self.netns_path(pod))
         return self._namespaces[pod]
 
     def transport(self, pod: str, *, uds: str | None = None) -> netns.NetnsTransport:
         """An httpx transport whose connections are opened inside POD (to the Unix
         socket UDS instead of TCP, if given)."""
+        from meshlab.runtime import netns
+
         return netns.NetnsTransport(self.namespace(pod), uds=uds)
 
     def client(self, pod: str, *, uds: str | None = None, **options) -> httpx.Client:
         """An HTTP client whose requests leave from inside POD."""
+        import httpx
+
         return httpx.Client(transport=self.transport(pod, uds=uds), trust_env=False, **options)
 
     def run(self, pod: str, argv: list[str], **options) -> subprocess.CompletedProcess:

@@ -1,0 +1,104 @@
+"""The CLI starts fast: `meshlab --help` and `meshlab list` import no command they do not
+run, so neither pytest nor the checker's machinery nor an HTTP client; and the listing
+of commands, kept beside their import paths, says what each command says of itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import click
+import pytest
+
+from conftest import ROOT
+
+# What a learner's quick commands must not pay for: the checker's and the runtime's.
+HEAVY = ("pytest", "_pytest", "meshlab.grading", "meshlab.session", "meshlab.checking", "meshlab.watch",
+         "httpx", "grpc", "meshlab.runtime.local")
+
+PROBE = """
+import io, json, sys
+from contextlib import redirect_stdout
+from meshlab.cli import main
+args = json.loads(sys.argv[1])
+if args is not None:
+    with redirect_stdout(io.StringIO()):
+        try:
+            main(args, prog_name="meshlab")
+        except SystemExit as exit_:
+            assert not exit_.code, exit_.code
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def modules_after(args: list[str] | None, state_dir) -> set[str]:
+    """The modules a fresh interpreter holds after importing the CLI (and running ARGS)."""
+    env = {**os.environ, "MESHLAB_ROOT": str(ROOT), "MESHLAB_STATE_DIR": str(state_dir)}
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def heavy_in(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+@pytest.mark.parametrize("args", [None, ["--help"], ["list"], ["list", "--json"], ["hint", "1"]],
+                         ids=lambda args: "import" if args is None else " ".join(args))
+def test_quick_commands_import_neither_pytest_nor_the_checker(args, state_dir):
+    modules = modules_after(args, state_dir)
+    assert "meshlab.cli" in modules
+    assert heavy_in(modules) == []
+
+
+def test_help_imports_no_command_module(state_dir):
+    modules = modules_after(["--help"], state_dir)
+    assert sorted(m for m in modules if m.startswith("meshlab.cli.")) == []
+
+
+def test_the_probe_would_see_a_heavy_import(state_dir):
+    # The guards above are only worth something if they can fail: a command's own
+    # `--help` loads its module, and the checker's machinery is found when imported.
+    assert "meshlab.cli.labs" in modules_after(["check", "--help"], state_dir)
+    env = {**os.environ, "MESHLAB_ROOT": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", "import sys, json, meshlab.session; print(json.dumps(sorted(sys.modules)))"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert {"pytest", "meshlab.session", "meshlab.grading", "httpx"} <= set(heavy_in(set(json.loads(proc.stdout))))
+
+
+def test_the_listing_says_what_each_command_says_of_itself():
+    from meshlab.cli import COMMANDS, command_named, main
+
+    for name, (_, short_help) in COMMANDS.items():
+        command = command_named(name)
+        assert isinstance(command, click.Command) and command.name == name
+        listed = click.Command(name, help=short_help)
+        for limit in (30, 45, 80, 200):
+            assert listed.get_short_help_str(limit) == command.get_short_help_str(limit), name
+    assert set(main.list_commands(click.Context(main))) == set(COMMANDS)
+
+
+def test_help_lists_every_command_with_its_short_help(cli):
+    from meshlab.cli import COMMANDS
+
+    text = cli("--help").stdout
+    for name, (_, short_help) in COMMANDS.items():
+        line = next((line for line in text.splitlines() if line.split()[:1] == [name]), None)
+        assert line is not None, f"{name} missing from --help"
+        assert short_help.split()[0] in line
+
+
+@pytest.mark.parametrize("module, allowed", [
+    ("meshlab.checking", ("meshlab.checking",)),
+    ("meshlab.watch", ("meshlab.checking", "meshlab.watch", "meshlab.runtime.local", "httpx")),  # it runs the lab
+])
+def test_check_and_watch_leave_pytest_to_the_checker_process(module, allowed):
+    # `meshlab check` runs pytest in a child; the CLI's own process needs none of it.
+    env = {**os.environ, "MESHLAB_ROOT": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", f"import sys, json, {module}; print(json.dumps(sorted(sys.modules)))"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert [m for m in heavy_in(set(json.loads(proc.stdout))) if not m.startswith(allowed)] == []
