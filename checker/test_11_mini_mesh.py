@@ -3,19 +3,29 @@
 web -> api (v1, v2) -> db, each workload in a pod of its own with an injected Envoy
 and lab 07's capture rules; the apps call each other's virtual addresses in plain HTTP
 and Redis protocol. Every check sends real traffic from inside the pods and decides
-from what the sidecars report (admin /certs, /config_dump, ssl and rbac counters),
-what the apps received (their journals, the caller's identity their sidecar vouched
-for) and the control plane's admin API. The learner's code is never read.
+from what the sidecars report (admin /certs, /config_dump, ssl, rbac and fault
+counters, request-time histograms), what the apps received (their journals, the
+caller's identity their sidecar vouched for) and the control plane's admin API. The
+learner's code is never read.
+
+The last checks are step 6, chaos: fault experiments asked of the control plane through
+its admin API (POST/DELETE /faults, what `meshlab chaos` sends) must reach the sidecars
+as Envoy's fault filter, over xDS, without a restart. Faults are counted on whichever
+sidecar applied them (the contract puts them on the caller's side, as Istio does). They
+run last, each ending every experiment before and after it, so no fault ever meets the
+split, rotation or outage checks.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
 import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,7 +33,7 @@ import pytest
 
 from meshlab.grading import check, eventually, fail
 from meshlab.grading.borrowed import BorrowedFile
-from meshlab.grading.stats import expect_share
+from meshlab.grading.stats import expect_share, sample_size
 from meshlab.mesh import inject, manifest
 from meshlab.runtime.netns import NetnsTransport
 
@@ -32,8 +42,17 @@ pytestmark = pytest.mark.lab("11-mini-mesh")
 WEB, DB = "web-v1", "db-v1"
 APIS = ("api-v1", "api-v2")
 APP = "http://127.0.0.1:8080"               # web's app, from inside its pod
-SPLIT_REQUESTS = 300                        # 80/20: a 100/0 or 50/50 split fails with certainty
+# 80/20 must be told apart from 50/50 (a 100/0 split sends v2 none at all); both error
+# rates of the exact test stay below 1e-6.
+SPLIT_REQUESTS = sample_size(0.20, (0.50,))
 HEADER_REQUESTS = 20
+OUTAGE_REQUESTS = 30                        # sent while the control plane is down
+# 10 % must be told apart from a share read as per-cent-of-a-percent (0.1 %) or as 1 %,
+# and from a quarter; both error rates stay below 1e-6.
+ABORT_REQUESTS = sample_size(0.10, (0.01, 0.25))
+DELAYED_REQUESTS = 3
+CLEARED_REQUESTS = 50
+CALL_WORKERS = 4                            # connections at once for a fixed number of calls
 
 XDS_HINT = ("build(node) must return, for every node, an outbound listener on 0.0.0.0:15001 with the original_dst "
             "listener filter and a filter chain per service (matched on its virtual address and port), routes, "
@@ -49,6 +68,14 @@ SPLIT_HINT = ("the route of api must send to weighted_clusters outbound|8080|v1|
               "rule's weights, after a route that matches x-canary: true exactly")
 ROTATE_HINT = ("the certificate must be a Secret served over SDS from node.certificate, rebuilt on every push: "
                "a certificate in a file, or one fixed at start, is never rotated")
+FAULT_HINT = ("an experiment of /faults on service S becomes envoy.filters.http.fault on the sidecars that call S: "
+              "abort.http_status and abort.percentage (a FractionalPercent: 10 % is 10 per HUNDRED, or 100000 per "
+              "MILLION), delay.fixed_delay and delay.percentage; pushed with the next snapshot")
+ROUTE_HINT = ("put the fault filter in the outbound chain with no fault of its own and the experiment in the routes "
+              "(typed_per_filter_config): a route update reaches the connections the app keeps open, a changed "
+              "listener does not")
+CLEAR_HINT = ("when an experiment ends (DELETE /faults or its expires_at) the next snapshot must be exactly the one "
+              "from before: no fault filter setting left in any route or listener")
 
 
 # -- the mesh, as the checker reaches it ------------------------------------------------
@@ -123,35 +150,52 @@ def wait_in_sync(lab, timeout: float = 20.0) -> dict:
          hint=XDS_HINT)
 
 
-class Load:
-    """Steady load on web (so on the whole web -> api -> db path) from WORKERS threads,
-    each on its own connection from inside web's pod: every request and every failure
-    counted, with a sample of what failed."""
+@dataclass(frozen=True)
+class Answer:
+    """What web answered one request: its status (0: no answer) and body, or why none came."""
 
-    def __init__(self, lab, workers: int = 3):
-        self.path = lab.runtime.pods.netns_path(WEB)
-        self.workers = workers
+    status: int
+    text: str
+
+    def upstream_status(self) -> int | None:
+        """api's status as web saw it (web answers 502 for any but 200)."""
+        return _json(self).get("upstream_status")
+
+
+class Load:
+    """Requests to web (so on the whole web -> api -> db path) from WORKERS threads, each
+    on its own connection from inside web's pod: steady until the `with` block ends, or
+    COUNT in all (`Load(lab, count=N).run()`). Every answer is kept."""
+
+    def __init__(self, lab, workers: int = 3, *, count: int | None = None, path: str = "/load",
+                 headers: dict[str, str] | None = None):
+        self.netns = lab.runtime.pods.netns_path(WEB)
+        self.path, self.headers = path, headers or {}
+        self.left = count                   # None: until stopped
         self.stop_event = threading.Event()
-        self.ok = 0
-        self.failures: list[str] = []
+        self.answers: list[Answer] = []
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
 
     def _run(self) -> None:
-        with httpx.Client(transport=NetnsTransport(self.path), timeout=10.0, trust_env=False) as http:
-            while not self.stop_event.is_set():
+        with httpx.Client(transport=NetnsTransport(self.netns), timeout=15.0, trust_env=False) as http:
+            while not self.stop_event.is_set() and self._one_more():
                 try:
-                    response = http.get(APP + "/load")
-                    good = response.status_code == 200
-                    what = f"{response.status_code} {response.text[:160]}"
+                    response = http.get(APP + self.path, headers=self.headers)
+                    answer = Answer(response.status_code, response.text)
                 except httpx.HTTPError as error:
-                    good, what = False, f"{type(error).__name__}: {error}"
+                    answer = Answer(0, f"{type(error).__name__}: {error}")
                 with self.lock:
-                    if good:
-                        self.ok += 1
-                    else:
-                        self.failures.append(what)
-                time.sleep(0.005)
+                    self.answers.append(answer)
+                if self.left is None:
+                    time.sleep(0.005)
+
+    def _one_more(self) -> bool:
+        with self.lock:
+            if self.left is None:
+                return True
+            self.left -= 1
+            return self.left >= 0
 
     def __enter__(self) -> "Load":
         for thread in self.threads:
@@ -163,18 +207,33 @@ class Load:
         for thread in self.threads:
             thread.join(timeout=15)
 
+    def run(self) -> list[Answer]:
+        """Send all COUNT requests; their answers."""
+        with self:
+            for thread in self.threads:
+                thread.join(timeout=300)
+        return list(self.answers)
+
     def requests_so_far(self) -> int:
         with self.lock:
-            return self.ok + len(self.failures)
+            return len(self.answers)
 
     def expect_no_failure(self, what: str, hint: str) -> None:
-        if self.ok == 0:
+        with self.lock:
+            failures = [f"{a.status} {a.text[:160]}" for a in self.answers if a.status != 200]
+            ok = len(self.answers) - len(failures)
+        if ok == 0:
             fail(f"no request succeeded {what}", expected="the load answered 200 throughout",
-                 received="; ".join(self.failures[:3]) or "no request was sent", hint=hint)
-        if self.failures:
-            fail(f"{len(self.failures)} of {self.ok + len(self.failures)} requests failed {what}",
+                 received="; ".join(failures[:3]) or "no request was sent", hint=hint)
+        if failures:
+            fail(f"{len(failures)} of {len(self.answers)} requests failed {what}",
                  expected="0 failed requests",
-                 received=f"{len(self.failures)} failed, for example: " + " | ".join(self.failures[:3]), hint=hint)
+                 received=f"{len(failures)} failed, for example: " + " | ".join(failures[:3]), hint=hint)
+
+
+def calls(lab, count: int, path: str, headers: dict[str, str] | None = None) -> list[Answer]:
+    """COUNT requests to web's PATH, CALL_WORKERS at a time: their answers."""
+    return Load(lab, CALL_WORKERS, count=count, path=path, headers=headers).run()
 
 
 def tcp_exchange(lab, pod: str, host: str, port: int, payload: bytes) -> bytes | str:
@@ -356,10 +415,8 @@ def test_forged_identity(lab):
 def test_split(lab):
     wait_in_sync(lab)
     probe = uuid.uuid4().hex
-    versions: Counter[str] = Counter()
-    for index in range(SPLIT_REQUESTS):
-        response = web(lab, f"/split/{index}", headers={"x-probe": probe})
-        versions[(_json(response).get("upstream") or {}).get("version", f"status {response.status_code}")] += 1
+    versions = Counter((_json(a).get("upstream") or {}).get("version", f"status {a.status}")
+                       for a in calls(lab, SPLIT_REQUESTS, "/split", {"x-probe": probe}))
     received = {w: sum(1 for e in lab.journal(w) if e["headers"].get("x-probe") == probe) for w in APIS}
     if sum(received.values()) != SPLIT_REQUESTS:
         fail(f"api received {sum(received.values())} of {SPLIT_REQUESTS} requests",
@@ -446,15 +503,16 @@ def test_control_plane_outage(lab):
         eventually(lambda: load.requests_so_far() > 30 or None, 10.0)
         lab.runtime.stop("control-plane")
         mark = load.requests_so_far()
-        time.sleep(3)
+        eventually(lambda: load.requests_so_far() >= mark + OUTAGE_REQUESTS or None, 10.0)
         during = load.requests_so_far() - mark
         lab.runtime.start("control-plane")
         wait_in_sync(lab, timeout=30)
         mark = load.requests_so_far()
         eventually(lambda: load.requests_so_far() > mark + 30 or None, 10.0)
-    if during < 10:
-        fail("traffic stopped while the control plane was down", expected="requests answered during the outage",
-             received=f"{during} requests in 3 s", hint="the sidecars keep serving their last configuration")
+    if during < OUTAGE_REQUESTS:
+        fail("traffic stopped while the control plane was down",
+             expected=f"{OUTAGE_REQUESTS} requests answered during the outage",
+             received=f"{during} in 10 s", hint="the sidecars keep serving their last configuration")
     load.expect_no_failure("during the outage and the resync",
                            "the sidecars keep their last configuration; a restarted control plane signs with the "
                            "same CA (the course keeps it), so peers keep trusting each other")
@@ -464,14 +522,171 @@ def test_control_plane_outage(lab):
              received=json.dumps({w: bool(s) for w, s in after.items()}), hint=MTLS_HINT)
 
 
+# -- step 6, chaos: experiments as the checker asks for them and reads them back -------
+
+def start_experiment(lab, **fields) -> str:
+    response = control(lab, "POST", "/faults", json={"service": "api", **fields})
+    document = _json(response)
+    if response.status_code != 200 or "id" not in document:
+        fail("the control plane did not accept a fault experiment",
+             expected='POST /faults {"service": "api", ...} answered 200 {"id": ...} (the mesh contract)',
+             received=f"{response.status_code} {response.text[:300]}", hint=FAULT_HINT)
+    return document["id"]
+
+
+def end_experiments(lab) -> None:
+    try:
+        control(lab, "DELETE", "/faults")
+    except httpx.HTTPError:
+        pass                    # a control plane that does not answer: the check says so
+
+
+@pytest.fixture
+def no_experiment_left(lab):
+    end_experiments(lab)
+    yield
+    end_experiments(lab)
+
+
+def fault_counters(lab, name: str) -> dict[str, int]:
+    """Every sidecar's `<prefix>.fault.NAME` counters, keyed by workload and stat."""
+    return {f"{workload} {stat}": value for workload in workloads(lab)
+            for stat, value in sidecar(lab, workload).stats(rf"\.fault\.{name}$").items()}
+
+
+def moved(before: dict[str, int], after: dict[str, int]) -> int:
+    return sum(after.get(key, 0) - before.get(key, 0) for key in set(before) | set(after))
+
+
+def requests_slower_than(lab, milliseconds: int) -> int:
+    """Requests every sidecar's connection managers timed over MILLISECONDS (from the
+    Prometheus histograms of downstream_rq_time, in ms)."""
+    total = 0
+    for workload in workloads(lab):
+        text = sidecar(lab, workload).get("/stats/prometheus", filter="downstream_rq_time").text
+        counts, fast = 0, 0
+        for line in text.splitlines():
+            if not line.startswith("envoy_http_downstream_rq_time_") or "admin" in line:
+                continue
+            if line.startswith("envoy_http_downstream_rq_time_count"):
+                counts += int(float(line.rsplit(" ", 1)[1]))
+            elif f'le="{milliseconds}"' in line:
+                fast += int(float(line.rsplit(" ", 1)[1]))
+        total += counts - fast
+    return total
+
+
+def configuration(lab) -> str:
+    """What every sidecar runs, without versions and times: listeners and routes."""
+    parts = []
+    for workload in workloads(lab):
+        for resource in ("dynamic_listeners", "dynamic_route_configs"):
+            dump = sidecar(lab, workload).config_dump(resource).get("configs", [])
+            parts.append(json.dumps([_without_stamps(c) for c in dump], sort_keys=True))
+    return "\n".join(parts)
+
+
+# -- step 6, chaos: the checks, each starting from no experiment and leaving none ------
+
+@check("--abort 10%: the share of aborted calls to api passes the exact binomial test and equals "
+       "Envoy's fault.aborts_injected", hint=FAULT_HINT)
+@pytest.mark.usefixtures("no_experiment_left")
+def test_abort_share(lab):
+    wait_in_sync(lab)
+    start_experiment(lab, abort_percent=10.0, abort_status=503)
+    wait_in_sync(lab)
+    before = fault_counters(lab, "aborts_injected")
+    answers = calls(lab, ABORT_REQUESTS, "/chaos")
+    injected = moved(before, fault_counters(lab, "aborts_injected"))
+    aborted = sum(1 for a in answers if a.upstream_status() == 503)
+    other = [f"{a.status} {a.text[:160]}" for a in answers if a.status != 200 and a.upstream_status() != 503]
+    if other:
+        fail(f"{len(other)} calls failed otherwise than by the experiment's 503",
+             expected="every call answered: 200, or api's 503 from the fault filter",
+             received=" | ".join(other[:3]), hint=FAULT_HINT)
+    expect_share(aborted, len(answers), 0.10, what="to api were aborted with 503", noun="calls", hint=FAULT_HINT)
+    if injected != aborted:
+        fail("the aborted calls are not the ones Envoy's fault filter counted",
+             expected=f"fault.aborts_injected to grow by {aborted}, the calls web saw aborted",
+             received=f"it grew by {injected}", hint=ROUTE_HINT if injected == 0 else FAULT_HINT)
+
+
+@check("--delay 2s: every delayed call shows in Envoy's delays_injected and in its request times",
+       hint=FAULT_HINT)
+@pytest.mark.usefixtures("no_experiment_left")
+def test_delay(lab):
+    wait_in_sync(lab)
+    start_experiment(lab, delay_ms=2000, delay_percent=100.0)
+    wait_in_sync(lab)
+    before = fault_counters(lab, "delays_injected")
+    slow_before = requests_slower_than(lab, 1000)
+    answers = calls(lab, DELAYED_REQUESTS, "/chaos")
+    injected = moved(before, fault_counters(lab, "delays_injected"))
+    if injected != DELAYED_REQUESTS or any(a.status != 200 for a in answers):
+        fail(f"{DELAYED_REQUESTS} calls to api under a 2 s delay for all of them",
+             expected=f"fault.delays_injected to grow by {DELAYED_REQUESTS}, every call still answered 200",
+             received=f"it grew by {injected}; statuses {[a.status for a in answers]}",
+             hint=ROUTE_HINT if injected == 0 else FAULT_HINT)
+    # Envoy's histograms move at its stats flush: wait for the delayed requests to show.
+    slow = eventually(lambda: (n := requests_slower_than(lab, 1000) - slow_before) >= DELAYED_REQUESTS and n,
+                      timeout=15.0, interval=0.5)
+    if not slow:
+        fail("Envoy's request times do not show the delay",
+             expected=f"{DELAYED_REQUESTS} more requests over 1000 ms in a connection manager's "
+                      "downstream_rq_time histogram",
+             received=f"{requests_slower_than(lab, 1000) - slow_before} more", hint=FAULT_HINT)
+
+
+@check("An experiment --for 3s ends by itself, clear ends one at once: 0 faults, the configuration from before",
+       hint=CLEAR_HINT)
+@pytest.mark.usefixtures("no_experiment_left")
+def test_expiry_and_clear(lab):
+    wait_in_sync(lab)
+    original = configuration(lab)
+    ends = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=3)
+    start_experiment(lab, abort_percent=100.0, expires_at=ends.isoformat())
+    wait_in_sync(lab)
+    if configuration(lab) == original:
+        fail("an experiment changed nothing in the sidecars' listeners and routes",
+             expected="the fault filter's setting for api in the configuration", received="the same configuration",
+             hint=FAULT_HINT)
+    time.sleep(max(0.0, (ends - dt.datetime.now(dt.timezone.utc)).total_seconds()))
+    for how in ("after its --for", "after clear"):
+        back = eventually(lambda: in_sync(lab)[0] and configuration(lab) == original, timeout=15.0, interval=0.2)
+        if not back:
+            fail(f"the sidecars did not get their configuration back {how}",
+                 expected="the listeners and routes from before the experiment, exactly",
+                 received="a different configuration (the experiment's, or another)", hint=CLEAR_HINT)
+        before = fault_counters(lab, "aborts_injected")
+        answers = calls(lab, CLEARED_REQUESTS, "/chaos")
+        injected = moved(before, fault_counters(lab, "aborts_injected"))
+        failed = [a.status for a in answers if a.status != 200]
+        if injected or failed:
+            fail(f"faults still injected {how}",
+                 expected=f"0 aborts_injected and {CLEARED_REQUESTS} answers 200",
+                 received=f"{injected} injected, {len(failed)} failed", hint=CLEAR_HINT)
+        if how == "after its --for":
+            listed = control(lab, "GET", "/faults").json()
+            if listed:
+                fail("an expired experiment is still listed", expected="GET /faults: []",
+                     received=json.dumps(listed)[:300], hint=CLEAR_HINT)
+            start_experiment(lab, abort_percent=100.0)
+            wait_in_sync(lab)
+            cleared = _json(control(lab, "DELETE", "/faults", params={"service": "api"}))
+            if cleared.get("cleared") != 1:
+                fail("DELETE /faults?service=api did not clear the one experiment",
+                     expected='{"cleared": 1}', received=json.dumps(cleared), hint=CLEAR_HINT)
+
+
 # -- reading answers -------------------------------------------------------------------
 
-def _json(response: httpx.Response) -> dict:
+def _json(answer: httpx.Response | Answer) -> dict:
+    """The JSON object ANSWER's body holds ({} for anything else)."""
     try:
-        data = response.json()
-        return data if isinstance(data, dict) else {}
+        data = json.loads(answer.text)
     except ValueError:
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _pong(answer: bytes | str) -> bool:
@@ -485,3 +700,10 @@ def _caller(headers: dict) -> str | None:
             return part[4:]
     return None
 
+
+def _without_stamps(value):
+    if isinstance(value, dict):
+        return {k: _without_stamps(v) for k, v in value.items() if k not in ("version_info", "last_updated")}
+    if isinstance(value, list):
+        return [_without_stamps(v) for v in value]
+    return value
