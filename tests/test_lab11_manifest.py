@@ -90,3 +90,29 @@ def test_the_mesh_ca_key_is_0600_and_survives_a_restart(tmp_path):
         x509.UniformResourceIdentifier)
     assert uris == ["spiffe://meshlab.test/ns/default/sa/api"] and leaf.issuer == first.cert.subject
     assert "PRIVATE KEY" in svid.key_pem and not list(tmp_path.glob("ca/*api*"))  # workload keys: memory only
+
+
+def test_a_failing_build_is_named_with_its_line_in_the_status(tmp_path):
+    """A learner's exception in build(node) shows in GET /status (and so in `meshlab mesh
+    status`) at the line of the learner's file, not only in the control plane's log."""
+    import importlib.util
+
+    from meshlab.mesh.control import ControlPlane
+
+    learner = tmp_path / "lab" / "control_plane.py"
+    learner.parent.mkdir()
+    learner.write_text("from envoy.extensions.filters.network.http_connection_manager.v3 import "
+                       "http_connection_manager_pb2 as hcm\n\n"
+                       "def build(node):\n"
+                       "    return [hcm.Rds(route_config_nme='api')]\n")
+    spec = importlib.util.spec_from_file_location("learner_control_plane", learner)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plane = ControlPlane(module.build, MESH, state_dir=tmp_path / "state")
+    plane.apply(manifest.load(MESH))
+    assert set(plane.build_errors) == {w.name for w in plane.mesh.workloads}
+    assert plane.build_errors["web-v1"].startswith('control_plane.py:4: ValueError: Protocol message Rds has no '
+                                                  '"route_config_nme" field')
+    plane.build = lambda node: []           # fixed: the error goes away with the next push
+    plane.push()
+    assert plane.build_errors == {}

@@ -84,7 +84,8 @@ def status_command(lab: str | None, as_json: bool) -> None:
         raise EnvironmentProblem(f"the control plane does not answer on its admin port {mesh.admin_port}: {error}",
                                  fix=f"see {ui.relative(runtime.run_dir)}/control-plane.log") from None
     nodes = document.get("nodes", {})
-    in_sync = bool(nodes) and all(n.get("acked") and n.get("acked") == n.get("target") for n in nodes.values())
+    in_sync = bool(nodes) and all(n.get("acked") and n.get("acked") == n.get("target") and not n.get("build_error")
+                                  for n in nodes.values())
     if as_json:
         print(json.dumps(document, indent=2))
         sys.exit(0 if in_sync else 1)
@@ -94,9 +95,14 @@ def status_command(lab: str | None, as_json: bool) -> None:
     table = Table(title=f"Mesh of lab {spec.number:02d} · version {document.get('version')}")
     for column in ("workload", "pod", "sidecar", "identity", "certificate"):
         table.add_column(column)
+    broken = False
     for workload in mesh.workloads:
         node = nodes.get(workload.name, {})
-        if not node.get("connected"):
+        if node.get("build_error"):
+            # the control plane could not build this node: it runs its previous snapshot, if any
+            state = f"[red]not built[/] {node['build_error'][:120]}"
+            broken = True
+        elif not node.get("connected"):
             state = "[red]not connected[/]"
         elif node.get("nack"):
             state = f"[red]rejected[/] {node['nack'][:60]}"
@@ -110,6 +116,9 @@ def status_command(lab: str | None, as_json: bool) -> None:
         table.add_row(workload.name, f"{runtime.pods.record.namespaces.get(workload.name, '?')} "
                       f"{where.workloads[workload.name]}", state, identity, expiry)
     ui.console.print(table)
+    if broken:
+        ui.console.print(f"[red]The control plane could not build every sidecar's configuration[/]: the "
+                         f"whole message is in {ui.relative(runtime.run_dir)}/control-plane.log")
     ui.console.print("Capture: iptables in every workload's pod (outbound to 15001, inbound to 15006; "
                      "Envoy's uid 1337 and loopback exempt).")
     ui.console.print("Services (virtual addresses): " + ", ".join(

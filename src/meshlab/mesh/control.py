@@ -13,7 +13,8 @@ workload and its certificate. This module does the rest, the way istiod does:
   distrusts another; the workloads' keys stay in memory and travel only over xDS (SDS);
 - serves the snapshots over ADS (meshlab.xds) and an admin API (JSON):
 
-      GET  /status   the version, and per node: acknowledged, last NACK, certificate
+      GET  /status   the version, and per node: acknowledged, last NACK, why its build was not
+                     pushed (build_error), certificate
       POST /rotate   {"ttl_seconds": N} (optional): new certificates for every node now
       GET  /xds      the xDS server's own view (streams, versions per type)
       GET|POST|DELETE /faults   fault experiments (meshlab.mesh.faults); build sees them as node.faults
@@ -31,6 +32,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -169,6 +171,7 @@ class ControlPlane:
         self.version = ""
         self._rotated = asyncio.Event()
         self.faults = Experiments()
+        self.build_errors: dict[str, str] = {}     # node -> why its last build was not pushed
 
     # -- building ------------------------------------------------------------------
 
@@ -193,18 +196,33 @@ class ControlPlane:
             try:
                 resources = [r for r in self.build(node) if r is not None]
                 snapshot = Snapshot(resources)
-            except Exception:  # noqa: BLE001 - a bug in the learner's build must not stop the control plane
+            except Exception as error:  # noqa: BLE001 - a bug in the learner's build must not stop the control plane
                 log.exception("building the configuration of %s failed; it keeps its previous one", workload.name)
+                self.build_errors[workload.name] = self._where(error)
                 continue
             problems = snapshot.problems()
             if problems:
                 log.error("the snapshot of %s is inconsistent, not pushed:\n  %s", workload.name,
                           "\n  ".join(problems))
+                self.build_errors[workload.name] = f"inconsistent snapshot: {problems[0]}"
                 continue
+            self.build_errors.pop(workload.name, None)
             if self.cache.set_snapshot(workload.name, snapshot):
                 log.info("pushing version %s to %s", snapshot.version, workload.name)
             versions.append(snapshot.version)
         self.version = hashlib.sha256(" ".join(versions).encode()).hexdigest()[:12]
+
+    def _where(self, error: Exception) -> str:
+        """ERROR in one line, at the deepest line of the learner's own files (the folder of
+        `build`), so that `meshlab mesh status` can point at it without the log."""
+        code = getattr(self.build, "__code__", None)
+        folder = Path(code.co_filename).parent if code else None
+        frames = [f for f in traceback.extract_tb(error.__traceback__)
+                  if folder is not None and Path(f.filename).parent == folder]
+        message = f"{type(error).__name__}: {error}"
+        if frames:
+            return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}: {message}"
+        return message
 
     def _issue(self, workload: Workload) -> Certificate:
         ttl = self.ttl or dt.timedelta(seconds=self.mesh.certificate_ttl_seconds)
@@ -254,6 +272,7 @@ class ControlPlane:
                 "target": snapshot.version if snapshot is not None else None,
                 "connected": bool(streams),
                 "nack": nack.to_json().get("message") if nack else None,
+                "build_error": self.build_errors.get(workload.name),
                 "certificate": certificate.to_json() if certificate else None,
             }
         return {"version": self.version, "nodes": nodes}
