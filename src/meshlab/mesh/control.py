@@ -50,6 +50,7 @@ from meshlab.mesh.faults import Experiments
 from meshlab.mesh.manifest import Mesh, Workload
 from meshlab.xds import Snapshot, SnapshotCache, XdsServer, watch_file
 from meshlab.xds import admin as xds_admin
+from meshlab.xds import types as xds_types
 
 log = logging.getLogger("control-plane")
 
@@ -156,6 +157,43 @@ class Node:
 
 Build = Callable[[Node], list[Message]]
 
+_SENDS_TO_CLUSTER = {"envoy.config.route.v3.RouteAction", "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"}
+
+
+def missing_clusters(snapshot: Snapshot) -> list[str]:
+    """The clusters a route or tcp_proxy of SNAPSHOT sends to that the snapshot lacks, in
+    words. Envoy accepts such a route and answers 503 (no cluster) to every request on it;
+    a sidecar's bootstrap has no cluster but the control plane's, so here it is a mistake."""
+    named: dict[str, str] = {}          # cluster -> the resource that names it
+
+    def walk(message: Message, owner: str) -> None:
+        full_name = message.DESCRIPTOR.full_name
+        if full_name in _SENDS_TO_CLUSTER and message.cluster:
+            named.setdefault(message.cluster, owner)
+        if full_name.endswith("WeightedCluster.ClusterWeight") and message.name:
+            named.setdefault(message.name, owner)
+        for field, value in message.ListFields():
+            if field.message_type is None:
+                continue
+            if field.message_type.GetOptions().map_entry:
+                items = list(value.values()) if field.message_type.fields_by_name["value"].message_type else []
+            else:
+                items = [value] if isinstance(value, Message) else list(value)
+            for item in items:
+                if item.DESCRIPTOR.full_name == "google.protobuf.Any":
+                    try:
+                        item = xds_types.message_class(item.type_url).FromString(item.value)
+                    except KeyError:
+                        continue        # a type nobody imported cannot name a cluster we know of
+                walk(item, owner)
+
+    for type_url, kind in ((xds_types.LISTENER, "listener"), (xds_types.ROUTE, "route configuration")):
+        for name, resource in snapshot.resources(type_url).items():
+            walk(resource.message(), f"{kind} {name!r}")
+    clusters = snapshot.resources(xds_types.CLUSTER)
+    return [f"{owner} sends to cluster {cluster!r}, which the snapshot lacks (it has: {', '.join(sorted(clusters)) or 'none'})"
+            for cluster, owner in sorted(named.items()) if cluster not in clusters]
+
 
 class ControlPlane:
     def __init__(self, build: Build, mesh_file: Path, *, state_dir: Path | None = None):
@@ -200,7 +238,7 @@ class ControlPlane:
                 log.exception("building the configuration of %s failed; it keeps its previous one", workload.name)
                 self.build_errors[workload.name] = self._where(error)
                 continue
-            problems = snapshot.problems()
+            problems = snapshot.problems() + missing_clusters(snapshot)
             if problems:
                 log.error("the snapshot of %s is inconsistent, not pushed:\n  %s", workload.name,
                           "\n  ".join(problems))
