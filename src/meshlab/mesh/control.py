@@ -309,7 +309,8 @@ class ControlPlane:
                 "acked": next((s.synced_version for s in streams if s.synced_version), None),
                 "target": snapshot.version if snapshot is not None else None,
                 "connected": bool(streams),
-                "nack": nack.to_json().get("message") if nack else None,
+                # the proxy's reason in one line (the field path, without the resource's dump)
+                "nack": nack.summary if nack else None,
                 "build_error": self.build_errors.get(workload.name),
                 "certificate": certificate.to_json() if certificate else None,
             }
