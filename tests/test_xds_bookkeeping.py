@@ -138,5 +138,9 @@ def test_envoy_validation_errors_are_summarized():
                 "value length must be at least 1 characters")
     assert summarize(several) == expected
     assert summarize(several.replace("\n: ", " ")) == expected
+    rbac = ("Proto constraint validation failed (RBACValidationError.Rules: embedded message failed validation | "
+            "caused by RBACValidationError.Policies[callers]: embedded message failed validation | caused by "
+            "PolicyValidationError.Principals: value must contain at least 1 item(s))")
+    assert summarize(rbac) == "RBAC.Rules.Policies[callers].Principals: value must contain at least 1 item(s)"
     assert summarize("  plain\n  words ") == "plain words"
     assert len(summarize("x" * 1000)) == 300

@@ -62,8 +62,9 @@ class Nack:
                 "at": self.at}
 
 
-_PGV_STEP = re.compile(r"(\w+)ValidationError\.(\w+(?:\[\d+\])?)")
-_PGV_CHAIN = re.compile(r"Proto constraint validation failed \(([^()]*)\)")
+_PGV_STEP = re.compile(r"(\w+)ValidationError\.(\w+(?:\[[^\]]+\])?)")
+# the chain ends at its closing parenthesis: the message's end, or the next rejected resource's name
+_PGV_CHAIN = re.compile(r"Proto constraint validation failed \((.*?)\)(?=$|, [^ ]+: )")
 
 
 def summarize(message: str, limit: int = 300) -> str:
