@@ -90,3 +90,62 @@ def test_the_mesh_ca_key_is_0600_and_survives_a_restart(tmp_path):
         x509.UniformResourceIdentifier)
     assert uris == ["spiffe://meshlab.test/ns/default/sa/api"] and leaf.issuer == first.cert.subject
     assert "PRIVATE KEY" in svid.key_pem and not list(tmp_path.glob("ca/*api*"))  # workload keys: memory only
+
+
+def test_a_failing_build_is_named_with_its_line_in_the_status(tmp_path):
+    """A learner's exception in build(node) shows in GET /status (and so in `meshlab mesh
+    status`) at the line of the learner's file, not only in the control plane's log."""
+    import importlib.util
+
+    from meshlab.mesh.control import ControlPlane
+
+    learner = tmp_path / "lab" / "control_plane.py"
+    learner.parent.mkdir()
+    learner.write_text("from envoy.extensions.filters.network.http_connection_manager.v3 import "
+                       "http_connection_manager_pb2 as hcm\n\n"
+                       "def build(node):\n"
+                       "    return [hcm.Rds(route_config_nme='api')]\n")
+    spec = importlib.util.spec_from_file_location("learner_control_plane", learner)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plane = ControlPlane(module.build, MESH, state_dir=tmp_path / "state")
+    plane.apply(manifest.load(MESH))
+    assert set(plane.build_errors) == {w.name for w in plane.mesh.workloads}
+    assert plane.build_errors["web-v1"].startswith('control_plane.py:4: ValueError: Protocol message Rds has no '
+                                                  '"route_config_nme" field')
+    plane.build = lambda node: []           # fixed: the error goes away with the next push
+    plane.push()
+    assert plane.build_errors == {}
+
+
+def test_a_route_or_tcp_proxy_to_a_cluster_the_snapshot_lacks_is_named():
+    """Envoy takes a route to an unknown cluster and answers 503 with an empty body; the
+    mesh's control plane names it instead (a sidecar has no cluster but the snapshot's)."""
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.core.v3 import address_pb2
+    from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+    from envoy.config.route.v3 import route_components_pb2, route_pb2
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+    from meshlab.mesh.control import missing_clusters
+    from meshlab.xds import Snapshot
+
+    weighted = route_components_pb2.WeightedCluster(clusters=[
+        route_components_pb2.WeightedCluster.ClusterWeight(name="outbound|8080|v1|api", weight={"value": 80}),
+        route_components_pb2.WeightedCluster.ClusterWeight(name="outbound|v2|api", weight={"value": 20})])
+    routes = route_pb2.RouteConfiguration(name="api", virtual_hosts=[route_components_pb2.VirtualHost(
+        name="api", domains=["*"], routes=[route_components_pb2.Route(
+            match={"prefix": "/"}, route=route_components_pb2.RouteAction(weighted_clusters=weighted))])])
+    proxy = listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy")
+    proxy.typed_config.Pack(tcp_proxy_pb2.TcpProxy(stat_prefix="db", cluster="outbound|db"))
+    listener = listener_pb2.Listener(name="outbound", address=address_pb2.Address(
+        socket_address={"address": "0.0.0.0", "port_value": 15001}),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[proxy])])
+    cluster = cluster_pb2.Cluster(name="outbound|8080|v1|api")
+    problems = missing_clusters(Snapshot([listener, routes, cluster]))
+    assert [p.split(",")[0] for p in problems] == [
+        "listener 'outbound' sends to cluster 'outbound|db'",
+        "route configuration 'api' sends to cluster 'outbound|v2|api'"]
+    assert all("which the snapshot lacks (it has: outbound|8080|v1|api)" in p for p in problems)
+    assert missing_clusters(Snapshot([cluster, cluster_pb2.Cluster(name="outbound|v2|api"),
+                                      cluster_pb2.Cluster(name="outbound|db"), routes, listener])) == []

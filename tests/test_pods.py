@@ -3,8 +3,10 @@ learner-facing error for refused rules, and how a service is entered."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,34 @@ def test_a_service_restarting_in_a_pod_starts_without_its_capture_rules_and_gets
         with network.capture_lifted(pod):
             pass
     assert calls == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creates a network namespace")
+def test_a_namespace_another_copy_of_the_course_uses_is_refused_not_deleted():
+    """Two copies of the course on one machine give their workspace's pods the same names
+    (`ml11-web-v1`): starting the second must not delete the first one's namespaces."""
+    from types import SimpleNamespace
+
+    from meshlab.errors import ServiceFailed
+    from meshlab.runtime.pods import NETNS_DIR, refuse_if_in_use
+
+    name = f"ml99-test-busy-{os.getpid()}"
+    record = PodRecord(tag="99-test", namespaces={"pod": name})
+    lab = SimpleNamespace(slug="99-test")
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    holder = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 5
+        while not subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.strip():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(ServiceFailed) as refused:
+            refuse_if_in_use(record, lab)
+        assert f"{name} is in use (pids {holder.pid})" in str(refused.value)
+        assert "meshlab stop 99" in refused.value.fix and f"kill {holder.pid}" in refused.value.fix
+        assert (NETNS_DIR / name).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    refuse_if_in_use(record, lab)           # gone: nothing to refuse

@@ -127,5 +127,20 @@ def test_envoy_validation_errors_are_summarized():
                'SocketAddressValidationError.PortValue: value must be less than or equal to 65535)')
     assert summarize(message) == ("ClusterLoadAssignment.Endpoints[0].Endpoint.PortValue: "
                                   "value must be less than or equal to 65535")
+    # several clusters rejected at once (a learner's SdsSecretConfig without a name): one chain, not all glued
+    chain = ("Proto constraint validation failed (UpstreamTlsContextValidationError.CommonTlsContext: embedded "
+             "message failed validation | caused by CommonTlsContextValidationError.TlsCertificateSdsSecretConfigs[0]: "
+             "embedded message failed validation | caused by SdsSecretConfigValidationError.Name: value length must "
+             "be at least 1 characters)")
+    several = (f"Error adding/updating cluster(s) a: goo.gle/debugproto  \ncommon_tls_context {{\n}}\n: {chain}, "
+               f"b: goo.gle/debugproto  \ncommon_tls_context {{\n}}\n: {chain}")
+    expected = ("UpstreamTlsContext.CommonTlsContext.TlsCertificateSdsSecretConfigs[0].Name: "
+                "value length must be at least 1 characters")
+    assert summarize(several) == expected
+    assert summarize(several.replace("\n: ", " ")) == expected
+    rbac = ("Proto constraint validation failed (RBACValidationError.Rules: embedded message failed validation | "
+            "caused by RBACValidationError.Policies[callers]: embedded message failed validation | caused by "
+            "PolicyValidationError.Principals: value must contain at least 1 item(s))")
+    assert summarize(rbac) == "RBAC.Rules.Policies[callers].Principals: value must contain at least 1 item(s)"
     assert summarize("  plain\n  words ") == "plain words"
     assert len(summarize("x" * 1000)) == 300

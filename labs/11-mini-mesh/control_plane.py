@@ -143,7 +143,9 @@ def authorization(node: Node) -> rbac_pb2.RBAC:
     """Step 4: allow exactly the manifest's callers, by the SPIFFE ID of the verified
     peer certificate; anything else is denied."""
     # TODO(step 4): an RBAC (action ALLOW) with one policy: any permission, a principal
-    # `authenticated.principal_name` (exact) per caller of node.mesh.callers(node.workload.service).
+    # `authenticated.principal_name` (exact) per caller of node.mesh.callers(node.workload.service):
+    # node.mesh.spiffe_id(caller), spiffe://<trust domain>/ns/<namespace>/sa/<service>. No caller: no
+    # policy at all (Envoy rejects a policy without principals; an ALLOW RBAC without policies denies all).
     return None
 
 

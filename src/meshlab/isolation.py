@@ -7,7 +7,13 @@ nothing is shared, so `meshlab audit` can grade labs in parallel on any machine 
 namespaces are allowed (root, or unprivileged user namespaces).
 
 `python -m meshlab.isolation CMD...` is the step inside the namespace: bring up the
-loopback interface (a new namespace starts with it down), then exec CMD.
+loopback interface (a new namespace starts with it down), give the run a /run/netns of
+its own, then exec CMD.
+
+Named network namespaces (`ip netns add ml11-web-v1`, a lab's pods) live in /run/netns,
+which a new network namespace alone still shares with the host: a lab's pods started in
+isolation would replace the same-named pods of a learner's running lab. So the run also
+gets a mount namespace of its own with an empty tmpfs on /run/netns.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ _IFF_UP = 0x1
 
 def _unshare_args() -> list[str]:
     root = hasattr(os, "geteuid") and os.geteuid() == 0
-    return ["unshare", "--net"] if root else ["unshare", "--net", "--map-root-user"]
+    # --mount: a private mount namespace (util-linux makes its propagation private)
+    return ["unshare", "--net", "--mount"] if root else ["unshare", "--net", "--mount", "--map-root-user"]
 
 
 @lru_cache(maxsize=1)
@@ -54,10 +61,22 @@ def bring_up_loopback() -> None:
         fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
 
 
+def private_netns_dir(path: str = "/run/netns") -> None:
+    """An empty tmpfs on PATH, seen only in this mount namespace; nothing when that is not
+    allowed (then the names stay shared, as before)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "meshlab-netns", path], capture_output=True,
+                   timeout=10)
+
+
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit("usage: python -m meshlab.isolation COMMAND [ARGS...]")
     bring_up_loopback()
+    private_netns_dir()
     os.execvp(sys.argv[1], sys.argv[1:])
 
 

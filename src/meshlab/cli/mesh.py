@@ -84,7 +84,8 @@ def status_command(lab: str | None, as_json: bool) -> None:
         raise EnvironmentProblem(f"the control plane does not answer on its admin port {mesh.admin_port}: {error}",
                                  fix=f"see {ui.relative(runtime.run_dir)}/control-plane.log") from None
     nodes = document.get("nodes", {})
-    in_sync = bool(nodes) and all(n.get("acked") and n.get("acked") == n.get("target") for n in nodes.values())
+    in_sync = bool(nodes) and all(n.get("acked") and n.get("acked") == n.get("target") and not n.get("build_error")
+                                  for n in nodes.values())
     if as_json:
         print(json.dumps(document, indent=2))
         sys.exit(0 if in_sync else 1)
@@ -93,13 +94,18 @@ def status_command(lab: str | None, as_json: bool) -> None:
 
     table = Table(title=f"Mesh of lab {spec.number:02d} · version {document.get('version')}")
     for column in ("workload", "pod", "sidecar", "identity", "certificate"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")      # a rejection's field path is one long word
+    broken = False
     for workload in mesh.workloads:
         node = nodes.get(workload.name, {})
-        if not node.get("connected"):
+        if node.get("build_error"):
+            # the control plane could not build this node: it runs its previous snapshot, if any
+            state = f"[red]not built[/] {node['build_error'][:120]}"
+            broken = True
+        elif not node.get("connected"):
             state = "[red]not connected[/]"
         elif node.get("nack"):
-            state = f"[red]rejected[/] {node['nack'][:60]}"
+            state = f"[red]rejected[/] {node['nack'][:160]}"
         elif node.get("acked") and node.get("acked") == node.get("target"):
             state = f"[green]in sync[/] {node['acked'][:8]}"
         else:
@@ -110,6 +116,9 @@ def status_command(lab: str | None, as_json: bool) -> None:
         table.add_row(workload.name, f"{runtime.pods.record.namespaces.get(workload.name, '?')} "
                       f"{where.workloads[workload.name]}", state, identity, expiry)
     ui.console.print(table)
+    if broken or any(n.get("nack") for n in nodes.values()):
+        ui.console.print(f"[red]A sidecar's configuration was not built or was rejected[/]: see "
+                         f"{ui.relative(runtime.run_dir)}/control-plane.log")
     ui.console.print("Capture: iptables in every workload's pod (outbound to 15001, inbound to 15006; "
                      "Envoy's uid 1337 and loopback exempt).")
     ui.console.print("Services (virtual addresses): " + ", ".join(

@@ -13,7 +13,8 @@ workload and its certificate. This module does the rest, the way istiod does:
   distrusts another; the workloads' keys stay in memory and travel only over xDS (SDS);
 - serves the snapshots over ADS (meshlab.xds) and an admin API (JSON):
 
-      GET  /status   the version, and per node: acknowledged, last NACK, certificate
+      GET  /status   the version, and per node: acknowledged, last NACK, why its build was not
+                     pushed (build_error), certificate
       POST /rotate   {"ttl_seconds": N} (optional): new certificates for every node now
       GET  /xds      the xDS server's own view (streams, versions per type)
       GET|POST|DELETE /faults   fault experiments (meshlab.mesh.faults); build sees them as node.faults
@@ -31,6 +32,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -48,6 +50,7 @@ from meshlab.mesh.faults import Experiments
 from meshlab.mesh.manifest import Mesh, Workload
 from meshlab.xds import Snapshot, SnapshotCache, XdsServer, watch_file
 from meshlab.xds import admin as xds_admin
+from meshlab.xds import types as xds_types
 
 log = logging.getLogger("control-plane")
 
@@ -154,6 +157,43 @@ class Node:
 
 Build = Callable[[Node], list[Message]]
 
+_SENDS_TO_CLUSTER = {"envoy.config.route.v3.RouteAction", "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"}
+
+
+def missing_clusters(snapshot: Snapshot) -> list[str]:
+    """The clusters a route or tcp_proxy of SNAPSHOT sends to that the snapshot lacks, in
+    words. Envoy accepts such a route and answers 503 (no cluster) to every request on it;
+    a sidecar's bootstrap has no cluster but the control plane's, so here it is a mistake."""
+    named: dict[str, str] = {}          # cluster -> the resource that names it
+
+    def walk(message: Message, owner: str) -> None:
+        full_name = message.DESCRIPTOR.full_name
+        if full_name in _SENDS_TO_CLUSTER and message.cluster:
+            named.setdefault(message.cluster, owner)
+        if full_name.endswith("WeightedCluster.ClusterWeight") and message.name:
+            named.setdefault(message.name, owner)
+        for field, value in message.ListFields():
+            if field.message_type is None:
+                continue
+            if field.message_type.GetOptions().map_entry:
+                items = list(value.values()) if field.message_type.fields_by_name["value"].message_type else []
+            else:
+                items = [value] if isinstance(value, Message) else list(value)
+            for item in items:
+                if item.DESCRIPTOR.full_name == "google.protobuf.Any":
+                    try:
+                        item = xds_types.message_class(item.type_url).FromString(item.value)
+                    except KeyError:
+                        continue        # a type nobody imported cannot name a cluster we know of
+                walk(item, owner)
+
+    for type_url, kind in ((xds_types.LISTENER, "listener"), (xds_types.ROUTE, "route configuration")):
+        for name, resource in snapshot.resources(type_url).items():
+            walk(resource.message(), f"{kind} {name!r}")
+    clusters = snapshot.resources(xds_types.CLUSTER)
+    return [f"{owner} sends to cluster {cluster!r}, which the snapshot lacks (it has: {', '.join(sorted(clusters)) or 'none'})"
+            for cluster, owner in sorted(named.items()) if cluster not in clusters]
+
 
 class ControlPlane:
     def __init__(self, build: Build, mesh_file: Path, *, state_dir: Path | None = None):
@@ -169,6 +209,7 @@ class ControlPlane:
         self.version = ""
         self._rotated = asyncio.Event()
         self.faults = Experiments()
+        self.build_errors: dict[str, str] = {}     # node -> why its last build was not pushed
 
     # -- building ------------------------------------------------------------------
 
@@ -193,18 +234,33 @@ class ControlPlane:
             try:
                 resources = [r for r in self.build(node) if r is not None]
                 snapshot = Snapshot(resources)
-            except Exception:  # noqa: BLE001 - a bug in the learner's build must not stop the control plane
+            except Exception as error:  # noqa: BLE001 - a bug in the learner's build must not stop the control plane
                 log.exception("building the configuration of %s failed; it keeps its previous one", workload.name)
+                self.build_errors[workload.name] = self._where(error)
                 continue
-            problems = snapshot.problems()
+            problems = snapshot.problems() + missing_clusters(snapshot)
             if problems:
                 log.error("the snapshot of %s is inconsistent, not pushed:\n  %s", workload.name,
                           "\n  ".join(problems))
+                self.build_errors[workload.name] = f"inconsistent snapshot: {problems[0]}"
                 continue
+            self.build_errors.pop(workload.name, None)
             if self.cache.set_snapshot(workload.name, snapshot):
                 log.info("pushing version %s to %s", snapshot.version, workload.name)
             versions.append(snapshot.version)
         self.version = hashlib.sha256(" ".join(versions).encode()).hexdigest()[:12]
+
+    def _where(self, error: Exception) -> str:
+        """ERROR in one line, at the deepest line of the learner's own files (the folder of
+        `build`), so that `meshlab mesh status` can point at it without the log."""
+        code = getattr(self.build, "__code__", None)
+        folder = Path(code.co_filename).parent if code else None
+        frames = [f for f in traceback.extract_tb(error.__traceback__)
+                  if folder is not None and Path(f.filename).parent == folder]
+        message = f"{type(error).__name__}: {error}"
+        if frames:
+            return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}: {message}"
+        return message
 
     def _issue(self, workload: Workload) -> Certificate:
         ttl = self.ttl or dt.timedelta(seconds=self.mesh.certificate_ttl_seconds)
@@ -253,7 +309,9 @@ class ControlPlane:
                 "acked": next((s.synced_version for s in streams if s.synced_version), None),
                 "target": snapshot.version if snapshot is not None else None,
                 "connected": bool(streams),
-                "nack": nack.to_json().get("message") if nack else None,
+                # the proxy's reason in one line (the field path, without the resource's dump)
+                "nack": nack.summary if nack else None,
+                "build_error": self.build_errors.get(workload.name),
                 "certificate": certificate.to_json() if certificate else None,
             }
         return {"version": self.version, "nodes": nodes}

@@ -87,9 +87,13 @@ class PodNetwork:
         """Namespaces, links and cgroups for LAB's pods, named after RUN_DIR. With
         OWNER_PID, a reaper removes them if that process dies without doing it itself."""
         network = cls(PodRecord(tag=tag_for(run_dir)))
+        planned = network.planned(lab)
+        # The workspace's names (`ml11-web-v1`) are the same in every copy of the course on
+        # this machine: a live run of another copy must not lose its pods to this one.
+        refuse_if_in_use(planned, lab)
         # Whatever a dead run of the same folder left (it is not running: the runtime
         # attaches to a live one instead of starting).
-        teardown(network.planned(lab))
+        teardown(planned)
         try:
             network._create(lab)
             if owner_pid is not None:
@@ -248,6 +252,29 @@ def tag_for(run_dir: Path) -> str:
     name = Path(run_dir).name
     number = name.split("-", 1)[0]
     return f"{number}-{name.split('@', 1)[1][:8]}" if "@" in name else number
+
+
+def namespace_pids(name: str) -> list[int]:
+    """The processes that live in the network namespace NAME ([] when it does not exist)."""
+    if not (NETNS_DIR / name).exists():
+        return []
+    proc = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, timeout=20)
+    return [int(pid) for pid in proc.stdout.split() if pid.isdigit()]
+
+
+def refuse_if_in_use(record: PodRecord, lab: Lab) -> None:
+    """ServiceFailed when a namespace RECORD would create already holds processes: they
+    belong to a run this folder does not know (another copy of the course, or leftovers),
+    and deleting the namespace would cut them off the network."""
+    for name in record.namespaces.values():
+        pids = namespace_pids(name)
+        if pids:
+            shown = " ".join(str(pid) for pid in pids[:8])
+            raise ServiceFailed(
+                f"the network namespace {name} is in use (pids {shown}): another copy of the course on this "
+                f"machine runs lab {lab.slug}, and its pods have the same names as this one's",
+                fix=f"stop it where it runs (`meshlab stop {lab.slug.split('-', 1)[0]}` in that copy), or end "
+                    f"those processes if they are leftovers: kill {shown}")
 
 
 def teardown(record: PodRecord) -> list[str]:

@@ -62,7 +62,9 @@ class Nack:
                 "at": self.at}
 
 
-_PGV_STEP = re.compile(r"(\w+)ValidationError\.(\w+(?:\[\d+\])?)")
+_PGV_STEP = re.compile(r"(\w+)ValidationError\.(\w+(?:\[[^\]]+\])?)")
+# the chain ends at its closing parenthesis: the message's end, or the next rejected resource's name
+_PGV_CHAIN = re.compile(r"Proto constraint validation failed \((.*?)\)(?=$|, [^ ]+: )")
 
 
 def summarize(message: str, limit: int = 300) -> str:
@@ -72,9 +74,11 @@ def summarize(message: str, limit: int = 300) -> str:
     if "goo.gle/debugproto" in message and "\n: " in message:
         message = message.rsplit("\n: ", 1)[1]
     message = " ".join(message.split())
-    steps = _PGV_STEP.findall(message)
-    if "Proto constraint validation failed" in message and steps:
-        reason = message.rsplit(": ", 1)[-1].rstrip(")")
+    # several rejected resources give several chains: the first one says enough
+    chain = _PGV_CHAIN.search(message)
+    steps = _PGV_STEP.findall(chain.group(1)) if chain else []
+    if steps:
+        reason = chain.group(1).rsplit(": ", 1)[-1]
         message = f"{steps[0][0]}.{'.'.join(field for _, field in steps)}: {reason}"
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
