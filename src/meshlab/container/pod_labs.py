@@ -60,8 +60,9 @@ place to act. For the same reason `meshlab check {lab.number} --runtime docker` 
 it (exit 2).
 
 With Docker, take the lab in the toolbox container instead: meshlab makes the pods there
-as it does on a Linux host, which needs the capabilities NET_ADMIN and SYS_ADMIN and a
-writable cgroup2 hierarchy; compose/compose.yaml's `{KERNEL_SERVICE}` service has them.
+as it does on a Linux host, which needs the capabilities NET_ADMIN, SYS_ADMIN and
+DAC_READ_SEARCH and a writable cgroup2 hierarchy; compose/compose.yaml's
+`{KERNEL_SERVICE}` service has them.
 From the checkout's root:
 
     {toolbox_command(lab)}
