@@ -106,3 +106,9 @@ def test_a_learner_checks_a_lab_with_pods_in_the_kernel_toolbox(number, toolbox,
     selector = {"label": [f"com.docker.compose.project=meshlab-test-kernel-{number}"]}
     assert docker_client.api.containers(all=True, filters=selector) == []
     assert docker_client.api.networks(filters=selector) == []
+
+
+def test_the_toolbox_compose_file_is_valid_compose():
+    proc = subprocess.run([*compose_command(), "-f", str(ROOT / "compose" / "compose.yaml"), "config", "-q"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
