@@ -29,9 +29,14 @@ def compose_command() -> list[str]:
 def test_a_learner_checks_lab_01_with_compose_run(toolbox, tmp_path):
     # What the README's Docker section tells a learner to type, grading the solution; the
     # state goes to the container's /tmp so that the test leaves the checkout as it was.
-    proc = subprocess.run([*compose_command(), "-f", str(ROOT / "compose" / "compose.yaml"), "run", "--rm",
-                           "-e", "MESHLAB_STATE_DIR=/tmp/meshlab", "meshlab", "check", "1", "--solution", "--json"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # `run --rm` leaves the project's network: `down` removes it.
+    compose = [*compose_command(), "-p", "meshlab-test-toolbox", "-f", str(ROOT / "compose" / "compose.yaml")]
+    try:
+        proc = subprocess.run([*compose, "run", "--rm", "-e", "MESHLAB_STATE_DIR=/tmp/meshlab",
+                               "meshlab", "check", "1", "--solution", "--json"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run([*compose, "down"], capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     # (lab 01's Docker part is skipped there: the toolbox runs the local runtime)

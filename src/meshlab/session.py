@@ -43,9 +43,9 @@ class LabSession:
     def open(cls, lab: Lab, lab_dir: Path, run_dir: Path) -> "LabSession":
         lab_dir = Path(lab_dir).resolve()
         lab_ref = f"lab {lab.number:02d} ({lab.slug})"
+        runtime_type = runtime_class(lab=lab)  # local, or MESHLAB_RUNTIME's choice (if it fits the lab)
         platform.require(lab.requires, lab_ref=lab_ref)
         preflight.prepare_and_check(lab, lab_dir, passed=os.environ.get(preflight.PASSED_ENV))
-        runtime_type = runtime_class()  # local, or MESHLAB_RUNTIME's choice
         running = runtime_type.attach(lab, run_dir)
         if running is not None:
             if running.lab_dir != lab_dir:

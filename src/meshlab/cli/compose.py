@@ -33,6 +33,6 @@ def compose_command(check_only: bool) -> None:
         return
     changed = write_all(course)
     for path in changed:
-        ui.console.print(f"wrote {ui.relative(path)}")
+        ui.console.print(f"{'wrote' if path.exists() else 'removed'} {ui.relative(path)}")
     if not changed:
         ui.console.print(f"{len(course.labs)} compose files were already fresh.")

@@ -52,10 +52,10 @@ def start_command(lab: str, fresh: bool, runtime: str | None) -> None:
 
     course = open_course()
     spec = course.find(lab)
+    runtime_type = runtime_class(runtime, lab=spec)
     platform.require(spec.requires, lab_ref=f"lab {spec.number:02d}")
     preflight.prepare_and_check(spec, spec.workspace)
     run_dir = run_dir_for(course, spec, spec.workspace)
-    runtime_type = runtime_class(runtime)
     runtime = runtime_type.attach(spec, run_dir)
     if runtime is not None:
         restarted = runtime.sync()

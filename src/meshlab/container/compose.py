@@ -9,6 +9,9 @@ container's address, not its loopback); every lab service joins it with
 lab folder is mounted at /lab, the working directory of every service. Labels name the
 lab and the service, so that `meshlab check N --runtime docker` grades a sandbox the
 learner started (`runtime/sandbox.py`).
+
+A lab with pods of its own (07, 11) does not fit one namespace: it gets a README.md in
+place of the file, saying why and how to take it with Docker (`container/pod_labs.py`).
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from pathlib import Path
 
 import yaml
 
+from meshlab.container import pod_labs
 from meshlab.container.engine import LABEL, TOOLBOX_IMAGE
 from meshlab.course import Course, Lab, ServiceSpec
 
 COMPOSE_DIR = "compose"
 FILE = "compose.yaml"
+README = "README.md"
 LAB_MOUNT = "/lab"
 
 
@@ -30,6 +35,7 @@ def path_for(course: Course, lab: Lab) -> Path:
 
 
 def render(course: Course, lab: Lab) -> str:
+    pod_labs.refuse_on_docker(lab)
     folder = path_for(course, lab).parent
     lab_folder = Path("..") / ".." / lab.workspace.relative_to(course.root)
     ports = sorted({port for _, _, port in lab.ports()})
@@ -104,20 +110,39 @@ def _shell_word(word: str) -> str:
     return shlex.quote(word)
 
 
+def expected(course: Course, lab: Lab) -> dict[Path, str | None]:
+    """What `meshlab compose` leaves in the lab's folder under compose/: each path with its
+    text, or None for a file that must not be there (a sandbox for a lab with pods; a
+    README of ours beside a sandbox)."""
+    sandbox = path_for(course, lab)
+    readme = sandbox.parent / README
+    if pod_labs.has_pods(lab):
+        return {readme: pod_labs.readme(lab), sandbox: None}
+    ours = readme.is_file() and _MARK in readme.read_text()
+    return {sandbox: render(course, lab), **({readme: None} if ours else {})}
+
+
+_MARK = "Written by `meshlab compose`"
+
+
 def write_all(course: Course) -> list[Path]:
-    """Render every lab's file; the paths that changed."""
+    """Render every lab's file; the paths that changed (written or removed)."""
     changed = []
     for lab in course.labs:
-        path = path_for(course, lab)
-        text = render(course, lab)
-        if not path.is_file() or path.read_text() != text:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            changed.append(path)
+        for path, text in expected(course, lab).items():
+            if text is None:
+                if path.is_file():
+                    path.unlink()
+                    changed.append(path)
+            elif not path.is_file() or path.read_text() != text:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+                changed.append(path)
     return changed
 
 
 def stale(course: Course) -> list[Path]:
-    """The labs' compose files that are missing or differ from what their lab.yaml renders."""
-    return [path_for(course, lab) for lab in course.labs
-            if not path_for(course, lab).is_file() or path_for(course, lab).read_text() != render(course, lab)]
+    """The files under compose/ that are missing, differ from what their lab.yaml renders,
+    or must not be there."""
+    return [path for lab in course.labs for path, text in expected(course, lab).items()
+            if (path.is_file() if text is None else not path.is_file() or path.read_text() != text)]

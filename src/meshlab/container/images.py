@@ -33,8 +33,12 @@ from meshlab.errors import EnvironmentProblem, ToolMissing
 
 Say = Callable[[str], None]
 
-# Debian packages of the base, beyond debootstrap's minimal set.
-BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "curl", "iproute2")
+# Debian packages of the base, beyond debootstrap's minimal set: Python, and the system
+# tools of the labs that need kernel features (07: iptables, clang/llvm with libbpf's
+# headers, bpftool; 11: iptables, Redis), which the toolbox container runs with the
+# capabilities compose/compose.yaml's `meshlab-netadmin` service grants.
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "curl", "iproute2",
+                 "iptables", "clang", "llvm", "libbpf1", "libbpf-dev", "bpftool", "redis-server")
 REGISTRY_BASE = "python:3.11-slim"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # The image's platform, spelled the way `pip download --platform` needs it: every

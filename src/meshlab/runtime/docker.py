@@ -31,6 +31,7 @@ import httpx
 
 from meshlab import ports as portcheck
 from meshlab.container import engine
+from meshlab.container.pod_labs import refuse_on_docker
 from meshlab.course import Lab, ServiceSpec
 from meshlab.envoy import Admin
 from meshlab.errors import PortBusy, ServiceFailed
@@ -67,6 +68,7 @@ class DockerRuntime:
     name = "docker"
 
     def __init__(self, lab: Lab, lab_dir: Path, run_dir: Path, *, detached: bool = False):
+        refuse_on_docker(lab)  # pods of its own do not fit one namespace (container/pod_labs.py)
         self.lab = lab
         self.lab_dir = Path(lab_dir).resolve()
         self.run_dir = Path(run_dir).resolve()

@@ -58,9 +58,14 @@ def selected(name: str | None = None) -> str:
     return choice
 
 
-def runtime_class(name: str | None = None) -> type:
+def runtime_class(name: str | None = None, lab: Lab | None = None) -> type:
+    """The runtime NAME (or MESHLAB_RUNTIME) selects; refused (exit 2) when it cannot run LAB,
+    before anything else is asked of the machine."""
     if selected(name) == "docker":
+        from meshlab.container.pod_labs import refuse_on_docker
         from meshlab.runtime.docker import DockerRuntime
+        if lab is not None:
+            refuse_on_docker(lab)
         return DockerRuntime
     from meshlab.runtime.local import LocalRuntime
     return LocalRuntime
