@@ -108,12 +108,15 @@ ENVOY_A_FAILS = {"test_global_limit", "test_counts_in_redis", "test_descriptors_
 
 
 def test_a_grpc_service_naming_no_cluster(grade):
-    # Envoy starts, and every call of envoy-a fails (open): the hint names the cluster.
+    # Envoy would start, and every call of envoy-a fail (open): preflight names the line
+    # before anything starts, with the cluster meant.
     files = {"envoy-a.yaml": ENVOYS["envoy-a.yaml"].replace("cluster_name: ratelimit }", "cluster_name: rate-limit }")}
     assert files["envoy-a.yaml"] != ENVOYS["envoy-a.yaml"]
-    checks = fails_only(grade, 9, files, ENVOY_A_FAILS)
-    assert "'rate-limit', which envoy-a does not have" in checks["test_global_limit"]["hint"]
-    assert "does not have" in checks["test_descriptors_counted_separately"]["hint"]
+    line = next(n for n, text in enumerate(files["envoy-a.yaml"].splitlines(), 1) if "cluster_name: rate-limit" in text)
+    code, checks, data = grade(9, files=files)
+    assert code == 2 and not checks, data
+    assert f"envoy-a.yaml:{line}:" in data["error"]["where"], data["error"]
+    assert "did you mean 'ratelimit'?" in data["error"]["fix"], data["error"]
 
 
 def test_a_service_cluster_without_http2(grade):

@@ -198,4 +198,7 @@ def test_a_real_check_names_its_learner_and_feeds_the_report(meshlab, tmp_path):
     book = meshlab("report", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--json").json()
     (cell,) = book["cells"]
     assert (cell["learner"], cell["lab"], cell["status"], cell["failing"]) == ("grace", "01-hello-mesh", "pass", [])
-    assert cell["checks_passed"] == cell["checks_total"] == len(data["checks"])
+    # The checks of lab 01's Docker part are skipped on the local runtime: not in the count.
+    graded = [c for c in data["checks"] if c["status"] != "skip"]
+    assert len(graded) < len(data["checks"])
+    assert cell["checks_passed"] == cell["checks_total"] == len(graded)
