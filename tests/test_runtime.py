@@ -289,7 +289,7 @@ def test_services_of_a_pod_whose_rules_changed_restart_so_old_connections_do_not
     restarted = []
     monkeypatch.setattr(runtime, "_start_order", lambda: specs)
     monkeypatch.setattr(runtime, "is_running", lambda name: True)
-    monkeypatch.setattr(runtime, "_hash_inputs", lambda spec: {})
+    monkeypatch.setattr("meshlab.runtime.local.input_hashes", lambda lab_dir, spec: {})
     monkeypatch.setattr(runtime, "restart", restarted.append)
     monkeypatch.setattr(runtime, "_apply_pod_rules", lambda: ["pod"])
     assert runtime.sync() == ["iptables of pod", "app", "sidecar"]

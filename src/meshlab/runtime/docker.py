@@ -36,6 +36,7 @@ from meshlab.course import Lab, ServiceSpec
 from meshlab.envoy import Admin
 from meshlab.errors import PortBusy, ServiceFailed
 from meshlab.runtime import processes
+from meshlab.runtime.interface import input_hashes
 
 MARKER = "docker.json"
 POD = "pod"
@@ -142,7 +143,7 @@ class DockerRuntime:
             network_mode=f"container:{self._container(POD).id}", working_dir=str(self.lab_dir),
             volumes=mounts, user=f"{os.getuid()}:{os.getgid()}",
             environment={"PYTHONUNBUFFERED": "1", "HOME": "/tmp", **spec.env},
-            labels=self._labels(name, inputs=self._hash_inputs(spec)))
+            labels=self._labels(name, inputs=input_hashes(self.lab_dir, spec)))
         try:
             self._wait_ready(spec)
         except BaseException:
@@ -166,7 +167,7 @@ class DockerRuntime:
         for spec in _start_order(self.lab):
             container = self._container(spec.name)
             started_from = json.loads(container.labels.get(f"{engine.LABEL}.inputs", "{}")) if container else None
-            if container is None or container.status != "running" or started_from != self._hash_inputs(spec):
+            if container is None or container.status != "running" or started_from != input_hashes(self.lab_dir, spec):
                 changed.append(spec.name)
                 self.restart(spec.name)
         return changed
@@ -297,13 +298,6 @@ class DockerRuntime:
             return ["python3", "-m", str(spec.target), *spec.args]
         program = "python3" if spec.target[0] in ("python", "python3") else spec.target[0]
         return [program, *spec.target[1:], *spec.args]
-
-    def _hash_inputs(self, spec: ServiceSpec) -> dict[str, str]:
-        hashes = {}
-        for name in spec.inputs:
-            path = self.lab_dir / name
-            hashes[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-        return hashes
 
     def _wait_ready(self, spec: ServiceSpec) -> None:
         deadline = time.monotonic() + spec.ready_timeout + 10  # a container start costs more than a process

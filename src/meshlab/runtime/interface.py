@@ -11,11 +11,12 @@ checks use only what `Runtime` lists, so a lab runs unchanged on any of them:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Protocol
 
-from meshlab.course import Lab
+from meshlab.course import Lab, ServiceSpec
 from meshlab.envoy import Admin
 from meshlab.errors import MeshlabError
 
@@ -69,3 +70,13 @@ def runtime_class(name: str | None = None, lab: Lab | None = None) -> type:
         return DockerRuntime
     from meshlab.runtime.local import LocalRuntime
     return LocalRuntime
+
+
+def input_hashes(lab_dir: Path, spec: ServiceSpec) -> dict[str, str]:
+    """A digest of each file SPEC restarts on (`inputs:`): both runtimes compare it with
+    the one its running copy started from ("" for a file that is missing)."""
+    hashes = {}
+    for name in spec.inputs:
+        path = Path(lab_dir) / name
+        hashes[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+    return hashes

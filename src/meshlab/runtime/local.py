@@ -16,7 +16,6 @@ owner has died is stopped by whoever finds it next. A run started by `meshlab st
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -35,6 +34,7 @@ from meshlab.envoy import Admin, find_binary
 from meshlab.errors import InputError, Location, PortBusy, ServiceFailed, ToolMissing
 from meshlab.platform import install_hint
 from meshlab.runtime import processes
+from meshlab.runtime.interface import input_hashes
 from meshlab.runtime.pods import PodNetwork, record_from
 from meshlab.runtime.pods import teardown as teardown_pods
 
@@ -222,7 +222,7 @@ class LocalRuntime:
         service = ServiceState(
             name=name, kind=spec.kind, pid=pid, pgid=processes.group_of(pid),
             create_time=processes.create_time(pid) or time.time(), argv=argv, log=str(log_path),
-            ports=dict(spec.ports), inputs=self._hash_inputs(spec), scratch=scratch,
+            ports=dict(spec.ports), inputs=input_hashes(self.lab_dir, spec), scratch=scratch,
         )
         self.state.services[name] = service
         self._save()
@@ -276,7 +276,7 @@ class LocalRuntime:
                 changed.append(spec.name)
                 self.stop(spec.name)
                 self.start(spec.name)
-            elif service.inputs != self._hash_inputs(spec):
+            elif service.inputs != input_hashes(self.lab_dir, spec):
                 changed.append(spec.name)
                 self.restart(spec.name)
         reloaded = self._apply_pod_rules()
@@ -370,13 +370,6 @@ class LocalRuntime:
             raise ToolMissing(f"lab {self.lab.slug} needs `{program}`, which is not installed",
                               fix=install_hint(program))
         return [resolved, *spec.target[1:], *spec.args]
-
-    def _hash_inputs(self, spec: ServiceSpec) -> dict[str, str]:
-        hashes = {}
-        for name in spec.inputs:
-            path = self.lab_dir / name
-            hashes[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-        return hashes
 
     def _admin_address_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.admin-address"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -29,29 +28,12 @@ from meshlab.course import Lab, ServiceSpec
 from meshlab.envoy import Admin
 from meshlab.errors import ServiceFailed
 from meshlab.runtime import processes
+from meshlab.runtime.docker import POD, DockerRunState, DockerService
 
 SANDBOX_LABEL = f"{engine.LABEL}.sandbox"
 SERVICE_LABEL = f"{engine.LABEL}.service"
 PROJECT_LABEL = "com.docker.compose.project"
 LAB_MOUNT = "/lab"
-POD = "pod"
-
-
-@dataclass(frozen=True)
-class SandboxService:
-    name: str
-    kind: str
-    pid: int
-    ports: dict[str, int]
-    container: str
-
-
-@dataclass(frozen=True)
-class SandboxState:
-    lab: str
-    lab_dir: str
-    detached: bool
-    services: dict[str, SandboxService]
 
 
 class ComposeSandbox:
@@ -95,14 +77,14 @@ class ComposeSandbox:
         return found[0] if found else None
 
     @property
-    def state(self) -> SandboxState:
+    def state(self) -> DockerRunState:
         services = {}
         for spec in self.lab.services:
             container = self._container(spec.name)
             if container is not None and container.status == "running":
-                services[spec.name] = SandboxService(spec.name, spec.kind, container.attrs["State"]["Pid"],
+                services[spec.name] = DockerService(spec.name, spec.kind, container.attrs["State"]["Pid"],
                                                      dict(spec.ports), container.name)
-        return SandboxState(lab=self.lab.slug, lab_dir=str(self.lab_dir), detached=True, services=services)
+        return DockerRunState(lab=self.lab.slug, lab_dir=str(self.lab_dir), detached=True, services=services)
 
     def is_running(self, name: str) -> bool:
         container = self._container(name)
