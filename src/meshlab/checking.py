@@ -33,6 +33,15 @@ CHECK_TIMEOUT_S = 120
 # still rewritten, the engine need not be.
 CHECKER_PLUGINS = ("-p", "meshlab.pytest_plugin", "-p", "pytest_timeout")
 
+# pytest's own plugins that no check uses and that cost time at every check: the cache
+# (a folder written per run), and the hunt for unraisable exceptions, which runs the
+# garbage collector over everything pytest and the checker imported as it unconfigures.
+UNUSED_PLUGINS = ("-p", "no:cacheprovider", "-p", "no:unraisableexception", "-p", "no:threadexception",
+                  "-p", "no:junitxml", "-p", "no:doctest", "-p", "no:pastebin")
+
+# The child's entry point (pytest, set up and ended for speed: see its docstring).
+CHECKER_MODULE = "meshlab.checker_process"
+
 # How often the CLI looks at the report the checker appends to (progress, and the end).
 FOLLOW_INTERVAL_S = 0.01
 
@@ -116,18 +125,18 @@ class Checker:
         stamp = f"{lab.slug}-{os.getpid()}-{time.monotonic_ns()}"
         self.report, self.output = report_dir / f"{stamp}.jsonl", report_dir / f"{stamp}.out"
         self.go = report_dir / f"{stamp}.go" if ahead else None
-        self.argv = [
-            sys.executable, "-m", "pytest", str(lab.checks), "-q", "--no-header", "-p", "no:cacheprovider",
-            *CHECKER_PLUGINS, "-o", "addopts=", "-o", f"timeout={CHECK_TIMEOUT_S}", "--rootdir", str(course.root),
+        pytest_args = [
+            str(lab.checks), "-q", "--no-header", *UNUSED_PLUGINS, *CHECKER_PLUGINS, "-o", "addopts=",
+            "-o", f"timeout={CHECK_TIMEOUT_S}", "--rootdir", str(course.root),
             "--meshlab-path", str(self.lab_dir), "--meshlab-report", str(self.report),
         ]
         if run_dir is not None:
-            self.argv += ["--meshlab-run-dir", str(run_dir)]
+            pytest_args += ["--meshlab-run-dir", str(run_dir)]
         if self.go is not None:
             os.mkfifo(self.go, 0o600)
-            self.argv += ["--meshlab-go", str(self.go)]
-        if isolate:
-            self.argv = isolation.wrap(self.argv)
+            pytest_args += ["--meshlab-go", str(self.go)]
+        self.argv = (isolation.wrap_python(CHECKER_MODULE, pytest_args) if isolate
+                     else [sys.executable, "-m", CHECKER_MODULE, *pytest_args])
         self.env = {**os.environ, "MESHLAB_ROOT": str(course.root), "MESHLAB_STATE_DIR": str(course.state_dir),
                     "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
         if runtime is not None:

@@ -54,6 +54,19 @@ def wrap(argv: list[str]) -> list[str]:
     return [*_unshare_args(), "--", sys.executable, "-m", "meshlab.isolation", *argv]
 
 
+def wrap_python(module: str, args: list[str]) -> list[str]:
+    """`python -m MODULE --isolated ARGS` in a new network namespace: for a module that
+    calls `set_up_namespace` itself when given --isolated, which saves the interpreter
+    start that `wrap` spends on it."""
+    return [*_unshare_args(), "--", sys.executable, "-m", module, "--isolated", *args]
+
+
+def set_up_namespace() -> None:
+    """What a process started in a fresh namespace does first: loopback up, /run/netns its own."""
+    bring_up_loopback()
+    private_netns_dir()
+
+
 def bring_up_loopback() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sH22x", b"lo", 0)
@@ -75,8 +88,7 @@ def private_netns_dir(path: str = "/run/netns") -> None:
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit("usage: python -m meshlab.isolation COMMAND [ARGS...]")
-    bring_up_loopback()
-    private_netns_dir()
+    set_up_namespace()
     os.execvp(sys.argv[1], sys.argv[1:])
 
 

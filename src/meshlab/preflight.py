@@ -38,15 +38,16 @@ _LUA_CHUNK = re.compile(r'\[string "(?P<head>(?:[^"\\]|\\.)*)"\]:(?P<line>\d+): 
 PASSED_ENV = "MESHLAB_PREFLIGHT_PASSED"
 
 
-def prepare_and_check(lab: Lab, lab_dir: Path, *, passed: str | None = None) -> None:
+def prepare_and_check(lab: Lab, lab_dir: Path, *, passed: str | None = None, run_envoy: bool = True) -> None:
     """Everything before a lab starts: its prepare steps, then the file checks; none of
-    it when PASSED is the digest of the files as they are (they passed a moment ago)."""
+    it when PASSED is the digest of the files as they are (they passed a moment ago).
+    Without RUN_ENVOY, `envoy --mode validate` is left out (see `check_files`)."""
     from meshlab.runtime.local import run_prepare_steps
 
     if passed and passed == digest(lab, lab_dir):
         return
     run_prepare_steps(lab, lab_dir)
-    check_files(lab, lab_dir)
+    check_files(lab, lab_dir, run_envoy=run_envoy)
 
 
 def digest(lab: Lab, lab_dir: Path) -> str:
@@ -63,8 +64,15 @@ def digest(lab: Lab, lab_dir: Path) -> str:
     return summary.hexdigest()
 
 
-def check_files(lab: Lab, lab_dir: Path, *, binary: EnvoyBinary | None = None) -> None:
-    """Raise an InputError for the first learner file that is broken."""
+def check_files(lab: Lab, lab_dir: Path, *, binary: EnvoyBinary | None = None, run_envoy: bool = True) -> None:
+    """Raise an InputError for the first learner file that is broken.
+
+    Without RUN_ENVOY, every check but `envoy --mode validate` runs: a caller that is about
+    to start the lab's Envoys anyway (a check) lets them be the test, and calls this again
+    with RUN_ENVOY only when one of them fails to start. Envoy's validate mode loads a
+    config as a start does, so a config it refuses is one that does not start, and the
+    learner sees the same message, file and line; the right config is spared an Envoy
+    start per Envoy of the lab on every check."""
     envoy_configs = {spec.target for spec in lab.envoys}
     files = list(dict.fromkeys([*lab.edit, *sorted(envoy_configs)]))
     for name in files:
@@ -75,7 +83,10 @@ def check_files(lab: Lab, lab_dir: Path, *, binary: EnvoyBinary | None = None) -
         if path.suffix in (".yaml", ".yml"):
             doc = yamlfile.load(path)
             if name in envoy_configs:
-                check_envoy_config(doc, cwd=lab_dir, binary=binary or find_binary())
+                if run_envoy:
+                    check_envoy_config(doc, cwd=lab_dir, binary=binary or find_binary())
+                else:
+                    check_envoy_config_shape(doc)
         elif path.suffix == ".py":
             check_python(path)
 
@@ -95,15 +106,25 @@ def check_python(path: Path) -> None:
 
 
 def check_envoy_config(doc: yamlfile.YamlDoc, *, cwd: Path, binary: EnvoyBinary) -> None:
+    _check_mapping(doc)
+    accepted, output = validate(binary, doc.file.resolve(), cwd=cwd)
+    if not accepted:
+        raise explain(output, doc)
+    check_grpc_clusters(doc)
+
+
+def check_envoy_config_shape(doc: yamlfile.YamlDoc) -> None:
+    """What check_envoy_config finds without running Envoy."""
+    _check_mapping(doc)
+    check_grpc_clusters(doc)
+
+
+def _check_mapping(doc: yamlfile.YamlDoc) -> None:
     if not isinstance(doc.data, dict):
         raise EnvoyConfigError(f"{doc.file.name} must be a YAML mapping (an Envoy bootstrap)",
                                where=Location(doc.file, 1, 1),
                                fix="an Envoy config is a mapping of top-level keys such as `admin:` and "
                                    "`static_resources:`")
-    accepted, output = validate(binary, doc.file.resolve(), cwd=cwd)
-    if not accepted:
-        raise explain(output, doc)
-    check_grpc_clusters(doc)
 
 
 def check_grpc_clusters(doc: yamlfile.YamlDoc) -> None:

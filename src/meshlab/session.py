@@ -21,7 +21,7 @@ from meshlab import platform, preflight
 from meshlab.apps.server import JOURNAL_PATH
 from meshlab.course import Course, Lab, run_dir_for  # noqa: F401 - where callers long found it
 from meshlab.envoy import Admin
-from meshlab.errors import PortBusy
+from meshlab.errors import PortBusy, ServiceFailed
 from meshlab.grading import http as grading_http
 from meshlab.grading.raised import Raised, learners_tracebacks
 from meshlab.runtime import LocalRuntime
@@ -35,7 +35,9 @@ class LabSession:
         self.dir = Path(lab_dir)
         self.runtime = runtime
         self.owned = owned
-        self.http = httpx.Client(timeout=10.0, trust_env=False)
+        # verify=False: the lab's traffic is plain HTTP on loopback (TLS checks make their own
+        # contexts), and loading a CA bundle costs ~20 ms at every check.
+        self.http = httpx.Client(timeout=10.0, trust_env=False, verify=False)
         self._admins: dict[str, Admin] = {}
         self._pods: dict[str, httpx.Client] = {}
 
@@ -45,18 +47,25 @@ class LabSession:
         lab_ref = f"lab {lab.number:02d} ({lab.slug})"
         runtime_type = runtime_class(lab=lab)  # local, or MESHLAB_RUNTIME's choice (if it fits the lab)
         platform.require(lab.requires, lab_ref=lab_ref)
-        preflight.prepare_and_check(lab, lab_dir, passed=os.environ.get(preflight.PASSED_ENV))
+        passed = os.environ.get(preflight.PASSED_ENV)
+        # The lab's Envoys are about to load their configs: they are the validation (see
+        # preflight.check_files), and preflight runs Envoy only to explain one that fails.
+        preflight.prepare_and_check(lab, lab_dir, passed=passed, run_envoy=False)
         running = runtime_type.attach(lab, run_dir)
-        if running is not None:
-            if running.lab_dir != lab_dir:
-                raise PortBusy(f"{lab_ref} is already running from {running.lab_dir}",
-                               fix=f"stop it first: meshlab stop {lab.number}")
-            running.sync()  # restart what the learner changed since `meshlab start`
-            session = cls(lab, lab_dir, running, owned=False)
-        else:
-            runtime = runtime_type(lab, lab_dir, run_dir, detached=False)
-            runtime.start_all()
-            session = cls(lab, lab_dir, runtime, owned=True)
+        try:
+            if running is not None:
+                if running.lab_dir != lab_dir:
+                    raise PortBusy(f"{lab_ref} is already running from {running.lab_dir}",
+                                   fix=f"stop it first: meshlab stop {lab.number}")
+                running.sync()  # restart what the learner changed since `meshlab start`
+                session = cls(lab, lab_dir, running, owned=False)
+            else:
+                runtime = runtime_type(lab, lab_dir, run_dir, detached=False)
+                runtime.start_all()
+                session = cls(lab, lab_dir, runtime, owned=True)
+        except ServiceFailed:
+            preflight.check_files(lab, lab_dir)  # raises the config's error, at its line, if that is the cause
+            raise
         session._join_network()
         return session
 

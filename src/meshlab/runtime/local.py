@@ -258,9 +258,17 @@ class LocalRuntime:
         return self.start(name)
 
     def stop_all(self) -> None:
+        """Stop every service, all at once: nothing is left to serve, so no order matters."""
         self.refresh()
-        for name in reversed(list(self.state.services)):
-            self.stop(name)
+        running = {name: service for name, service in self.state.services.items()
+                   if processes.alive(service.pid, service.create_time)}
+        processes.terminate_groups([(s.pgid, s.pid, self._popen.get(name)) for name, s in running.items()])
+        for name, service in list(self.state.services.items()):
+            if name in self._popen:
+                self._popen.pop(name).poll()
+            remove_scratch(service)
+            del self.state.services[name]
+        self._save()
         if self.pods is not None:
             self.pods.teardown()
         self._forget()

@@ -107,23 +107,32 @@ def create_time(pid: int) -> float | None:
 def terminate_group(pgid: int, pid: int, *, popen: subprocess.Popen | None = None,
                     grace: float = 3.0) -> None:
     """SIGTERM the whole group, wait up to GRACE seconds, then SIGKILL what is left."""
-    members = _group_members(pgid) | {pid}
-    _signal_group(pgid, signal.SIGTERM)
+    terminate_groups([(pgid, pid, popen)], grace=grace)
+
+
+def terminate_groups(groups: Sequence[tuple[int, int, subprocess.Popen | None]], *, grace: float = 3.0) -> None:
+    """terminate_group for several groups (PGID, PID, POPEN) at once: every group is
+    signalled before any is waited for, so a lab's services end side by side."""
+    members = {pid: _group_members(pgid) | {pid} for pgid, pid, _ in groups}
+    for pgid, _, _ in groups:
+        _signal_group(pgid, signal.SIGTERM)
+    popens = [popen for _, _, popen in groups if popen is not None]
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if popen is not None:
+        for popen in popens:
             popen.poll()
-        if not any(_running(p) for p in members):
+        if not any(_running(p) for pids in members.values() for p in pids):
             break
-        time.sleep(0.01)
+        time.sleep(0.005)
     else:
-        _signal_group(pgid, signal.SIGKILL)
-        for p in members:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-    if popen is not None:
+        for pgid, pid, _ in groups:
+            _signal_group(pgid, signal.SIGKILL)
+            for p in members[pid]:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+    for popen in popens:
         try:
             popen.wait(timeout=grace)
         except subprocess.TimeoutExpired:
