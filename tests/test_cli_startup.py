@@ -62,7 +62,7 @@ def test_help_imports_no_command_module(state_dir):
 def test_the_probe_would_see_a_heavy_import(state_dir):
     # The guards above are only worth something if they can fail: a command's own
     # `--help` loads its module, and the checker's machinery is found when imported.
-    assert "meshlab.cli.labs" in modules_after(["check", "--help"], state_dir)
+    assert "meshlab.cli.check" in modules_after(["check", "--help"], state_dir)
     env = {**os.environ, "MESHLAB_ROOT": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", "import sys, json, meshlab.session; print(json.dumps(sorted(sys.modules)))"],
                           env=env, capture_output=True, text=True, timeout=60)

@@ -36,8 +36,9 @@ CHECKER_PLUGINS = ("-p", "meshlab.pytest_plugin", "-p", "pytest_timeout")
 # pytest's own plugins that no check uses and that cost time at every check: the cache
 # (a folder written per run), and the hunt for unraisable exceptions, which runs the
 # garbage collector over everything pytest and the checker imported as it unconfigures.
+# (junitxml stays: its `record_property` is how a check adds a note.)
 UNUSED_PLUGINS = ("-p", "no:cacheprovider", "-p", "no:unraisableexception", "-p", "no:threadexception",
-                  "-p", "no:junitxml", "-p", "no:doctest", "-p", "no:pastebin")
+                  "-p", "no:doctest", "-p", "no:pastebin")
 
 # The child's entry point (pytest, set up and ended for speed: see its docstring).
 CHECKER_MODULE = "meshlab.checker_process"
@@ -151,6 +152,11 @@ class Checker:
             self.child = spawn(self.argv, cwd=self.course.root, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                die_with_parent=True, death_signal=signal.SIGTERM)
 
+    def start(self) -> None:
+        """Start the checker's process now (it runs the checks at once); `run` follows it."""
+        if self.child is None:
+            self._spawn()
+
     def run(self, on_event: OnEvent | None = None, *, preflight_passed: str | None = None) -> LabResult:
         lab = self.lab
         result = LabResult(lab=lab.slug, number=lab.number, title=lab.title, path=str(self.lab_dir), status="error",
@@ -162,7 +168,7 @@ class Checker:
 
                 self.env[PASSED_ENV] = preflight_passed
             self._spawn()
-        else:
+        elif self.go is not None:  # started ahead: waiting for the word
             self._say_go(preflight_passed or "")
         child = self.child
         try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 
@@ -70,6 +69,8 @@ def pristine_starter(course: Course, lab: Lab, dest: Path, *, working_tree: bool
         shutil.copytree(lab.workspace, dest, dirs_exist_ok=True)
         return dest
     prefix = str(lab.workspace.resolve().relative_to(course.root)) + "/"
+    import tarfile  # only here: every command imports this module
+
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         for member in tar.getmembers():
             if member.isfile() and member.name.startswith(prefix):

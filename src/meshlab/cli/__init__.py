@@ -2,7 +2,8 @@
 
 One module per command group, each exporting its click commands:
 
-    labs.py    the learner's loop: list, start, stop, status, check, watch, hint, reset
+    labs.py    the learner's loop: list, start, stop, status, watch, hint, reset
+    check.py   meshlab check (its own module: it starts the checker before drawing anything)
     course.py  the course on this machine: doctor, audit
     certs.py   meshlab certs (a CA and SPIFFE SVIDs)
     load.py    meshlab load (fortio-compatible load)
@@ -48,7 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stop": ("labs:stop_command", "Stop LAB's services (every running lab when LAB is omitted)."),
     "status": ("labs:status_command",
                "What meshlab is running now (of LAB, or of every lab): services, PIDs and ports."),
-    "check": ("labs:check_command",
+    "check": ("check:check_command",
               "Grade LAB against real Envoy: a scorecard of checks, EXPECTED / RECEIVED, hints."),
     "watch": ("labs:watch_command", "Re-check LAB every time you save one of its files (Ctrl-C to stop)."),
     "hint": ("labs:hint_command", "The next hint for LAB (hints come in layers, from a nudge to the answer's shape)."),

@@ -1,4 +1,4 @@
-"""The learner's commands: list, start, stop, status, check, watch, hint, reset."""
+"""The learner's commands: list, start, stop, status, watch, hint, reset (check has its own module)."""
 
 from __future__ import annotations
 
@@ -201,53 +201,6 @@ def _docker_status(course, folder) -> dict | None:
                  "ports": dict(s.ports), "running": s.name in running} for s in spec.services]
     return {"run": folder.name, "lab": spec.slug, "lab_dir": str(runtime.lab_dir), "runtime": "docker",
             "detached": runtime.owner_pid is None, "services": services}
-
-
-@click.command("check")
-@LAB
-@click.option("--path", type=click.Path(), help="Grade the lab files in this folder instead of labs/NN-slug.")
-@click.option("--solution", is_flag=True, help="Grade the course's solution (solutions/NN-slug).")
-@click.option("--isolate", is_flag=True,
-              help="Run in a private network namespace (fixed ports never collide; needs Linux namespaces).")
-@RUNTIME
-@click.option("--learner", metavar="NAME",
-              help="Who is checking, recorded in --json results (default: $MESHLAB_LEARNER, else git's user.name).")
-@JSON
-def check_command(lab: str, path: str | None, solution: bool, isolate: bool, runtime: str | None,
-                  learner: str | None,
-                  as_json: bool) -> None:
-    """Grade LAB against real Envoy: a scorecard of checks, EXPECTED / RECEIVED, hints.
-
-    Exit 0 when every check passes, 1 when one fails, 2 when the lab files or the
-    machine are broken (the message says where and how to fix it).
-    """
-    from meshlab import isolation
-    from meshlab.checking import default_learner, run_checks
-    from meshlab.runtime.interface import selected
-
-    course = open_course()
-    spec = course.find(lab)
-    lab_dir = lab_dir_for(course, spec, path, solution)
-    runtime = selected(runtime)
-    if isolate and runtime == "docker":
-        raise MeshlabError("--isolate and the docker runtime exclude each other: the lab's ports are published "
-                           "on the host's 127.0.0.1, which a private namespace cannot reach",
-                           fix="drop --isolate (containers are isolated already; only the published ports are shared)")
-    learner = (learner or "").strip() or default_learner(course.root)
-    if isolate and not isolation.available():
-        raise MeshlabError("--isolate needs network namespaces, which this machine does not allow",
-                           fix="run without --isolate, or as root / with unprivileged user namespaces")
-    if as_json:
-        result = run_checks(course, spec, lab_dir, isolate=isolate, runtime=runtime)
-        result.learner = learner
-        click.echo(json.dumps(result.to_json(), indent=2))
-    else:
-        with ui.check_progress(spec) as on_event:
-            result = run_checks(course, spec, lab_dir, isolate=isolate, on_event=on_event, runtime=runtime)
-        ui.show_result(result)
-    if lab_dir == spec.workspace and result.status != "error":
-        progress.record_check(course, spec, result.status, result.passed, len(result.checks))
-    sys.exit(result.exit_code)
 
 
 @click.command("watch")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from meshlab import ui, workspace
+from meshlab import workspace
 from meshlab.course import Course, Lab, load_course
 from meshlab.errors import MeshlabError
 
@@ -26,9 +26,15 @@ def open_course() -> Course:
 
         # A checker or watcher killed outright could not stop its services: do it now.
         for run in stop_orphaned_runs(course.state_dir / "runs"):
-            ui.errors.print(f"[dim]stopped the leftovers of {run}, whose owner had died[/]")
+            _say(f"stopped the leftovers of {run}, whose owner had died")
     _stop_orphaned_containers(course)
     return course
+
+
+def _say(text: str) -> None:
+    from meshlab import ui  # rich, only when there is something to say: `check` starts its checker first
+
+    ui.errors.print(f"[dim]{ui.escape(text)}[/]")
 
 
 def any_runs(course: Course) -> bool:
@@ -47,9 +53,9 @@ def _stop_orphaned_containers(course: Course) -> None:
 
     try:
         for run in stop_orphaned_docker_runs(runs):
-            ui.errors.print(f"[dim]removed the containers of {run}, whose owner had died[/]")
+            _say(f"removed the containers of {run}, whose owner had died")
     except MeshlabError as error:  # no engine now: the containers cannot run either
-        ui.errors.print(f"[dim]could not clean up Docker runs: {error.message}[/]")
+        _say(f"could not clean up Docker runs: {error.message}")
 
 
 def lab_dir_for(course: Course, lab: Lab, path: str | None, solution: bool) -> Path:
