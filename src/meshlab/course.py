@@ -45,16 +45,17 @@ a mapping; the loader refuses it with its line instead of showing it to a learne
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from meshlab import yamlfile
 from meshlab.errors import CourseError, UnknownLab
+
+if TYPE_CHECKING:  # imported where a file is read: a command served from the cache needs no YAML parser
+    from meshlab import yamlfile
 
 COURSE_FILE = "course.yaml"
 LAB_FILE = "lab.yaml"
@@ -210,7 +211,25 @@ def find_root(start: Path | None = None) -> Path:
 
 
 def load_course(root: Path | None = None) -> Course:
+    """The course at ROOT (found from the working folder when None): from the cache of
+    the last load when none of the files it was read from has changed."""
+    from meshlab import course_cache
+
     root = find_root() if root is None else Path(root).resolve()
+    cached = course_cache.read(root)
+    if cached is not None:
+        return cached
+    from meshlab import yamlfile
+
+    with yamlfile.recording() as files:
+        course = _read_course(root)
+    course_cache.write(course, files)
+    return course
+
+
+def _read_course(root: Path) -> Course:
+    from meshlab import yamlfile
+
     doc = yamlfile.load(root / COURSE_FILE)
     data = _mapping(doc, (), {"title", "labs"})
     slugs = data.get("labs") or []
@@ -241,6 +260,8 @@ def load_lab(root: Path, slug: str, *, course_doc: yamlfile.YamlDoc | None = Non
     if not manifest.is_file():
         where = course_doc.location(("labs", index)) if course_doc else None
         raise CourseError(f"lab {slug} has no {LAB_FILE} at {manifest}", where=where)
+    from meshlab import yamlfile
+
     doc = yamlfile.load(manifest)
     data = _mapping(doc, (), _LAB_KEYS)
     _check_format(doc, data)
@@ -330,6 +351,8 @@ def _pods(doc: yamlfile.YamlDoc) -> tuple[PodSpec, ...]:
             raise CourseError(f"pod name {name!r} must be a short lowercase word (at most 12 characters)",
                               where=doc.location(path))
         try:
+            import ipaddress
+
             interface = ipaddress.IPv4Interface(str(data.get("address")))
         except ValueError:
             raise CourseError(f"pod {name}: `address` must be an IPv4 address with its prefix, like 10.77.7.2/24",
@@ -392,7 +415,7 @@ def text_problems(doc: yamlfile.YamlDoc) -> list[CourseError]:
 
 def _not_text(doc: yamlfile.YamlDoc, path: tuple, value: Any) -> CourseError:
     where = doc.location(path)
-    name = f"`{yamlfile.format_path(path)}`"
+    name = f"`{_format_path(path)}`"
     if isinstance(value, dict):
         return CourseError(f"{name} must be text, but YAML read a mapping: an unquoted `: ` in it makes "
                            f"`key: value` of it", where=where,
@@ -465,9 +488,15 @@ def _service(doc: yamlfile.YamlDoc, name: str, body: Any) -> ServiceSpec:
 
 def _choice(doc: yamlfile.YamlDoc, path: tuple, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
-        raise CourseError(f"`{yamlfile.format_path(path)}` must be one of: {', '.join(allowed)}",
+        raise CourseError(f"`{_format_path(path)}` must be one of: {', '.join(allowed)}",
                           where=doc.location(path))
     return str(value)
+
+
+def _format_path(path: tuple) -> str:
+    from meshlab.yamlfile import format_path
+
+    return format_path(path)
 
 
 def _mapping(doc: yamlfile.YamlDoc, path: tuple, allowed: set[str] | None = None) -> dict:
@@ -475,7 +504,7 @@ def _mapping(doc: yamlfile.YamlDoc, path: tuple, allowed: set[str] | None = None
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise CourseError(f"`{yamlfile.format_path(path) or 'the document'}` must be a mapping",
+        raise CourseError(f"`{_format_path(path) or 'the document'}` must be a mapping",
                           where=doc.location(path))
     if allowed is not None:
         for key in value:
@@ -491,7 +520,7 @@ def _list(doc: yamlfile.YamlDoc, path: tuple) -> list:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise CourseError(f"`{yamlfile.format_path(path)}` must be a list", where=doc.location(path))
+        raise CourseError(f"`{_format_path(path)}` must be a list", where=doc.location(path))
     return value
 
 

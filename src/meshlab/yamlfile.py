@@ -7,6 +7,7 @@ keeps a map from path to position next to the data.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -68,9 +69,26 @@ def format_path(path: YamlPath) -> str:
     return text
 
 
+# Lists that `recording` hands out: every file `load` reads is appended to each.
+_recorders: list[list[Path]] = []
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[Path]]:
+    """The files `load` reads within the block (meshlab.course_cache keys on them)."""
+    files: list[Path] = []
+    _recorders.append(files)
+    try:
+        yield files
+    finally:
+        _recorders.remove(files)
+
+
 def load(file: Path, text: str | None = None) -> YamlDoc:
     """Parse FILE; a syntax error becomes a YamlSyntaxError with line and column."""
     file = Path(file)
+    for files in _recorders:
+        files.append(file)
     if text is None:
         try:
             text = file.read_text(encoding="utf-8")
