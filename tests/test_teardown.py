@@ -102,3 +102,23 @@ def test_a_checker_killed_with_sigkill_leaves_nothing_and_is_exit_2(lab_copy, st
     assert cli.wait(timeout=30) == 2
     assert b"did not run to completion" in cli.stdout.read()
     assert eventually(lambda: processes_in(folder) == [], 5), processes_in(folder)
+
+
+def test_services_launched_before_pytest_are_stopped_when_no_check_runs(lab_copy, state_dir):
+    # The checker's process launches the lab's first services before it imports pytest
+    # (meshlab.checker_process --lab); when no check takes them (here: every check
+    # deselected), the process stops them itself on its way out.
+    folder = lab_copy(1)
+    checker = [sys.executable, "-m", "meshlab.checker_process", "--lab", "01-hello-mesh",
+               str(ROOT / "checker" / "test_01_hello_mesh.py"), "-q", "-p", "meshlab.pytest_plugin",
+               "--rootdir", str(ROOT), "--meshlab-path", str(folder), "-k", "no_such_check"]
+    argv = ["unshare", "--net", "--mount", "--", *checker[:3], "--isolated", *checker[3:]] if CAN_ISOLATE else checker
+    env = {**os.environ, "MESHLAB_ROOT": str(ROOT), "MESHLAB_STATE_DIR": str(state_dir),
+           "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 5, proc.stdout + proc.stderr  # pytest: no test ran
+    runs = list((state_dir / "runs").iterdir())
+    assert runs, "nothing was launched early"
+    # Stopped, not merely killed with the process: the run's record is gone too.
+    assert not any((run / "state.json").exists() for run in runs)
+    assert eventually(lambda: processes_in(folder) == [], 5), processes_in(folder)

@@ -1,13 +1,17 @@
 """The checker's own process: pytest with the checker's two plugins, ended the moment
 pytest returns.
 
-    python -m meshlab.checker_process [--isolated] PYTEST-ARGS...
+    python -m meshlab.checker_process [--isolated] [--lab SLUG] PYTEST-ARGS...
 
 `meshlab check` starts this as a child (see `meshlab.checking`). It is a module of its
 own, rather than `python -m pytest`, for what a learner waits for on every check:
 
 - `--isolated`: the child was started by `unshare` in a new network namespace
   (`isolation.wrap_python`), and sets it up here instead of in one more interpreter;
+- `--lab SLUG`: the lab's first services are launched before pytest is imported
+  (`session.launch_early`), so that they boot while Python reads pytest and the checks;
+  the `lab` fixture then finds them starting. Not for a checker started ahead of a save
+  (`--meshlab-go`): that one must not touch the lab before the word;
 - httpx imports its own command-line client at import time, and with it rich and click
   (about 60 ms); no check uses it, and a failed import is what httpx expects without them;
 - once pytest returns, the lab is stopped and the report is written: tearing down an
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
@@ -27,10 +32,36 @@ def main(argv: list[str]) -> int:
 
         isolation.set_up_namespace()
         argv = argv[1:]
+    lab = None
+    if argv[:1] == ["--lab"]:
+        lab, argv = argv[1], argv[2:]
     sys.modules.setdefault("httpx._main", None)  # None in sys.modules: that import fails
-    import pytest
+    from meshlab import session
 
-    return int(pytest.main(argv))
+    try:
+        if lab is not None and "--meshlab-go" not in argv:
+            _launch(lab, argv)
+        import pytest
+
+        return int(pytest.main(argv))
+    except KeyboardInterrupt:
+        return 2  # as pytest says it was interrupted
+    finally:
+        session.stop_unclaimed()
+
+
+def _launch(slug: str, argv: list[str]) -> None:
+    from meshlab.course import load_course, run_dir_for
+    from meshlab.session import launch_early
+
+    def option(name: str) -> str | None:
+        return argv[argv.index(name) + 1] if name in argv[:-1] else None
+
+    course = load_course()
+    lab = course.find(slug)
+    lab_dir = Path(option("--meshlab-path") or lab.workspace).resolve()
+    run_dir = Path(option("--meshlab-run-dir") or run_dir_for(course, lab, lab_dir))
+    launch_early(lab, lab_dir, run_dir)
 
 
 if __name__ == "__main__":

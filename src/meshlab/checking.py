@@ -136,8 +136,9 @@ class Checker:
         if self.go is not None:
             os.mkfifo(self.go, 0o600)
             pytest_args += ["--meshlab-go", str(self.go)]
-        self.argv = (isolation.wrap_python(CHECKER_MODULE, pytest_args) if isolate
-                     else [sys.executable, "-m", CHECKER_MODULE, *pytest_args])
+        process_args = ["--lab", lab.slug, *pytest_args]  # launch the lab while pytest loads
+        self.argv = (isolation.wrap_python(CHECKER_MODULE, process_args) if isolate
+                     else [sys.executable, "-m", CHECKER_MODULE, *process_args])
         self.env = {**os.environ, "MESHLAB_ROOT": str(course.root), "MESHLAB_STATE_DIR": str(course.state_dir),
                     "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
         if runtime is not None:

@@ -21,12 +21,59 @@ from meshlab import platform, preflight
 from meshlab.apps.server import JOURNAL_PATH
 from meshlab.course import Course, Lab, run_dir_for  # noqa: F401 - where callers long found it
 from meshlab.envoy import Admin
-from meshlab.errors import PortBusy, ServiceFailed
+from meshlab.errors import MeshlabError, PortBusy, ServiceFailed
 from meshlab.grading import http as grading_http
 from meshlab.grading.raised import Raised, learners_tracebacks
 from meshlab.runtime import LocalRuntime
 from meshlab.runtime.enter import enter_netns
 from meshlab.runtime.interface import runtime_class
+
+
+def _prepare(lab: Lab, lab_dir: Path) -> type:
+    """What comes before a lab starts: the machine has what it needs, the learner's files
+    pass preflight. Returns the runtime to start it on."""
+    runtime_type = runtime_class(lab=lab)  # local, or MESHLAB_RUNTIME's choice (if it fits the lab)
+    platform.require(lab.requires, lab_ref=f"lab {lab.number:02d} ({lab.slug})")
+    # The lab's Envoys are about to load their configs: they are the validation (see
+    # preflight.check_files), and preflight runs Envoy only to explain one that fails.
+    preflight.prepare_and_check(lab, lab_dir, passed=os.environ.get(preflight.PASSED_ENV), run_envoy=False)
+    return runtime_type
+
+
+# Labs whose first services `launch_early` launched before pytest was imported, for
+# `LabSession.open` to finish starting: (slug, lab folder, run folder) -> the runtime,
+# or the error that stopped it (raised by `open`, where the checks expect it).
+_launched_early: dict[tuple[str, Path, Path], "LocalRuntime | MeshlabError"] = {}
+
+
+def _early_key(lab: Lab, lab_dir: Path, run_dir: Path) -> tuple[str, Path, Path]:
+    return lab.slug, Path(lab_dir).resolve(), Path(run_dir).resolve()
+
+
+def launch_early(lab: Lab, lab_dir: Path, run_dir: Path) -> None:
+    """Prepare LAB and launch the services that wait for nothing, without waiting for
+    them (see LocalRuntime.launch_early): the checker's process does this first, and
+    boots the lab while it imports pytest. Nothing happens for a lab that is already
+    running (the learner's `meshlab start`), has pods, or runs on another runtime."""
+    key = _early_key(lab, lab_dir, run_dir)
+    try:
+        runtime_type = _prepare(lab, Path(lab_dir).resolve())
+        if runtime_type is not LocalRuntime or lab.pods or runtime_type.attach(lab, run_dir) is not None:
+            return
+        runtime = LocalRuntime(lab, lab_dir, run_dir, detached=False)
+        runtime.launch_early()
+    except MeshlabError as error:
+        _launched_early[key] = error
+        return
+    _launched_early[key] = runtime
+
+
+def stop_unclaimed() -> None:
+    """Stop what `launch_early` started and no session took (the checks never ran)."""
+    for runtime in _launched_early.values():
+        if isinstance(runtime, LocalRuntime):
+            runtime.stop_all()
+    _launched_early.clear()
 
 
 class LabSession:
@@ -45,13 +92,14 @@ class LabSession:
     def open(cls, lab: Lab, lab_dir: Path, run_dir: Path) -> "LabSession":
         lab_dir = Path(lab_dir).resolve()
         lab_ref = f"lab {lab.number:02d} ({lab.slug})"
-        runtime_type = runtime_class(lab=lab)  # local, or MESHLAB_RUNTIME's choice (if it fits the lab)
-        platform.require(lab.requires, lab_ref=lab_ref)
-        passed = os.environ.get(preflight.PASSED_ENV)
-        # The lab's Envoys are about to load their configs: they are the validation (see
-        # preflight.check_files), and preflight runs Envoy only to explain one that fails.
-        preflight.prepare_and_check(lab, lab_dir, passed=passed, run_envoy=False)
-        running = runtime_type.attach(lab, run_dir)
+        early = _launched_early.pop(_early_key(lab, lab_dir, run_dir), None)
+        if isinstance(early, MeshlabError):
+            raise early
+        if early is None:
+            runtime_type = _prepare(lab, lab_dir)
+            running = runtime_type.attach(lab, run_dir)
+        else:
+            running = None
         try:
             if running is not None:
                 if running.lab_dir != lab_dir:
@@ -60,7 +108,7 @@ class LabSession:
                 running.sync()  # restart what the learner changed since `meshlab start`
                 session = cls(lab, lab_dir, running, owned=False)
             else:
-                runtime = runtime_type(lab, lab_dir, run_dir, detached=False)
+                runtime = early or runtime_type(lab, lab_dir, run_dir, detached=False)
                 runtime.start_all()
                 session = cls(lab, lab_dir, runtime, owned=True)
         except ServiceFailed:

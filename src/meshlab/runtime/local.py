@@ -85,6 +85,8 @@ class LocalRuntime:
                               owner_started=None if detached else processes.create_time(os.getpid()))
         self._popen: dict[str, subprocess.Popen] = {}
         self.pods: PodNetwork | None = None  # the lab's network namespaces, when it has pods
+        self._begun = False  # ports checked and old logs cleared (`launch_early` or `start_all`)
+        self._early: dict[str, ServiceState] = {}  # launched by `launch_early`, not yet seen ready
 
     # -- finding a run that is already there -------------------------------------
 
@@ -136,13 +138,34 @@ class LocalRuntime:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def start_all(self) -> None:
-        """Check ports, then start every service once those it comes `after` are ready,
-        and wait until each is ready. On any failure, what was started is stopped."""
+    def launch_early(self) -> None:
+        """The start of `start_all` without its waiting: check ports and launch the
+        services that wait for nothing, then return while they boot. The checker does
+        this before it imports pytest and the checks (meshlab.checker_process), so the
+        two take the time of one; `start_all` then waits for them and starts the rest.
+        Labs with pods start one pod at a time and do not take this path."""
+        if self.lab.pods:
+            raise ValueError("a lab with pods starts its services one at a time: use start_all")
+        self._begin()
+        try:
+            for spec in self._start_waves()[0]:
+                self._early[spec.name] = self._launch(spec, *self._prepare(spec))
+        except BaseException:
+            self.stop_all()
+            raise
+
+    def _begin(self) -> None:
         portcheck.ensure_free(self.lab.host_ports(), lab_ref=f"lab {self.lab.number:02d} ({self.lab.slug})")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for old_log in self.run_dir.glob("*.log"):
             old_log.unlink()  # a new run starts with empty logs; restarts within it append
+        self._begun = True
+
+    def start_all(self) -> None:
+        """Check ports, then start every service once those it comes `after` are ready,
+        and wait until each is ready. On any failure, what was started is stopped."""
+        if not self._begun:
+            self._begin()
         try:
             if self.lab.pods:
                 self.pods = PodNetwork.create(self.lab, self.run_dir, owner_pid=self.state.owner_pid)
@@ -162,7 +185,9 @@ class LocalRuntime:
         """Launch every service of WAVE, then wait for each: none of them waits for
         another, so they come up side by side (lab 03's seven apps in the time of one)."""
         self.refresh()  # once: a refresh between launches would replace the records just made
-        launched = [(spec, self._launch(spec, *self._prepare(spec))) for spec in wave if not self.is_running(spec.name)]
+        launched = [(spec, self._early.pop(spec.name)) if spec.name in self._early else
+                    (spec, self._launch(spec, *self._prepare(spec)))
+                    for spec in wave if spec.name in self._early or not self.is_running(spec.name)]
         for spec, service in launched:
             self._settle(spec, service)
 
@@ -268,6 +293,7 @@ class LocalRuntime:
                 self._popen.pop(name).poll()
             remove_scratch(service)
             del self.state.services[name]
+        self._early.clear()
         self._save()
         if self.pods is not None:
             self.pods.teardown()
@@ -400,7 +426,7 @@ class LocalRuntime:
                     fix=self._ready_fix(spec),
                 )
             time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, 0.02)  # a service is often ready between two probes: look often
 
     def _probe(self, spec: ServiceSpec, service: ServiceState) -> bool:
         if spec.kind == "envoy":
