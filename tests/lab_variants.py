@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def fails_only(grade, number: int, files: dict[str, str], failing: set[str], *,
                may_fail: set[str] = frozenset()) -> dict:
@@ -38,3 +40,13 @@ def passes(grade, number: int, files: dict[str, str] | None = None, *, path: Pat
                if c["status"] not in ("pass", "skip")}
     assert code == 0 and checks and not failing, failing or data
     return checks
+
+
+def solution_edited(slug: str, name: str, *edits: tuple[str, str]) -> dict[str, str]:
+    """{NAME: lab SLUG's solution file NAME with each (old, new) edit made}, for `files=`;
+    every OLD must be in the text, so a changed solution cannot make an edit vanish."""
+    text = (ROOT / "solutions" / slug / name).read_text()
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    return {name: text}

@@ -7,21 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lab_variants import fails_only, passes
+from lab_variants import fails_only, passes, solution_edited
 
 pytestmark = pytest.mark.lab_runs
 
 ROOT = Path(__file__).resolve().parents[1]
-SOLUTION = (ROOT / "solutions/06-xds/control_plane.py").read_text()
 
 
 def solution_with(*edits: tuple[str, str]) -> dict[str, str]:
     """The solution's control_plane.py with each (old, new) edit made."""
-    text = SOLUTION
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    return {"control_plane.py": text}
+    return solution_edited("06-xds", "control_plane.py", *edits)
 
 
 def test_a_fixed_version_never_reaches_envoy(grade):

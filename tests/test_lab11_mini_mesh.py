@@ -12,20 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_variants import fails_only, passes
+from lab_variants import fails_only, passes, solution_edited
 
 pytestmark = pytest.mark.lab_runs
 
 ROOT = Path(__file__).resolve().parents[1]
-SOLUTION = (ROOT / "solutions/11-mini-mesh/control_plane.py").read_text()
 
 
 def solution_with(*edits: tuple[str, str]) -> dict[str, str]:
-    text = SOLUTION
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    return {"control_plane.py": text}
+    """The solution's control_plane.py with each (old, new) edit made."""
+    return solution_edited("11-mini-mesh", "control_plane.py", *edits)
 
 
 # Identity by a header the caller's sidecar adds (and keeps when the app already sent
