@@ -14,10 +14,12 @@ Windows are one second long. A check that needs an exact count sends within one 
 in the current one if enough of it is left, else from the next boundary, and it repeats
 with fresh users (from a boundary) if the machine was too slow to finish within that
 second, so an exact count never depends on luck. The service reads the same clock, so a
-request sent after the window began and answered before it ended was counted in it. Only the first
-check sends concurrently (both Envoys at once, to catch a count that is read and then
-written back); the others send one request at a time, so a racy counter fails only
-where a race is what is being checked.
+request sent after the window began and answered before it ended was counted in it.
+(The fixed descriptors, batch-job and /report, are sent by one check only, and its
+retries start from a boundary: a new window.) Only the first check sends concurrently
+(both Envoys at once, to catch a count that is read and then written back); the others
+send one request at a time, so a racy counter fails only where a race is what is being
+checked.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ SERVICES = ("ratelimit-a", "ratelimit-b")     # each with a `grpc` port
 DOMAIN = "ingress"
 USER_LIMIT, BATCH_LIMIT, REPORT_LIMIT = 5, 2, 3
 BURST = 24                     # requests of one user in the concurrent burst, half per Envoy
-ROUNDS = 3                     # bursts, each in its own second: a racy count rarely comes out exact thrice
+ROUNDS = 3                     # bursts, each of its own user: a racy count rarely comes out exact thrice
 MARGIN_S = 0.03                # start this long after a second boundary
 WINDOW_BUDGET_S = 0.95         # and be done this long after it (answers came, so decisions fell in it)
 ROOM_S = 0.4                   # begin in the current second if this much of the budget is left
