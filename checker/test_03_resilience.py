@@ -37,7 +37,7 @@ BROKEN = "pool-3"         # the instance of the pool that answers 500
 
 SLOW_S = 0.5             # the slow service's delay (lab.yaml)
 OVERLOAD = 50            # concurrent requests against it
-MOST_ADMITTED = 5        # with limits of 1, two get through (one in flight, one pending)
+MOST_ADMITTED = 5        # with limits of 1, one or two get through (one in flight, one pending)
 # The two admitted requests take 2 x SLOW_S; requests queued behind one connection
 # (no pending limit) would take up to 50 x SLOW_S: clients give up in between.
 OVERLOAD_WAIT_S = 2.5
