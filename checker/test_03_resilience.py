@@ -6,8 +6,8 @@ counters, /clusters, the response flags and durations of its JSON access log) an
 cross-checked by what clients saw and what reached the apps.
 
 The five steps' traffic runs at once (the `traffic` fixture), so the lab takes as long
-as its slowest step (about a second: the breaker's two admitted 0.5 s requests one after
-the other, the 467 fault requests and their 0.5 s tail), not the sum. They cannot mix:
+as its slowest step (about a second: the breaker's admitted 0.5 s requests, up to two one
+after the other, the 467 fault requests and their 0.5 s tail), not the sum. They cannot mix:
 each step has a route, a cluster and an app of its own, and each check reads only its
 cluster's counters, its path's access-log entries and its app's journal (the fault
 filter's counters are the listener's, and only /faulty injects faults).
@@ -38,8 +38,8 @@ BROKEN = "pool-3"         # the instance of the pool that answers 500
 SLOW_S = 0.5             # the slow service's delay (lab.yaml)
 OVERLOAD = 50            # concurrent requests against it
 MOST_ADMITTED = 5        # with limits of 1, one or two get through (one in flight, one pending)
-# The two admitted requests take 2 x SLOW_S; requests queued behind one connection
-# (no pending limit) would take up to 50 x SLOW_S: clients give up in between.
+# The admitted requests (one or two) take at most 2 x SLOW_S; requests queued behind one
+# connection (no pending limit) would take up to 50 x SLOW_S: clients give up in between.
 OVERLOAD_WAIT_S = 2.5
 RETRIED = 30             # requests to the flaky service
 RETRYING = 3             # at once: Envoy allows 3 concurrent retries per cluster by default
