@@ -34,7 +34,7 @@ ATTEMPTS = "include_attempt_count_in_response: true"
 TIMEOUT = "route: { cluster: stalled, timeout: 0.5s }"
 ABORT = """                      http_status: 503
                       percentage: { numerator: 10, denominator: HUNDRED }"""
-DELAY = """                      fixed_delay: 2s
+DELAY = """                      fixed_delay: 0.5s
                       percentage: { numerator: 10, denominator: HUNDRED }"""
 
 
@@ -71,10 +71,10 @@ def test_loose_breaker_unenforced_ejection_wrong_retry_condition_idle_timeout_50
         RETRY="retry_policy: { retry_on: connect-failure, num_retries: 2 }",
         TIMEOUT="route: { cluster: stalled, idle_timeout: 0.5s }",
         ABORT=ABORT.replace("503", "500"),
-        DELAY=DELAY.replace("2s", "0.2s"),
+        DELAY=DELAY.replace("0.5s", "0.05s"),
     ), EVERY_CHECK - {"test_breaker_counters", "test_breaker_fails_fast"})
     assert "reached the slow service" in checks["test_breaker_refuses_excess"]["message"]
-    assert "took 0.2" in checks["test_fault_delays"]["message"]
+    assert "not 0.5 s" in checks["test_fault_delays"]["message"]  # 0.05 s and the upstream's time
 
 
 def test_unusual_correct_configurations_pass(grade):
@@ -84,7 +84,7 @@ def test_unusual_correct_configurations_pass(grade):
         RETRY="retry_policy: { retry_on: retriable-status-codes, retriable_status_codes: [503], num_retries: 3 }",
         TIMEOUT="route: { cluster: stalled, timeout: 0.500s }",
         ABORT=ABORT.replace("numerator: 10, denominator: HUNDRED", "numerator: 100000, denominator: MILLION"),
-        DELAY=DELAY.replace("2s", "2.000s"),
+        DELAY=DELAY.replace("0.5s", "0.500s"),
     ))
 
 
@@ -94,3 +94,9 @@ def test_a_retry_condition_envoy_ignores_is_named(grade):
                         {"test_retries_succeed", "test_attempt_count_visible"})
     for cid in ("test_retries_succeed", "test_attempt_count_visible"):
         assert "retry_on '5XX'" in checks[cid]["hint"] and "5xx" in checks[cid]["hint"], checks[cid]["hint"]
+
+
+def test_a_delay_longer_than_asked_fails_only_its_check(grade):
+    """Delays of 2 s are counted and flagged like the right ones: only Envoy's durations tell."""
+    checks = fails_only(grade, 3, variant(DELAY=DELAY.replace("0.5s", "2s")), {"test_fault_delays"})
+    assert "took 2.0" in checks["test_fault_delays"]["message"], checks["test_fault_delays"]["message"]
