@@ -51,6 +51,12 @@ OUTAGE_REQUESTS = 30                        # sent while the control plane is do
 # and from a quarter; both error rates stay below 1e-6.
 ABORT_REQUESTS = sample_size(0.10, (0.01, 0.25))
 DELAYED_REQUESTS = 3
+# The delay experiment: long enough that no undelayed call comes near it (they take
+# milliseconds), and the bucket of Envoy's request-time histogram that tells them apart.
+DELAY_MS, SLOWER_THAN_MS = 1000, 500
+# The timed experiment's --for: the first as short as the check can see it running in;
+# the longer ones only if it had already ended when the sidecars' configuration was read.
+EXPIRY_SECONDS = (1.5, 5.0, 15.0)
 CLEARED_REQUESTS = 50
 CALL_WORKERS = 4                            # connections at once for a fixed number of calls
 
@@ -140,7 +146,7 @@ def wait_in_sync(lab, timeout: float = 20.0) -> dict:
         ok, nodes = in_sync(lab)
         if ok:
             return nodes
-        time.sleep(0.2)
+        time.sleep(0.05)
     if not any(n.get("acked") for n in nodes.values()):
         _NOTHING_ACKED.append(True)
     fail("not every sidecar runs its node's configuration",
@@ -426,8 +432,7 @@ def test_split(lab):
              received=json.dumps(received), hint=SPLIT_HINT)
     expect_share(received["api-v2"], SPLIT_REQUESTS, 0.2, what="went to api v2", hint=SPLIT_HINT)
     canary = uuid.uuid4().hex
-    for index in range(HEADER_REQUESTS):
-        web(lab, f"/canary/{index}", headers={"x-probe": canary, "x-canary": "true"})
+    calls(lab, HEADER_REQUESTS, "/canary", {"x-probe": canary, "x-canary": "true"})
     got = {w: sum(1 for e in lab.journal(w) if e["headers"].get("x-probe") == canary) for w in APIS}
     if got["api-v2"] != HEADER_REQUESTS:
         fail(f"{got['api-v1']} of {HEADER_REQUESTS} requests with x-canary: true went to v1",
@@ -616,48 +621,57 @@ def test_abort_share(lab):
              received=f"it grew by {injected}", hint=ROUTE_HINT if injected == 0 else FAULT_HINT)
 
 
-@check("--delay 2s: every delayed call shows in Envoy's delays_injected and in its request times",
+@check("--delay 1s: every delayed call shows in Envoy's delays_injected and in its request times",
        hint=FAULT_HINT)
 @pytest.mark.usefixtures("no_experiment_left")
 def test_delay(lab):
     wait_in_sync(lab)
-    start_experiment(lab, delay_ms=2000, delay_percent=100.0)
+    start_experiment(lab, delay_ms=DELAY_MS, delay_percent=100.0)
     wait_in_sync(lab)
     before = fault_counters(lab, "delays_injected")
-    slow_before = requests_slower_than(lab, 1000)
+    slow_before = requests_slower_than(lab, SLOWER_THAN_MS)
     answers = calls(lab, DELAYED_REQUESTS, "/chaos")
     injected = moved(before, fault_counters(lab, "delays_injected"))
     if injected != DELAYED_REQUESTS or any(a.status != 200 for a in answers):
-        fail(f"{DELAYED_REQUESTS} calls to api under a 2 s delay for all of them",
+        fail(f"{DELAYED_REQUESTS} calls to api under a {DELAY_MS / 1000:g} s delay for all of them",
              expected=f"fault.delays_injected to grow by {DELAYED_REQUESTS}, every call still answered 200",
              received=f"it grew by {injected}; statuses {[a.status for a in answers]}",
              hint=ROUTE_HINT if injected == 0 else FAULT_HINT)
-    # Envoy's histograms move at its stats flush: wait for the delayed requests to show.
-    slow = eventually(lambda: (n := requests_slower_than(lab, 1000) - slow_before) >= DELAYED_REQUESTS and n,
-                      timeout=15.0, interval=0.5)
+    # Envoy merges its histograms when the admin API is asked (the sidecars' bootstrap says
+    # stats_flush_on_admin), so the first reading may still lack the newest requests.
+    slow = eventually(lambda: (n := requests_slower_than(lab, SLOWER_THAN_MS) - slow_before) >= DELAYED_REQUESTS
+                      and n, timeout=15.0, interval=0.1)
     if not slow:
         fail("Envoy's request times do not show the delay",
-             expected=f"{DELAYED_REQUESTS} more requests over 1000 ms in a connection manager's "
+             expected=f"{DELAYED_REQUESTS} more requests over {SLOWER_THAN_MS} ms in a connection manager's "
                       "downstream_rq_time histogram",
-             received=f"{requests_slower_than(lab, 1000) - slow_before} more", hint=FAULT_HINT)
+             received=f"{requests_slower_than(lab, SLOWER_THAN_MS) - slow_before} more", hint=FAULT_HINT)
 
 
-@check("An experiment --for 3s ends by itself, clear ends one at once: 0 faults, the configuration from before",
-       hint=CLEAR_HINT)
+@check("A timed experiment (--for) ends by itself, clear ends one at once: 0 faults, the configuration "
+       "from before", hint=CLEAR_HINT)
 @pytest.mark.usefixtures("no_experiment_left")
 def test_expiry_and_clear(lab):
     wait_in_sync(lab)
     original = configuration(lab)
-    ends = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=3)
-    start_experiment(lab, abort_percent=100.0, expires_at=ends.isoformat())
-    wait_in_sync(lab)
-    if configuration(lab) == original:
+    for seconds in EXPIRY_SECONDS:
+        ends = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+        start_experiment(lab, abort_percent=100.0, expires_at=ends.isoformat())
+        wait_in_sync(lab)
+        changed = configuration(lab) != original
+        if changed or dt.datetime.now(dt.timezone.utc) < ends:
+            break               # seen while it ran: changed, or it changed nothing
+        # Read only after its end (a slow machine): end it, wait for the configuration
+        # from before, and try a longer one.
+        end_experiments(lab)
+        eventually(lambda: in_sync(lab)[0] and configuration(lab) == original, timeout=15.0, interval=0.1)
+    if not changed:
         fail("an experiment changed nothing in the sidecars' listeners and routes",
              expected="the fault filter's setting for api in the configuration", received="the same configuration",
              hint=FAULT_HINT)
     time.sleep(max(0.0, (ends - dt.datetime.now(dt.timezone.utc)).total_seconds()))
     for how in ("after its --for", "after clear"):
-        back = eventually(lambda: in_sync(lab)[0] and configuration(lab) == original, timeout=15.0, interval=0.2)
+        back = eventually(lambda: in_sync(lab)[0] and configuration(lab) == original, timeout=15.0, interval=0.1)
         if not back:
             fail(f"the sidecars did not get their configuration back {how}",
                  expected="the listeners and routes from before the experiment, exactly",

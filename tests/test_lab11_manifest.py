@@ -72,6 +72,22 @@ def test_the_lab_injects_a_pod_and_a_sidecar_per_workload():
     assert lab.service("db-v1").target[0] == "redis-server"
 
 
+def test_the_control_plane_starts_without_the_chaos_client():
+    """Every start of the control plane (also the outage check's restart) imports the
+    scaffolding; meshlab.chaos and httpx come only with the first fault experiment."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import meshlab.mesh.control; "
+            "print(sorted(m for m in ('httpx', 'meshlab.chaos') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    from meshlab.mesh import faults
+
+    fault, problem = faults.parse({"service": "api", "abort_percent": 10.0}, None)
+    assert problem is None and fault.abort_percent == 10.0 and fault.abort_status == 503
+
+
 def test_the_mesh_ca_key_is_0600_and_survives_a_restart(tmp_path):
     import datetime as dt
 

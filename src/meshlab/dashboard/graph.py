@@ -25,7 +25,7 @@ from meshlab.mesh import inject
 from meshlab.mesh.manifest import Mesh
 
 WINDOW = "15s"          # rates over the last 15 s of 1 s scrapes
-LATENCY_WINDOW = "30s"  # histograms move at Envoy's stats flush (every 5 s)
+LATENCY_WINDOW = "30s"  # enough observations for a p99 (a sidecar flushes its histograms at each scrape)
 FAILING = 0.05
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
