@@ -272,6 +272,7 @@ class Impostor:
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(svid / certs.SVID_CERT, svid / certs.SVID_KEY)
         self.listener = socket.create_server(("127.0.0.1", port))
+        self.listener.settimeout(0.2)
         self.events: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -282,8 +283,10 @@ class Impostor:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        # Wakes the thread's accept() at once (it raises): no polling interval to wait out.
-        self.listener.shutdown(socket.SHUT_RDWR)
+        try:  # wakes the thread's accept() at once on Linux, instead of after its timeout
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._thread.join(5)
         self.listener.close()
 
@@ -291,6 +294,8 @@ class Impostor:
         while not self._stop.is_set():
             try:
                 conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
             except OSError:
                 return
             conn.settimeout(5)
