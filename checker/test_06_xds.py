@@ -37,6 +37,9 @@ BACKENDS = ("blue", "green")
 APPLY_WITHIN_S = 1.0
 # How long we watch for something that should take milliseconds before calling it absent.
 PATIENCE_S = 5.0
+# How long a control plane that has read a save may take to make a snapshot of it: parsing
+# and building take milliseconds; the rest is margin for a loaded machine.
+BUILD_WITHIN_S = 0.5
 
 # Requests sent down each route of the intent to see which cluster Envoy counts them in.
 ROUTE_REQUESTS = 4
@@ -194,6 +197,18 @@ def _timestamp(text: str | None) -> float:
     if not text:
         return 0.0
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def read_since_written(path) -> bool:
+    """True once some process has read PATH since it was last written: its access time
+    has moved past its modification time. Linux's default (relatime) updates the access
+    time at the first read after a write; with noatime it never moves, and this stays
+    False."""
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    return info.st_atime_ns > info.st_mtime_ns
 
 
 def rejections(admin) -> int:
@@ -483,9 +498,15 @@ def test_unchanged_intent_pushes_nothing(lab, intent):
         return {name: value - updates_before.get(name, 0) for name, value in updates(admin).items()
                 if value != updates_before.get(name, 0)}
 
+    def changed() -> bool:
+        return bool(pushed()) or snapshot_version(lab) != version_before
+
     # A control plane that passed the previous check acts on a save within 1 s: a new
     # snapshot version in its admin view, and updates counted by Envoy if it sends any.
-    eventually(lambda: pushed() or snapshot_version(lab) != version_before, 2 * APPLY_WITHIN_S)
+    # Watched for twice that long, or, once the file shows it was read (nothing but the
+    # control plane reads it now), for the time it takes to build a snapshot from it.
+    if eventually(lambda: changed() or read_since_written(intent.file.path), 2 * APPLY_WITHIN_S) and not changed():
+        eventually(changed, BUILD_WITHIN_S)
     moved, version_after = pushed(), snapshot_version(lab)
     if moved or version_after != version_before:
         fail("a save that changed only a comment of intent.yaml made a new snapshot version"

@@ -39,6 +39,24 @@ def test_a_version_that_changes_when_nothing_changed_fails_the_unchanged_check(g
     assert failed["expected"] and failed["received"], failed
 
 
+def test_a_late_reader_with_a_new_version_per_save_fails_the_unchanged_check(grade):
+    """The check stops watching soon after the control plane has read the save: one that
+    reads late (every 0.5 s) and then makes a new version of the same intent is still
+    caught, as is one that digests the file's text, comments included."""
+    code, checks, _ = grade(6, files=solution_with(
+        ("async for text in watch_file(options.intent):", "async for text in watch_file(options.intent, interval=0.5):"),
+        ("        apply(cache, text, options.intent)", "        LAST_TEXT[:] = [text]\n        apply(cache, text, options.intent)"),
+        ('log = logging.getLogger("control-plane")', 'log = logging.getLogger("control-plane")\nLAST_TEXT: list = [""]'),
+        ('    return "intent-" + digest.hexdigest()[:10]',
+         '    return "text-" + hashlib.sha256(LAST_TEXT[0].encode()).hexdigest()[:10]')))
+    assert code == 1
+    failed = {cid for cid, c in checks.items() if c["status"] != "pass"}
+    # Reading every 0.5 s may also miss the 1 s bound of the change check on a loaded machine.
+    assert "test_unchanged_intent_pushes_nothing" in failed
+    assert failed <= {"test_unchanged_intent_pushes_nothing", "test_change_applied_without_restart"}, checks
+    assert "made a new snapshot version" in checks["test_unchanged_intent_pushes_nothing"]["message"]
+
+
 def test_inline_routes_and_static_endpoints_fail_the_xds_check(grade):
     """Traffic flows, but routes do not come over RDS: the RDS/EDS check fails. A change
     then replaces the whole listener, and Envoy drains the old one gradually: the

@@ -283,3 +283,43 @@ def test_without_the_privileges_audit_skips_the_lab_with_the_reason(state_dir):
     assert row["starter"]["status"] == row["solution"]["status"] == "skip"
     table = _meshlab_without_privileges(state_dir, "audit", "7")
     assert "skipped: lab 07 needs" in table.stdout
+
+
+# -- the compile step -------------------------------------------------------------------
+
+def test_an_unchanged_program_is_not_compiled_again(tmp_path: Path, monkeypatch):
+    """Every check runs `bpf/loader.py compile`: a program whose source and headers did
+    not change comes from the cache, also in another copy of the lab (a graded
+    solution); a changed header or source compiles what includes it."""
+    import shutil
+
+    real_clang = shutil.which("clang")
+    if real_clang is None:
+        pytest.skip("clang is not installed")
+    tools, calls = tmp_path / "tools", tmp_path / "clang-calls"
+    tools.mkdir()
+    (tools / "clang").write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {real_clang} "$@"\n')
+    (tools / "clang").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))   # no shared cache: a real first build
+
+    def compile_in(lab: Path) -> tuple[int, dict[str, bytes]]:
+        before = len(calls.read_text().splitlines()) if calls.exists() else 0
+        done = subprocess.run([sys.executable, "bpf/loader.py", "compile"], cwd=lab, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        ran = len(calls.read_text().splitlines()) - before if calls.exists() else 0
+        return ran, {o.name: o.read_bytes() for o in (lab / "bpf" / "build").glob("*.o")}
+
+    first, second = tmp_path / "lab", tmp_path / "copy"
+    for lab in (first, second):
+        shutil.copytree(ROOT / "labs" / "07-interception", lab, ignore=shutil.ignore_patterns("build"))
+    ran, objects = compile_in(first)
+    assert ran == 3 and sorted(objects) == ["connect4.o", "getsockopt.o", "sockops.o"]
+    assert all(data[:4] == b"\x7fELF" for data in objects.values())
+    assert compile_in(first) == (0, objects)
+    assert compile_in(second)[0] == 0 and compile_in(second)[1].keys() == objects.keys()
+    (second / "connect4.c").write_text((second / "connect4.c").read_text() + "\n/* changed */\n")
+    assert compile_in(second)[0] == 1
+    (second / "bpf" / "mesh.h").write_text((second / "bpf" / "mesh.h").read_text() + "\n/* changed */\n")
+    assert compile_in(second)[0] == 3

@@ -2,6 +2,7 @@
 libbpf, the C library every BPF loader is built on).
 
     python bpf/loader.py compile     clang: connect4.c, sockops.c, getsockopt.c -> bpf/build/*.o
+                                     (skipped for a program whose inputs did not change)
     python bpf/loader.py attach      load them, attach them to the cgroup this process
                                      runs in, serve their status on :15090, hold them
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import json
 import os
 import shutil
@@ -33,6 +35,9 @@ PROGRAMS = (("getsockopt", "mesh_getsockopt"), ("sockops", "mesh_sockops"), ("co
 STATUS_PORT = 15090
 
 
+FLAGS = ["-O2", "-g", "-Wall", "-target", "bpf"]
+
+
 def compile_all() -> int:
     clang = shutil.which("clang")
     if clang is None:
@@ -44,15 +49,93 @@ def compile_all() -> int:
     if multiarch and Path("/usr/include", multiarch).is_dir():
         includes += ["-I", f"/usr/include/{multiarch}"]
     for name, source in SOURCES.items():
+        output = BUILD / f"{name}.o"
+        entry = cache_dir() / inputs_key(clang, source)
+        if from_cache(entry, output):
+            continue
         # Relative to the lab folder, so clang's messages read `connect4.c:12:5: error: ...`.
         shown = os.path.relpath(source, Path.cwd())
-        proc = subprocess.run([clang, "-O2", "-g", "-Wall", "-target", "bpf", *includes, "-c", shown,
-                               "-o", str(BUILD / f"{name}.o")], capture_output=True, text=True)
+        depfile = BUILD / f"{name}.d"
+        proc = subprocess.run([clang, *FLAGS, *includes, "-c", shown, "-o", str(output), "-MD", "-MF", str(depfile)],
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr)
             print(f"{shown} does not compile (clang's first error is at the top)", file=sys.stderr)
             return 2
+        to_cache(entry, output, depfile)
     return 0
+
+
+# -- a compiler cache: an unchanged program is not compiled again --------------------
+#
+# Each check runs `compile` (and `meshlab check --solution` in a fresh copy of the lab),
+# so the objects are kept in ~/.cache/meshlab/bpf by what they were made from: the
+# compiler, the flags, the source, and every header it included (clang lists them with
+# -MD). An entry is found by the first three, then holds one object per content of the
+# headers.
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "meshlab" / "bpf"
+
+
+def inputs_key(clang: str, source: Path) -> str:
+    binary = Path(clang).resolve()
+    info = binary.stat()  # a new clang is a new file
+    digest = hashlib.sha256(f"{binary} {info.st_size} {info.st_mtime_ns}\0{' '.join(FLAGS)}\0".encode())
+    digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
+
+
+def headers_digest(headers: list[str]) -> str | None:
+    """The content of HEADERS (names relative to the lab folder, or absolute); None if one is gone."""
+    digest = hashlib.sha256()
+    for name in headers:
+        try:
+            digest.update(name.encode() + b"\0" + (HERE.parent / name).read_bytes() + b"\0")
+        except OSError:
+            return None
+    return digest.hexdigest()
+
+
+def from_cache(entry: Path, output: Path) -> bool:
+    try:
+        headers = json.loads((entry / "headers.json").read_text())
+    except (OSError, ValueError):
+        return False
+    digest = headers_digest(headers)
+    cached = entry / f"{digest}.o"
+    if digest is None or not cached.is_file():
+        return False
+    shutil.copyfile(cached, output)
+    return True
+
+
+def to_cache(entry: Path, output: Path, depfile: Path) -> None:
+    """Keep OUTPUT under ENTRY with the headers DEPFILE lists (make's syntax, from -MD)."""
+    words = depfile.read_text().replace("\\\n", " ").split(":", 1)[1].split()
+    headers = sorted({_lab_relative(word) for word in words[1:]})  # the first is the source itself
+    digest = headers_digest(headers)
+    if digest is None:
+        return
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+        for name, data in ((f"{digest}.o", output.read_bytes()), ("headers.json", json.dumps(headers).encode())):
+            partial = entry / f".{name}.{os.getpid()}"
+            partial.write_bytes(data)
+            partial.replace(entry / name)  # whole or absent, even with two compiles at once
+    except OSError:
+        pass  # no cache, no harm: the next check compiles again
+
+
+def _lab_relative(path: str) -> str:
+    """PATH relative to the lab folder when it is inside it (the copy graded elsewhere has
+    the same names), else absolute."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(HERE.parent))
+    except ValueError:
+        return str(absolute)
 
 
 class Libbpf:
