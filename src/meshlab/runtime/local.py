@@ -143,9 +143,9 @@ class LocalRuntime:
         services that wait for nothing, then return while they boot. The checker does
         this before it imports pytest and the checks (meshlab.checker_process), so the
         two take the time of one; `start_all` then waits for them and starts the rest.
-        Labs with pods start one pod at a time and do not take this path."""
+        Not for labs with pods: their network namespaces are made first, in start_all."""
         if self.lab.pods:
-            raise ValueError("a lab with pods starts its services one at a time: use start_all")
+            raise ValueError("a lab with pods makes its namespaces before any service: use start_all")
         self._begin()
         try:
             for spec in self._start_waves()[0]:
@@ -171,11 +171,10 @@ class LocalRuntime:
                 self.pods = PodNetwork.create(self.lab, self.run_dir, owner_pid=self.state.owner_pid)
                 self.state.pods = asdict(self.pods.record)
                 self._save()
-                for spec in self._start_order():  # one at a time: each starts with its pod's rules lifted
-                    self.start(spec.name)
-            else:
-                for wave in self._start_waves():
-                    self._start_together(wave)
+            # Side by side, pods or not: the pods' capture rules load only after every
+            # service is up (a restart later lifts its pod's rules while it starts).
+            for wave in self._start_waves():
+                self._start_together(wave)
             self._apply_pod_rules()
         except BaseException:
             self.stop_all()
