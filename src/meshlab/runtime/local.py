@@ -20,9 +20,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -283,6 +285,10 @@ class LocalRuntime:
 
     def stop_all(self) -> None:
         """Stop every service, all at once: nothing is left to serve, so no order matters."""
+        with _uninterrupted():
+            self._stop_all()
+
+    def _stop_all(self) -> None:
         self.refresh()
         running = {name: service for name, service in self.state.services.items()
                    if processes.alive(service.pid, service.create_time)}
@@ -505,6 +511,21 @@ class LocalRuntime:
     def _forget(self) -> None:
         (self.run_dir / STATE_FILE).unlink(missing_ok=True)
         shutil.rmtree(self.run_dir / STATE_FOLDER, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _uninterrupted():
+    """Ctrl-C and SIGTERM wait until the block is done, and arrive right after it: a
+    teardown cut halfway would leave processes, namespaces and cgroups behind. (What the
+    block starts inherits the mask: only short-lived tools such as `ip netns delete`.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are handled by the main thread alone
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def run_prepare_steps(lab: Lab, lab_dir: Path) -> None:
