@@ -516,16 +516,23 @@ class LocalRuntime:
 @contextlib.contextmanager
 def _uninterrupted():
     """Ctrl-C and SIGTERM wait until the block is done, and arrive right after it: a
-    teardown cut halfway would leave processes, namespaces and cgroups behind. (What the
-    block starts inherits the mask: only short-lived tools such as `ip netns delete`.)"""
+    teardown cut halfway would leave processes, namespaces and cgroups behind. The
+    handlers are swapped rather than the signals masked: the kernel gives a signal to any
+    thread that does not mask it (a lab with pods has threads in their namespaces), and
+    Python then raises in the main thread all the same."""
     if threading.current_thread() is not threading.main_thread():
-        yield  # signals are handled by the main thread alone
+        yield  # only the main thread may set handlers, and only it receives their exceptions
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    arrived: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, lambda number, _frame: arrived.append(number)) for number in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        if arrived:
+            signal.raise_signal(arrived[0])  # now handled as it would have been
 
 
 def run_prepare_steps(lab: Lab, lab_dir: Path) -> None:
