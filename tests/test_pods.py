@@ -98,3 +98,16 @@ def test_a_namespace_another_copy_of_the_course_uses_is_refused_not_deleted():
         holder.wait()
         subprocess.run(["ip", "netns", "delete", name], capture_output=True)
     refuse_if_in_use(record, lab)           # gone: nothing to refuse
+
+
+def test_the_reaper_is_sent_away_only_after_everything_else_is_removed(tmp_path, monkeypatch):
+    # An owner killed halfway through its own teardown still has its reaper to finish it.
+    from meshlab.runtime import pods
+
+    done = []
+    monkeypatch.setattr(pods, "_empty_cgroup", lambda directory, **_: done.append(f"cgroup {directory.name}"))
+    monkeypatch.setattr(pods, "_signal", lambda pid, sig: done.append(f"signal {pid} {sig.name}"))
+    record = PodRecord(tag="99-test", namespaces={"pod": "ml99-test-nothing-here"},
+                       cgroups={"mesh": str(tmp_path / "mesh")}, reaper_pid=4242)
+    teardown(record)
+    assert done == ["cgroup mesh", "signal 4242 SIGTERM"]

@@ -21,6 +21,7 @@ from meshlab.course import load_course
 from meshlab.errors import PortBusy, ServiceFailed
 from meshlab.grading import eventually
 from meshlab.runtime import LocalRuntime, read_state, stop_orphaned_runs, stop_run
+from meshlab.runtime import processes
 from meshlab.runtime.processes import alive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,3 +328,23 @@ def test_services_started_side_by_side_are_each_recorded_ready(demo):
         assert attached.admin("proxy2").ready() == "LIVE"
     finally:
         runtime.stop_all()
+
+
+def test_ctrl_c_during_a_stop_arrives_after_everything_is_stopped(demo, monkeypatch):
+    # A second Ctrl-C (or the SIGTERM of a dying parent) that lands while the lab is being
+    # stopped must not cut the stop halfway: it is held, and raised once all is gone.
+    runtime = LocalRuntime(demo["lab"], demo["dir"], demo["run"])
+    runtime.start_all()
+    started = pids(demo["run"])
+    terminate_groups = processes.terminate_groups
+
+    def interrupted_midway(groups, **options):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # a signal that is not held is raised within this
+        terminate_groups(groups, **options)
+
+    monkeypatch.setattr(processes, "terminate_groups", interrupted_midway)
+    with pytest.raises(KeyboardInterrupt):
+        runtime.stop_all()
+    assert not any(alive(pid) for pid in started.values())
+    assert read_state(demo["run"]) is None

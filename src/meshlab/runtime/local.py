@@ -20,9 +20,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,9 +145,9 @@ class LocalRuntime:
         services that wait for nothing, then return while they boot. The checker does
         this before it imports pytest and the checks (meshlab.checker_process), so the
         two take the time of one; `start_all` then waits for them and starts the rest.
-        Labs with pods start one pod at a time and do not take this path."""
+        Not for labs with pods: their network namespaces are made first, in start_all."""
         if self.lab.pods:
-            raise ValueError("a lab with pods starts its services one at a time: use start_all")
+            raise ValueError("a lab with pods makes its namespaces before any service: use start_all")
         self._begin()
         try:
             for spec in self._start_waves()[0]:
@@ -171,11 +173,10 @@ class LocalRuntime:
                 self.pods = PodNetwork.create(self.lab, self.run_dir, owner_pid=self.state.owner_pid)
                 self.state.pods = asdict(self.pods.record)
                 self._save()
-                for spec in self._start_order():  # one at a time: each starts with its pod's rules lifted
-                    self.start(spec.name)
-            else:
-                for wave in self._start_waves():
-                    self._start_together(wave)
+            # Side by side, pods or not: the pods' capture rules load only after every
+            # service is up (a restart later lifts its pod's rules while it starts).
+            for wave in self._start_waves():
+                self._start_together(wave)
             self._apply_pod_rules()
         except BaseException:
             self.stop_all()
@@ -284,6 +285,10 @@ class LocalRuntime:
 
     def stop_all(self) -> None:
         """Stop every service, all at once: nothing is left to serve, so no order matters."""
+        with _uninterrupted():
+            self._stop_all()
+
+    def _stop_all(self) -> None:
         self.refresh()
         running = {name: service for name, service in self.state.services.items()
                    if processes.alive(service.pid, service.create_time)}
@@ -506,6 +511,28 @@ class LocalRuntime:
     def _forget(self) -> None:
         (self.run_dir / STATE_FILE).unlink(missing_ok=True)
         shutil.rmtree(self.run_dir / STATE_FOLDER, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _uninterrupted():
+    """Ctrl-C and SIGTERM wait until the block is done, and arrive right after it: a
+    teardown cut halfway would leave processes, namespaces and cgroups behind. The
+    handlers are swapped rather than the signals masked: the kernel gives a signal to any
+    thread that does not mask it (a lab with pods has threads in their namespaces), and
+    Python then raises in the main thread all the same."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers, and only it receives their exceptions
+        return
+    arrived: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, lambda number, _frame: arrived.append(number)) for number in held}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        if arrived:
+            signal.raise_signal(arrived[0])  # now handled as it would have been
 
 
 def run_prepare_steps(lab: Lab, lab_dir: Path) -> None:

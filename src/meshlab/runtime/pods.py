@@ -281,20 +281,18 @@ def teardown(record: PodRecord) -> list[str]:
     """Remove whatever RECORD says a run created: its reaper, the processes left in its
     cgroups, the cgroups, the namespaces. Safe to call twice. Returns what it removed."""
     removed = []
-    if record.reaper_pid and record.reaper_pid != os.getpid():
-        _signal(record.reaper_pid, signal.SIGTERM)
     for name, directory in record.cgroups.items():
         if _empty_cgroup(Path(directory)):
             removed.append(f"cgroup {name}")
-    if record.cgroup_parent and Path(record.cgroup_parent).is_dir():
-        try:
-            Path(record.cgroup_parent).rmdir()
-        except OSError:
-            pass
+    if record.cgroup_parent:
+        _remove_cgroup(Path(record.cgroup_parent))
     for name in reversed(list(record.namespaces.values())):
         if (NETNS_DIR / name).exists():
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=20)
             removed.append(f"netns {name}")
+    # The reaper goes last: an owner killed halfway through this still has it to finish.
+    if record.reaper_pid and record.reaper_pid != os.getpid():
+        _signal(record.reaper_pid, signal.SIGTERM)
     return removed
 
 
@@ -312,14 +310,35 @@ def _empty_cgroup(directory: Path, timeout: float = 5.0) -> bool:
             try:
                 directory.rmdir()
                 return True
+            except FileNotFoundError:
+                return True
             except OSError:
                 pass  # the last process is still being reaped
-        if (directory / "cgroup.kill").exists():
-            (directory / "cgroup.kill").write_text("1")
+        try:
+            if (directory / "cgroup.kill").exists():
+                (directory / "cgroup.kill").write_text("1")
+        except OSError:
+            pass  # removed meanwhile (a reaper and its owner tearing down together)
         for pid in pids:
             _signal(pid, signal.SIGKILL)
         time.sleep(0.02)
     return True
+
+
+def _remove_cgroup(directory: Path, timeout: float = 2.0) -> None:
+    """Remove the empty cgroup DIRECTORY. Right after its last child cgroup went, the
+    kernel may still count that child as online for a moment (EBUSY): try again."""
+    deadline = time.monotonic() + timeout
+    while directory.is_dir():
+        try:
+            directory.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
 
 
 def _signal(pid: int, sig: int) -> None:
