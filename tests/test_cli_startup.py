@@ -102,3 +102,24 @@ def test_check_and_watch_leave_pytest_to_the_checker_process(module, allowed):
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert [m for m in heavy_in(set(json.loads(proc.stdout))) if not m.startswith(allowed)] == []
+
+
+def test_ctrl_c_while_the_cli_is_still_loading_exits_130_without_a_traceback(state_dir):
+    # The first tenths of a second are imports; a learner's Ctrl-C there stops nothing
+    # (nothing was started) and deserves no Python traceback. (One that lands while the
+    # interpreter itself starts, or finds the meshlab package, comes before any of
+    # meshlab's code runs: Python's own, a few milliseconds.)
+    import signal
+    import time
+
+    env = {**os.environ, "MESHLAB_ROOT": str(ROOT), "MESHLAB_STATE_DIR": str(state_dir)}
+    started = "import sys; from meshlab.entry import main; print(flush=True); sys.argv[1:] = ['list']; main()"
+    for delay in (0.0, 0.01, 0.02, 0.04, 0.08):
+        proc = subprocess.Popen([sys.executable, "-c", started], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # the entry point is loaded: what follows is meshlab's
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        assert "Traceback" not in stderr, (delay, stderr)
+        assert proc.returncode in (0, 130), (delay, proc.returncode, stderr)

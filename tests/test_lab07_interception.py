@@ -196,7 +196,7 @@ _MAPS_SEEN: dict[frozenset, set[int]] = {}   # the maps of a run's programs, see
 
 def _attached(cgroup: str) -> set[int]:
     proc = subprocess.run(["bpftool", "-j", "cgroup", "show", cgroup], capture_output=True, text=True)
-    return {program["id"] for program in json.loads(proc.stdout or "[]")} if proc.returncode == 0 else set()
+    return {program["id"] for program in json.loads(proc.stdout.strip() or "[]")} if proc.returncode == 0 else set()
 
 
 def _run_state(state_dir: Path) -> dict:

@@ -1,3 +1,3 @@
-from meshlab.cli import main
+from meshlab.entry import main
 
-main(prog_name="meshlab")
+main()
