@@ -9,7 +9,9 @@ The floor, measured first in the same run, is what no check can go below: a bare
 interpreter start (the checker is a child process) plus one Envoy started to `/ready`
 (every lab starts at least one). Each lab's row is the median of N solution checks
 (`meshlab check N --solution --isolate`, wall time, a fresh network namespace each) and
-its ratio to that floor; a run that does not pass is reported, not timed. The CLI rows
+its ratio to that floor; a run that does not pass is reported, not timed. Under it, the
+median of the same runs' checks alone (the sum of the `duration`s in `--json`: grading,
+without start-up, set-up and teardown). The CLI rows
 are the median wall time of `meshlab --help` and `meshlab list` as ratios to the bare
 interpreter, and `import meshlab.cli` from `python -X importtime`. The watch row is
 lab 01's solution watched in a network namespace of its own: a save (write a draft,
@@ -129,21 +131,26 @@ def cli_start(n: int, sides: dict[str, tuple[dict, Path]]) -> dict[str, dict[str
 def check_times(lab_number: int, n: int, sides: dict[str, tuple[dict, Path]]) -> dict[str, dict]:
     """Per side: N solution checks of the lab, the sides alternating run by run."""
     times: dict[str, list[float]] = {side: [] for side in sides}
+    checks: dict[str, list[float]] = {side: [] for side in sides}   # the checks' own part of each run
     failures: dict[str, list[str]] = {side: [] for side in sides}
     for _ in range(n):
         for side, (env, root) in sides.items():
             seconds, proc = wall([sys.executable, "-m", "meshlab", "check", str(lab_number), "--solution",
                                   "--isolate", "--json"], env, cwd=root, timeout=600)
             try:
-                status = json.loads(proc.stdout)["status"]
+                result = json.loads(proc.stdout)
+                status = result["status"]
             except (json.JSONDecodeError, KeyError):
-                status = f"exit {proc.returncode}"
+                result, status = {}, f"exit {proc.returncode}"
             if status == "pass":
                 times[side].append(seconds)
+                checks[side].append(sum(c.get("duration") or 0.0 for c in result.get("checks", [])))
             else:
                 failures[side].append(status)
     return {side: {"runs": n, "median_s": statistics.median(times[side]) if times[side] else None,
-                   "min_s": min(times[side], default=None), "failures": failures[side]} for side in sides}
+                   "min_s": min(times[side], default=None),
+                   "checks_median_s": statistics.median(checks[side]) if checks[side] else None,
+                   "failures": failures[side]} for side in sides}
 
 
 def watch_round_trip(n: int, env: dict[str, str], root: Path, workdir: Path) -> dict:
@@ -218,6 +225,10 @@ def show(results: dict, course, sides: list[str]) -> None:
         if against and row["this"]["median_s"] and row["baseline"]["median_s"]:
             ratio = f"  {row['this']['median_s'] / row['baseline']['median_s']:13.2f}"
         print(f"{course.find(number).slug:<20} " + " ".join(cells) + ratio + (f"  ({'; '.join(failed)})" if failed else ""))
+        own = {side: row[side].get("checks_median_s") for side in sides}
+        if all(own.values()):
+            print(f"{'  its checks alone':<20} " + " ".join(f"{own[side]:15.2f}s {'':>8}" for side in sides)
+                  + (f"  {own['this'] / own['baseline']:13.2f}" if against else ""))
     for side in sides:
         watched = results["watch_lab01"][side]
         if "error" in watched:
