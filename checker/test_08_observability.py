@@ -12,11 +12,13 @@ checker's own traffic, and are compared with what Prometheus computes at the sam
 from Envoy's metrics for that signal (request counters, 5xx counters, the request time
 histogram, over the same minute). The tolerance admits other correct ways to write a
 query (increase()/60, the per-code series summed) and nothing plausible but wrong: a
-rate of a gauge is near 0, counting 404s doubles productpage's error ratio, and without
-`le` histogram_quantile returns nothing. Before its traffic, the checker makes every
-series exist and waits until Prometheus has scraped it: a series that appears
-mid-window loses its first value to rate() (FACTS: the first-sample effect). The
-injected failures are exact (every fifth request: reviews' counters must show 20 of
+rate of a gauge sees only what was in flight at a scrape (near 0 for ratings, which
+answers at once), counting 404s doubles productpage's error ratio, and without `le`
+histogram_quantile returns nothing. Before its traffic, the checker makes every series
+exist and waits until Prometheus has scraped it: a series that appears mid-window loses
+its first value to rate() (FACTS: the first-sample effect). Prometheus 2.42 scrapes
+first 5 s after it starts: meanwhile the first check sends all the traffic that needs
+no scrape (those series, and the tracing checks' requests). The injected failures are exact (every fifth request: reviews' counters must show 20 of
 100), so no statistical test is needed to know the traffic is what it should be.
 """
 
@@ -26,6 +28,7 @@ import json
 import math
 import time
 import uuid
+from dataclasses import dataclass
 from functools import lru_cache
 
 import httpx
@@ -43,6 +46,9 @@ SERVICES = ("productpage", "reviews", "ratings")
 PARENT = {"reviews": "productpage", "ratings": "reviews"}
 TRACED_REQUESTS = 20              # at 50 % sampling, all 20 traced has probability 1e-6
 SIGNAL_REQUESTS, MISSING_REQUESTS = 100, 25
+# Two rounds of reviews' 0.3 s: all 100 at once would put them on ratings together, near
+# reviews' delay in its p99 on a loaded machine.
+SIGNAL_CONCURRENCY = 50
 
 METRICS_HINT = ("step 2: in each sidecar, a listener `metrics` on 127.0.0.1:1509N whose only route is "
                 "`match: {path: /stats/prometheus}` to the cluster envoy_admin")
@@ -206,16 +212,36 @@ def hop_of(lab, span: dict) -> str | None:
     return None
 
 
-def probe_spans(lab, since: int, probe: str, want: int, timeout: float = 5.0) -> dict[str, list[dict]]:
-    """The spans of requests tagged ?probe=PROBE, by hop; waits until each hop has WANT
-    of them or TIMEOUT passes (spans arrive ~10 ms after their request with the
-    lab's flush settings)."""
-    deadline = time.monotonic() + timeout
+@dataclass(frozen=True)
+class Probe:
+    """Requests to productpage tagged ?probe=TAG, sent all at once."""
+    tag: str
+    since: int                # the trace store's last span before them
+    answered: float           # time.monotonic() when the last of them was answered
+    result: load.LoadResult
+
+
+@lru_cache(maxsize=2)
+def probe(lab, requests: int) -> Probe:
+    """The tracing checks' traffic, sent once: the first check sends it while Prometheus
+    discovers its targets, so that these checks only read the spans. All at once: each
+    request waits 0.3 s for reviews, and sampling does not depend on the order."""
+    since, tag = last_seq(lab), uuid.uuid4().hex
+    result = load.run(f"{entry(lab)}/?probe={tag}", engine="builtin", requests=requests, concurrency=requests,
+                      timeout=10.0)
+    return Probe(tag, since, time.monotonic(), result)
+
+
+def probe_spans(lab, sent: Probe, want: int, timeout: float = 5.0) -> dict[str, list[dict]]:
+    """The spans of the requests SENT, by hop; waits until each hop has WANT of them or
+    TIMEOUT has passed since they were answered (spans arrive ~10 ms after their request
+    with the lab's flush settings)."""
+    deadline = sent.answered + timeout
     while True:
         by_hop: dict[str, list[dict]] = {s: [] for s in SERVICES}
-        for span in spans_since(lab, since):
+        for span in spans_since(lab, sent.since):
             hop = hop_of(lab, span)
-            if hop and f"probe={probe}" in span["attributes"].get("http.url", ""):
+            if hop and f"probe={sent.tag}" in span["attributes"].get("http.url", ""):
                 by_hop[hop].append(span)
         if all(len(v) >= want for v in by_hop.values()) or time.monotonic() > deadline:
             return by_hop
@@ -239,9 +265,12 @@ def lost_spans(lab, services: list[str]) -> str:
 
 @check("Prometheus scrapes every sidecar (up == 1) through a port that serves metrics only", hint=METRICS_HINT)
 def test_prometheus_scrapes_every_sidecar(lab):
-    # Prometheus finds its targets ~6 s after it starts, whatever else happens: the
-    # signals' series are made now, so that its first scrape already holds them.
+    # Prometheus scrapes first 5 s after it starts, whatever else happens. Until then,
+    # the traffic that needs no scrape goes out: the signals' series, so that the first
+    # scrape already holds them, and the tracing checks' requests.
     every_series(lab)
+    probe(lab, TRACED_REQUESTS)
+    probe(lab, 1)
     # Then a down target shows 0 within a scrape or two: a few seconds more allow a
     # sidecar that just restarted.
     deadline, settle = time.monotonic() + 20.0, None
@@ -274,17 +303,14 @@ def test_prometheus_scrapes_every_sidecar(lab):
 
 @check("Every sidecar traces every request, under its own service name", hint=TRACING_HINT)
 def test_every_request_is_traced(lab):
-    since, probe = last_seq(lab), uuid.uuid4().hex
-    # All at once: each waits 0.3 s for reviews, and sampling does not depend on the order.
-    result = load.run(f"{entry(lab)}/?probe={probe}", engine="builtin", requests=TRACED_REQUESTS,
-                      concurrency=TRACED_REQUESTS, timeout=10.0)
+    result = (sent := probe(lab, TRACED_REQUESTS)).result
     if result.count(200) + result.count(502) != TRACED_REQUESTS:  # 502: reviews' every fifth 503
         fail("requests to productpage's sidecar did not get through",
              expected=f"{TRACED_REQUESTS} answers from {entry(lab)} (200, or 502 when reviews fails)",
              received=result.codes_text(),
              hint="a 500 is the app's own error: an exception in propagation.py (the app's log shows it); "
                   "the inbound listeners, routes and clusters come with the starter: compare with it")
-    by_hop = probe_spans(lab, since, probe, TRACED_REQUESTS)
+    by_hop = probe_spans(lab, sent, TRACED_REQUESTS)
     counts = {s: len(v) for s, v in by_hop.items()}
     lost = lost_spans(lab, [s for s, n in counts.items() if n == 0])
     if not any(counts.values()):
@@ -310,9 +336,11 @@ def test_every_request_is_traced(lab):
 @check("One request to productpage is one trace across three hops, each span the child of the one before",
        hint=PROPAGATION_HINT)
 def test_one_trace_across_three_hops(lab, record_property):
-    since, probe = last_seq(lab), uuid.uuid4().hex
-    lab.get(f"{entry(lab)}/?probe={probe}", hint=TRACING_HINT)
-    by_hop = probe_spans(lab, since, probe, 1)
+    sent = probe(lab, 1)
+    if sent.result.count(load.NO_RESPONSE):
+        fail(f"the request to {entry(lab)}/ got no answer", expected="an HTTP response from productpage's sidecar",
+             received=", ".join(sent.result.error_kinds) or "no response", hint=TRACING_HINT)
+    by_hop = probe_spans(lab, sent, 1)
     absent = [s for s in SERVICES if not by_hop[s]]
     if absent:
         fail(f"{len(absent)} of the 3 sidecars reported no span for the request",
@@ -414,7 +442,7 @@ def known_traffic(lab) -> float:
     wait_for_scrapes(lab, every_series(lab))
     reviews = sidecar(lab, "reviews")
     before = {name: reviews.stat(f"cluster.local_app.upstream_rq_{name}") for name in ("total", "5xx")}
-    send(lab, "/?phase=signals", SIGNAL_REQUESTS)
+    send(lab, "/?phase=signals", SIGNAL_REQUESTS, SIGNAL_CONCURRENCY)
     send(lab, "/missing?phase=signals", MISSING_REQUESTS)
     failed = reviews.stat("cluster.local_app.upstream_rq_5xx") - before["5xx"]
     answered = reviews.stat("cluster.local_app.upstream_rq_total") - before["total"]
