@@ -53,10 +53,10 @@ ROUNDS = 3                     # bursts, each of its own user: a racy count rare
 MARGIN_S = 0.03                # start this long after a second boundary
 WINDOW_BUDGET_S = 0.95         # and be done this long after it (answers came, so decisions fell in it)
 # Begin in the current second if this much of the budget is left, else wait for the next
-# one: about three times what a try took on a loaded 2-core machine (load average 3-5:
-# 50-70 ms for the one-at-a-time checks' 12-22 requests, 80-100 ms for a burst of 24 with
-# its counters and Redis keys). A try that does not fit costs its own time and a retry
-# from the boundary it would have waited for anyway; a needless wait costs up to 1 s.
+# one: two to three times what a try took on a loaded 2-core machine (load average 3-5:
+# 55-120 ms for the one-at-a-time checks' 12-22 requests, 70-135 ms for a burst of 24
+# with its counters and Redis keys). A try that does not fit costs its own time and a
+# retry from the boundary it would have waited for anyway; a needless wait, up to 1 s.
 ROOM_S = 0.2
 BURST_ROOM_S = 0.3
 RESET_ROOM_S = 0.1
