@@ -143,6 +143,15 @@ def lab(request: pytest.FixtureRequest) -> Iterator[LabSession]:
 
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A check starts with the whole lab, its fixtures too: what an earlier check left
+    stopped comes back first (`LabSession.stopped`)."""
+    session = _active_session(item)
+    if session is not None:
+        session.restore()
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> None:
     """A check does not start while the learner's code in a service has raised: the
     exception is the cause of whatever the check would find, and waiting for a service

@@ -87,6 +87,7 @@ class LabSession:
         self.http = httpx.Client(timeout=10.0, trust_env=False, verify=False)
         self._admins: dict[str, Admin] = {}
         self._pods: dict[str, httpx.Client] = {}
+        self._left_stopped: list[str] = []  # see `stopped(..., restart=False)`
 
     @classmethod
     def open(cls, lab: Lab, lab_dir: Path, run_dir: Path) -> "LabSession":
@@ -118,14 +119,18 @@ class LabSession:
         return session
 
     def close(self) -> None:
-        for admin in self._admins.values():
-            admin.close()
-        for client in self._pods.values():
-            client.close()
-        self.http.close()
-        self._leave_network()
-        if self.owned:
-            self.runtime.stop_all()
+        try:
+            if not self.owned:
+                self.restore()  # the learner's running lab is left whole
+        finally:
+            for admin in self._admins.values():
+                admin.close()
+            for client in self._pods.values():
+                client.close()
+            self.http.close()
+            self._leave_network()
+            if self.owned:
+                self.runtime.stop_all()
 
     # -- where 127.0.0.1 is ------------------------------------------------------
 
@@ -241,13 +246,28 @@ class LabSession:
     # -- changing the world, and putting it back ---------------------------------
 
     @contextlib.contextmanager
-    def stopped(self, service: str) -> Iterator[None]:
-        """Stop SERVICE for the block, then start it again and wait until it is ready."""
+    def stopped(self, service: str, *, restart: bool = True) -> Iterator[None]:
+        """Stop SERVICE for the block, then start it again and wait until it is ready.
+
+        With RESTART false, for a check that does not use SERVICE after the block, it
+        stays stopped until `restore`, which the checker calls before the next check and
+        at the end of a run it did not start; a run that ends here, in the process that
+        started it, is stopped whole without waiting for a start nothing would use (a
+        Python service's start is most of what a check that stops it takes)."""
+        self.restore()
         self.runtime.stop(service)
         try:
             yield
         finally:
-            self.runtime.start(service)
+            if restart:
+                self.runtime.start(service)
+            else:
+                self._left_stopped.append(service)
+
+    def restore(self) -> None:
+        """Start again, and wait for, what a check left stopped (see `stopped`)."""
+        while self._left_stopped:
+            self.runtime.start(self._left_stopped.pop(0))
 
     def logs(self, lines: int = 20) -> dict[str, str]:
         return self.runtime.logs(lines)
