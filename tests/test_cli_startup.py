@@ -54,6 +54,22 @@ def test_quick_commands_import_neither_pytest_nor_the_checker(args, state_dir):
     assert heavy_in(modules) == []
 
 
+# What `meshlab list` must not pay for either, though it reads the course and draws a
+# table: OpenSSL (hashlib: the course cache compares copies of the files it came from),
+# subprocess (git runs only where a starter is read) and rich's table of emoji codes (the
+# table's cells are parsed without emoji codes, once). `list --json` draws nothing: no rich.
+NOT_FOR_LIST = ("hashlib", "_hashlib", "subprocess", "rich._emoji_codes")
+
+
+@pytest.mark.parametrize("args", [["list"], ["list", "--json"]], ids=" ".join)
+def test_list_imports_no_openssl_no_subprocess_and_no_emoji_table(args, state_dir):
+    modules_after(args, state_dir)  # the first reads the YAML and keeps the course
+    modules = modules_after(args, state_dir)
+    assert "meshlab.course" in modules and "meshlab.yamlfile" not in modules  # served from the cache
+    assert ("rich" in modules) == (args == ["list"])
+    assert sorted(m for m in NOT_FOR_LIST if m in modules) == []
+
+
 def test_help_imports_no_command_module(state_dir):
     modules = modules_after(["--help"], state_dir)
     assert sorted(m for m in modules if m.startswith("meshlab.cli.")) == []

@@ -3,6 +3,7 @@ tests and benchmark do): children start reliably and still die with their parent
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -46,3 +47,40 @@ def test_a_child_of_a_threaded_parent_dies_with_it(tmp_path: Path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert eventually(lambda: not processes.alive(child_pid), 5)
+
+
+# Forks parents that each start a thread (so spawn takes its setpriv path), spawn one
+# service and exit at once, often before the child has armed its parent-death signal.
+DYING_PARENTS = """
+import os, subprocess, sys, threading, time
+from pathlib import Path
+from meshlab.runtime import processes
+read_end, write_end = os.pipe()
+for _ in range(int(sys.argv[1])):
+    pid = os.fork()
+    if pid == 0:
+        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+        child = processes.spawn(['sleep', '60'], cwd=Path('.'), env=dict(os.environ),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, die_with_parent=True)
+        os.write(write_end, b'%d\\n' % child.pid)
+        os._exit(0)
+    os.waitpid(pid, 0)
+os.close(write_end)
+print(os.read(read_end, 1 << 16).decode(), end='')
+"""
+
+
+def test_a_child_whose_parent_dies_as_it_starts_dies_too(tmp_path: Path):
+    """Without the check of the parent after arming, about two children in three of
+    these outlived their parent (setpriv arms the signal a moment after spawn returns)."""
+    proc = subprocess.run([sys.executable, "-c", DYING_PARENTS, "30"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    children = [int(pid) for pid in proc.stdout.split()]
+    assert len(children) == 30
+    try:
+        assert eventually(lambda: not [pid for pid in children if processes.alive(pid)], 5)
+    finally:
+        for pid in children:
+            if processes.alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -20,11 +20,16 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-
-import httpx
+from typing import TYPE_CHECKING
 
 from meshlab.errors import EnvironmentProblem, InputError
 from meshlab.mesh.manifest import Mesh
+
+# httpx is imported where a request is sent: the control plane (meshlab.mesh.faults) reads
+# experiments with this module and sends none, and importing httpx held its event loop for
+# 80-110 ms at its first experiment.
+if TYPE_CHECKING:
+    import httpx
 
 _PERCENT = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*%?\s*$")
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
@@ -134,6 +139,8 @@ class ControlPlane:
         return self._call("DELETE", "/faults", params={"service": service} if service else None)["cleared"]
 
     def _call(self, method: str, path: str, **kwargs) -> dict | list:
+        import httpx
+
         try:
             response = self.client.request(method, self.url + path, **kwargs)
         except httpx.HTTPError as error:

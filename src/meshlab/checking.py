@@ -21,7 +21,7 @@ from typing import Callable
 
 from meshlab import isolation
 from meshlab.course import Course, Lab, run_dir_for
-from meshlab.runtime.processes import spawn, tail
+from meshlab.runtime.processes import spawn, tail, terminate_group
 
 # A check that hangs is stopped after this long (pytest-timeout, inside the child).
 CHECK_TIMEOUT_S = 120
@@ -211,12 +211,7 @@ class Checker:
     def cancel(self) -> None:
         """Stop a checker started ahead that will not be needed (it runs no lab yet)."""
         if self.child is not None and self.child.poll() is None:
-            self.child.terminate()
-            try:
-                self.child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.child.kill()
-                self.child.wait()
+            terminate_group(self.child.pid, self.child.pid, popen=self.child)  # spawn gave it its own session
         for path in (self.go, self.report, self.output):
             if path is not None:
                 path.unlink(missing_ok=True)

@@ -44,7 +44,6 @@ a mapping; the loader refuses it with its line instead of showing it to a learne
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -189,6 +188,8 @@ def run_dir_for(course: Course, lab: Lab, lab_dir: Path) -> Path:
     runs = course.state_dir / "runs"
     if lab_dir == lab.workspace.resolve():
         return runs / lab.slug
+    import hashlib  # here: it loads OpenSSL, and commands that only read the course need none
+
     return runs / f"{lab.slug}@{hashlib.sha1(str(lab_dir).encode()).hexdigest()[:8]}"
 
 

@@ -9,7 +9,6 @@ this process, and stop it again at the end.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 from pathlib import Path

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import io
 import shutil
-import subprocess
-import time
+import time  # (subprocess: imported where git runs, so `meshlab list` opens the course without it)
 from pathlib import Path
 
 from meshlab.course import Course, Lab
@@ -27,6 +26,8 @@ def _git_tree(course: Course, folder: Path) -> bytes | None:
     if shutil.which("git") is None:
         return None
     relative = folder.resolve().relative_to(course.root)
+    import subprocess
+
     proc = subprocess.run(["git", "-C", str(course.root), "archive", "--format=tar", "HEAD", "--", str(relative)],
                           capture_output=True)
     return proc.stdout if proc.returncode == 0 and proc.stdout else None
@@ -36,6 +37,8 @@ def _git(course: Course, *args: str) -> str | None:
     """The output of `git ARGS` at the course root, or None outside a git checkout."""
     if shutil.which("git") is None:
         return None
+    import subprocess
+
     proc = subprocess.run(["git", "-C", str(course.root), *args], capture_output=True, text=True)
     return proc.stdout if proc.returncode == 0 else None
 

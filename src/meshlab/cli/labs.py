@@ -1,4 +1,7 @@
-"""The learner's commands: list, start, stop, status, watch, hint, reset (check has its own module)."""
+"""The learner's commands: list, start, stop, status, watch, hint, reset (check has its own module).
+
+Each command imports meshlab.ui (rich) itself, where it draws: `list --json` and
+`status --json` print without it."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import sys
 
 import click
 
-from meshlab import progress, ui, workspace
+from meshlab import progress, workspace
 from meshlab.cli.options import JSON, LAB, RUNTIME, any_runs, lab_dir_for, open_course
 from meshlab.errors import MeshlabError
 
@@ -32,6 +35,8 @@ def list_command(as_json: bool) -> None:
             "time_minutes": lab.time_minutes, "running": lab.slug in running, **done.get(lab.slug, {}),
         } for lab in course.labs], indent=2))
         return
+    from meshlab import ui
+
     ui.show_labs(course, done, running)
 
 
@@ -46,7 +51,7 @@ def start_command(lab: str, fresh: bool, runtime: str | None) -> None:
     If the lab is already running, only the services whose files changed restart
     (with --fresh, its Envoys too, so that the counters show only your own traffic).
     """
-    from meshlab import platform, preflight
+    from meshlab import platform, preflight, ui
     from meshlab.runtime.interface import runtime_class
     from meshlab.course import run_dir_for
 
@@ -97,6 +102,7 @@ def start_command(lab: str, fresh: bool, runtime: str | None) -> None:
               help="Stop only this service of LAB (for example the app); `meshlab start LAB` brings it back.")
 def stop_command(lab: str | None, service: str | None) -> None:
     """Stop LAB's services (every running lab when LAB is omitted)."""
+    from meshlab import ui
     from meshlab.runtime import LocalRuntime, stop_run
     from meshlab.course import run_dir_for
 
@@ -171,6 +177,8 @@ def status_command(lab: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
+    from meshlab import ui
+
     if not report:
         ui.console.print("No lab is running. Start one with: meshlab start LAB" if lab is None else
                          f"Lab {lab} is not running. Start it with: meshlab start {lab}")
@@ -211,6 +219,7 @@ def watch_command(lab: str, path: str | None) -> None:
 
     Services keep running between saves; only those whose files changed restart.
     """
+    from meshlab import ui
     from meshlab.watch import watch as run_watch
 
     course = open_course()
@@ -236,6 +245,8 @@ def watch_command(lab: str, path: str | None) -> None:
 @click.option("--reset", "reset_count", is_flag=True, help="Start again from the first hint.")
 def hint_command(lab: str, show_all: bool, reset_count: bool) -> None:
     """The next hint for LAB (hints come in layers, from a nudge to the answer's shape)."""
+    from meshlab import ui
+
     course = open_course()
     spec = course.find(lab)
     if reset_count:
@@ -261,6 +272,8 @@ def hint_command(lab: str, show_all: bool, reset_count: bool) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def reset_command(lab: str, yes: bool) -> None:
     """Restore LAB's starter files; your current files are kept in a backup folder."""
+    from meshlab import ui
+
     course = open_course()
     spec = course.find(lab)
     files = ", ".join(spec.edit)

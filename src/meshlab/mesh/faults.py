@@ -16,13 +16,10 @@ import itertools
 import json
 import time
 from dataclasses import asdict, replace
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
+from meshlab.chaos import Fault
 from meshlab.mesh.manifest import Mesh
-
-if TYPE_CHECKING:
-    from meshlab.chaos import Fault     # imported when an experiment comes: meshlab.chaos needs httpx,
-                                        # a tenth of a control plane's start
 
 FIELDS = ("service", "abort_percent", "abort_status", "delay_ms", "delay_percent", "route", "expires_at")
 
@@ -89,8 +86,6 @@ class Experiments:
 
 def parse(data: object, mesh: Mesh | None) -> tuple[Fault | None, str | None]:
     """An experiment from a POST body, or why it is not one."""
-    from meshlab.chaos import Fault
-
     if not isinstance(data, dict) or not isinstance(data.get("service"), str):
         return None, "the body must be a JSON object with at least `service`"
     unknown = set(data) - set(FIELDS)

@@ -22,6 +22,9 @@ import psutil
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+# $1 is the expected parent's PID; POSIX sh sets $PPID once, as it starts: after setpriv
+# has armed the signal.
+_EXEC_UNLESS_ORPHANED = '[ "$PPID" = "$1" ] || exit 1; shift; exec "$@"'
 
 
 def spawn(argv: Sequence[str], *, cwd: Path, env: dict[str, str], stdout: IO, stderr: IO | int,
@@ -32,13 +35,19 @@ def spawn(argv: Sequence[str], *, cwd: Path, env: dict[str, str], stdout: IO, st
 
     Arming that signal runs Python code between fork and exec, which is unsafe in a
     process running other threads (a gRPC server's threads make the child crash): there
-    util-linux's `setpriv --pdeathsig` arms it after the fork instead, when installed."""
+    util-linux's `setpriv --pdeathsig` arms it after the fork instead, when installed.
+
+    Either way, a parent that dies before the signal is armed would leave the service
+    running, so once armed the child checks that its parent is still the caller and
+    gives up otherwise: after setpriv that check is a shell's $PPID (about a millisecond
+    per spawn; a Python start would cost twenty)."""
+    parent = os.getpid()
     setpriv = shutil.which("setpriv") if die_with_parent and threading.active_count() > 1 else None
     if setpriv is not None:
         return subprocess.Popen(
-            [setpriv, "--pdeathsig", signal.Signals(death_signal).name[3:], "--", *argv], cwd=cwd, env=env,
+            [setpriv, "--pdeathsig", signal.Signals(death_signal).name[3:], "--",
+             "/bin/sh", "-c", _EXEC_UNLESS_ORPHANED, "sh", str(parent), *argv], cwd=cwd, env=env,
             stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True)
-    parent = os.getpid()
 
     def arm_parent_death() -> None:
         if _libc is not None:
