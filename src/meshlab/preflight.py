@@ -74,6 +74,9 @@ def check_files(lab: Lab, lab_dir: Path, *, binary: EnvoyBinary | None = None, r
     learner sees the same message, file and line; the right config is spared an Envoy
     start per Envoy of the lab on every check."""
     envoy_configs = {spec.target for spec in lab.envoys}
+    if envoy_configs and binary is None:
+        # A missing Envoy is said first, before the lab's ports are even looked at.
+        binary = find_binary()
     files = list(dict.fromkeys([*lab.edit, *sorted(envoy_configs)]))
     for name in files:
         path = lab_dir / name
@@ -84,7 +87,7 @@ def check_files(lab: Lab, lab_dir: Path, *, binary: EnvoyBinary | None = None, r
             doc = yamlfile.load(path)
             if name in envoy_configs:
                 if run_envoy:
-                    check_envoy_config(doc, cwd=lab_dir, binary=binary or find_binary())
+                    check_envoy_config(doc, cwd=lab_dir, binary=binary)
                 else:
                     check_envoy_config_shape(doc)
         elif path.suffix == ".py":
