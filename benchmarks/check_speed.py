@@ -145,8 +145,10 @@ def check_times(lab_number: int, n: int, sides: dict[str, tuple[dict, Path]]) ->
             if status == "pass":
                 times[side].append(seconds)
                 checks[side].append(sum(c.get("duration") or 0.0 for c in result.get("checks", [])))
-            else:
-                failures[side].append(status)
+            else:  # which checks, and why: a benchmark run is also a run of the checks
+                failed = [f"{c.get('name')}: {(c.get('message') or c.get('received') or '')[:300]}"
+                          for c in result.get("checks", []) if c.get("status") not in ("pass", "skip")]
+                failures[side].append(status + (f" ({'; '.join(failed)})" if failed else ""))
     return {side: {"runs": n, "median_s": statistics.median(times[side]) if times[side] else None,
                    "min_s": min(times[side], default=None),
                    "checks_median_s": statistics.median(checks[side]) if checks[side] else None,
