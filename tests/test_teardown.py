@@ -104,13 +104,20 @@ def test_a_checker_killed_with_sigkill_leaves_nothing_and_is_exit_2(lab_copy, st
     assert eventually(lambda: processes_in(folder) == [], 5), processes_in(folder)
 
 
-def test_services_launched_before_pytest_are_stopped_when_no_check_runs(lab_copy, state_dir):
+@pytest.mark.parametrize("number, slug", [
+    (1, "01-hello-mesh"),
+    # A lab with pods: its namespaces, cgroups and reaper are made before pytest loads too.
+    pytest.param(7, "07-interception", marks=pytest.mark.skipif(os.geteuid() != 0, reason="pods need root")),
+])
+def test_services_launched_before_pytest_are_stopped_when_no_check_runs(lab_copy, state_dir, number, slug):
     # The checker's process launches the lab's first services before it imports pytest
     # (meshlab.checker_process --lab); when no check takes them (here: every check
     # deselected), the process stops them itself on its way out.
-    folder = lab_copy(1)
-    checker = [sys.executable, "-m", "meshlab.checker_process", "--lab", "01-hello-mesh",
-               str(ROOT / "checker" / "test_01_hello_mesh.py"), "-q", "-p", "meshlab.pytest_plugin",
+    from meshlab.runtime.pods import NETNS_DIR, cgroup2_root, tag_for
+
+    folder = lab_copy(number)
+    checker = [sys.executable, "-m", "meshlab.checker_process", "--lab", slug,
+               str(ROOT / "checker" / f"test_{slug.replace('-', '_')}.py"), "-q", "-p", "meshlab.pytest_plugin",
                "--rootdir", str(ROOT), "--meshlab-path", str(folder), "-k", "no_such_check"]
     argv = ["unshare", "--net", "--mount", "--", *checker[:3], "--isolated", *checker[3:]] if CAN_ISOLATE else checker
     env = {**os.environ, "MESHLAB_ROOT": str(ROOT), "MESHLAB_STATE_DIR": str(state_dir),
@@ -122,3 +129,7 @@ def test_services_launched_before_pytest_are_stopped_when_no_check_runs(lab_copy
     # Stopped, not merely killed with the process: the run's record is gone too.
     assert not any((run / "state.json").exists() for run in runs)
     assert eventually(lambda: processes_in(folder) == [], 5), processes_in(folder)
+    tag = tag_for(runs[0])
+    root = cgroup2_root()
+    assert not list(NETNS_DIR.glob(f"ml{tag}-*")) if NETNS_DIR.is_dir() else True
+    assert root is None or not (root / f"meshlab-{tag}").exists()

@@ -53,11 +53,11 @@ def launch_early(lab: Lab, lab_dir: Path, run_dir: Path) -> None:
     """Prepare LAB and launch the services that wait for nothing, without waiting for
     them (see LocalRuntime.launch_early): the checker's process does this first, and
     boots the lab while it imports pytest. Nothing happens for a lab that is already
-    running (the learner's `meshlab start`), has pods, or runs on another runtime."""
+    running (the learner's `meshlab start`) or runs on another runtime."""
     key = _early_key(lab, lab_dir, run_dir)
     try:
         runtime_type = _prepare(lab, Path(lab_dir).resolve())
-        if runtime_type is not LocalRuntime or lab.pods or runtime_type.attach(lab, run_dir) is not None:
+        if runtime_type is not LocalRuntime or runtime_type.attach(lab, run_dir) is not None:
             return
         runtime = LocalRuntime(lab, lab_dir, run_dir, detached=False)
         runtime.launch_early()

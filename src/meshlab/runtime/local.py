@@ -145,11 +145,11 @@ class LocalRuntime:
         services that wait for nothing, then return while they boot. The checker does
         this before it imports pytest and the checks (meshlab.checker_process), so the
         two take the time of one; `start_all` then waits for them and starts the rest.
-        Not for labs with pods: their network namespaces are made first, in start_all."""
-        if self.lab.pods:
-            raise ValueError("a lab with pods makes its namespaces before any service: use start_all")
+        A lab's pods (namespaces, cgroups, the reaper) are made first: the services run
+        in them."""
         self._begin()
         try:
+            self._make_pods()
             for spec in self._start_waves()[0]:
                 self._early[spec.name] = self._launch(spec, *self._prepare(spec))
         except BaseException:
@@ -169,10 +169,7 @@ class LocalRuntime:
         if not self._begun:
             self._begin()
         try:
-            if self.lab.pods:
-                self.pods = PodNetwork.create(self.lab, self.run_dir, owner_pid=self.state.owner_pid)
-                self.state.pods = asdict(self.pods.record)
-                self._save()
+            self._make_pods()
             # Side by side, pods or not: the pods' capture rules load only after every
             # service is up (a restart later lifts its pod's rules while it starts).
             for wave in self._start_waves():
@@ -181,6 +178,13 @@ class LocalRuntime:
         except BaseException:
             self.stop_all()
             raise
+
+    def _make_pods(self) -> None:
+        """The lab's pods, once per run (`launch_early` may have made them already)."""
+        if self.lab.pods and self.pods is None:
+            self.pods = PodNetwork.create(self.lab, self.run_dir, owner_pid=self.state.owner_pid)
+            self.state.pods = asdict(self.pods.record)
+            self._save()
 
     def _start_together(self, wave: list[ServiceSpec]) -> None:
         """Launch every service of WAVE, then wait for each: none of them waits for
