@@ -195,9 +195,9 @@ def settled_instant(lab, timeout: float = 5.0) -> float:
     """Now (to the millisecond), once Prometheus can add no more samples at or before it.
     A scrape's samples are stamped with the scrape's start but written at its end: a query
     at an instant that a scrape had just started before misses that sample, and a second
-    query at the same instant a few milliseconds later sees it. One more sample moves
-    rate()'s extrapolation by up to a fifth, so the learner's query and the reference would
-    read different data. Each target's scrapes are written in order: once every target has
+    query at the same instant a few milliseconds later sees it. One more sample changes
+    rate()'s extrapolation (by 14 % when measured, more than request_rate's tolerance), so
+    the learner's query and the reference would read different data. Each target's scrapes are written in order: once every target has
     a sample stamped after the instant, nothing at or before it can still come."""
     at = math.floor(time.time() * 1000) / 1000
     deadline = time.monotonic() + timeout
