@@ -191,6 +191,29 @@ def wait_for_scrapes(lab, wanted: dict[str, int] | None = None, timeout: float =
         time.sleep(0.1)
 
 
+def settled_instant(lab, timeout: float = 5.0) -> float:
+    """Now (to the millisecond), once Prometheus can add no more samples at or before it.
+    A scrape's samples are stamped with the scrape's start but written at its end: a query
+    at an instant that a scrape had just started before misses that sample, and a second
+    query at the same instant a few milliseconds later sees it. One more sample changes
+    rate()'s extrapolation (by 14 % when measured, more than request_rate's tolerance), so
+    the learner's query and the reference would read different data. Each target's scrapes are written in order: once every target has
+    a sample stamped after the instant, nothing at or before it can still come."""
+    at = math.floor(time.time() * 1000) / 1000
+    deadline = time.monotonic() + timeout
+    while True:
+        stamps = {r["metric"].get("service"): float(r["value"][1]) for r in promql(lab, "timestamp(up)")}
+        if all(stamps.get(s, 0.0) > at for s in SERVICES):
+            return at
+        if time.monotonic() > deadline:
+            fail("Prometheus stopped scraping the sidecars",
+                 expected=f"a scrape of every sidecar within {timeout:.0f} s",
+                 received=", ".join(f"{s}: last sample {at - stamps[s]:.1f} s before" if s in stamps else
+                                    f"{s}: no sample" for s in SERVICES),
+                 hint=METRICS_HINT + "; Prometheus must be scraping every sidecar (the first check)")
+        time.sleep(0.05)
+
+
 # -- the trace store ------------------------------------------------------------------------
 
 def spans_since(lab, seq: int) -> list[dict]:
@@ -435,7 +458,8 @@ def every_series(lab) -> dict[str, int]:
 @lru_cache(maxsize=1)
 def known_traffic(lab) -> float:
     """Send the signals' traffic once for the three checks; returns the instant
-    (after Prometheus caught up) at which their queries are evaluated."""
+    (after Prometheus caught up, and past every sample it may still be writing) at which
+    their queries are evaluated."""
     # Every series first, scraped, so that the window's rates lose nothing to the
     # first-sample effect (made before the first check, they are scraped already).
     fail_every = reviews_fail_every(lab)
@@ -451,7 +475,7 @@ def known_traffic(lab) -> float:
         raise RuntimeError(f"reviews answered {answered} requests with {failed} 5xx, not {SIGNAL_REQUESTS} with "
                            f"{SIGNAL_REQUESTS // fail_every}: the lab's own apps misbehave")
     wait_for_scrapes(lab)
-    return time.time()
+    return settled_instant(lab)
 
 
 def by_service(result: list[dict], name: str, hint: str) -> dict[str, float]:
