@@ -61,20 +61,16 @@ def test_one_left_stopped_comes_back_at_restore_or_before_the_next_stop(course, 
     assert runtime.calls[-2:] == ["stop redis", "start redis"]
 
 
-def test_a_run_the_checker_started_ends_without_starting_it_again(course, tmp_path, runtime):
-    lab = session(course, tmp_path, runtime, owned=True)
+@pytest.mark.parametrize("owned, calls", [
+    (True, ["stop ratelimit-b", "stop_all"]),               # the checker's run ends without starting it again
+    (False, ["stop ratelimit-b", "start ratelimit-b"]),     # the learner's run is left whole
+], ids=["run-the-checker-started", "run-the-learner-started"])
+def test_a_service_left_stopped_at_the_end_of_a_run(course, tmp_path, runtime, owned, calls):
+    lab = session(course, tmp_path, runtime, owned=owned)
     with lab.stopped("ratelimit-b", restart=False):
         pass
     lab.close()
-    assert runtime.calls == ["stop ratelimit-b", "stop_all"]
-
-
-def test_a_run_the_learner_started_is_left_whole(course, tmp_path, runtime):
-    lab = session(course, tmp_path, runtime, owned=False)
-    with lab.stopped("ratelimit-b", restart=False):
-        pass
-    lab.close()
-    assert runtime.calls == ["stop ratelimit-b", "start ratelimit-b"]
+    assert runtime.calls == calls
 
 
 def test_the_checker_restores_the_lab_before_the_next_check(tmp_path):
