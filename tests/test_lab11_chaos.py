@@ -43,6 +43,15 @@ def test_a_share_in_the_wrong_unit_fails_only_the_abort_share(grade):
     assert "not about 10 %" in checks["test_abort_share"]["message"]
 
 
+def test_a_delay_in_the_wrong_unit_fails_only_the_delay_check(grade):
+    # The milliseconds' remainder taken as microseconds: 0.5 ms of delay, not 0.5 s. Envoy
+    # keeps a fault's delay in whole milliseconds, and injects none of 0 ms.
+    checks = fails_only(grade, 11, replaced("nanos=fault.delay_ms % 1000 * 1_000_000",
+                                            "nanos=fault.delay_ms % 1000 * 1_000"),
+                        {"test_delay"})
+    assert checks["test_delay"]["received"].startswith("it grew by 0"), checks["test_delay"]
+
+
 def test_an_experiment_remembered_after_it_ended_fails_only_the_clear_check(grade):
     remembered = replaced(
         '    running = [fault for fault in node.faults if fault.service == service]\n',
