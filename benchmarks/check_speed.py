@@ -4,6 +4,7 @@ round trip of `meshlab watch` from a save to the first result.
     .venv/bin/python benchmarks/check_speed.py                  # labs 01-06, 5 checks each
     .venv/bin/python benchmarks/check_speed.py --labs 1,3 -n 20
     .venv/bin/python benchmarks/check_speed.py --json
+    .venv/bin/python benchmarks/check_speed.py --labs 8 --watch 1,8
 
 The floor, measured first in the same run, is what no check can go below: a bare Python
 interpreter start (the checker is a child process) plus one Envoy started to `/ready`
@@ -13,10 +14,12 @@ its ratio to that floor; a run that does not pass is reported, not timed. Under 
 median of the same runs' checks alone (the sum of the `duration`s in `--json`: grading,
 without start-up, set-up and teardown). The CLI rows
 are the median wall time of `meshlab --help` and `meshlab list` as ratios to the bare
-interpreter, and `import meshlab.cli` from `python -X importtime`. The watch row is
-lab 01's solution watched in a network namespace of its own: a save (write a draft,
-rename it over envoy.yaml, as editors do) to the check's result, the sidecar restart
-included, N times.
+interpreter, and `import meshlab.cli` from `python -X importtime`. A watch row (lab 01's,
+and those of the labs --watch names) is the lab's solution watched in a network namespace
+of its own: a save of the first file the lab's `edit:` names (a draft renamed over it, as
+editors do) to the check's result, the restart of what reads that file included, N times.
+This is the learner's loop: the lab keeps running between saves, so a lab whose cold
+check waits for a slow service's start (lab 08's Prometheus) pays for it once.
 
 Children run with bytecode caching on (Python's default on a learner's machine, even
 where PYTHONDONTWRITEBYTECODE is set for this process) and a state folder of their own.
@@ -58,15 +61,15 @@ from meshlab.course import load_course
 from meshlab.watch import watch
 
 course = load_course()
-lab = course.find(1)
+lab = course.find(int(sys.argv[3]))
 lab_dir, rounds = Path(sys.argv[1]), int(sys.argv[2])
 times, saved = [], []
 
 def save():
     time.sleep(0.3)  # the learner is not that fast; and the mtime must move on
-    config = lab_dir / "envoy.yaml"
-    draft = lab_dir / "envoy.yaml.draft"
-    draft.write_text(config.read_text() + f"# saved {len(times)}\\n")
+    config = lab_dir / lab.edit[0]
+    draft = config.with_name(config.name + ".draft")
+    draft.write_text(config.read_text() + f"# saved {len(times)}\\n")  # a comment in YAML and Python
     saved.append(time.perf_counter())
     draft.replace(config)
 
@@ -155,10 +158,10 @@ def check_times(lab_number: int, n: int, sides: dict[str, tuple[dict, Path]]) ->
                    "failures": failures[side]} for side in sides}
 
 
-def watch_round_trip(n: int, env: dict[str, str], root: Path, workdir: Path) -> dict:
+def watch_round_trip(number: int, n: int, env: dict[str, str], root: Path, workdir: Path) -> dict:
     course = load_course(root)
-    lab_dir = workspace.solution_tree(course, course.find(1), workdir / "watched-01")
-    argv = [sys.executable, "-c", WATCH_ROUND_TRIP, str(lab_dir), str(n)]
+    lab_dir = workspace.solution_tree(course, course.find(number), workdir / f"watched-{number:02d}")
+    argv = [sys.executable, "-c", WATCH_ROUND_TRIP, str(lab_dir), str(n), str(number)]
     if isolation.available():
         argv = isolation.wrap(argv)
     _, proc = wall(argv, env, cwd=root, timeout=600)
@@ -176,6 +179,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=5, help="checks per lab, watch saves, CLI starts (default 5)")
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                         help="another version of meshlab to alternate with, run by run")
+    parser.add_argument("--watch", default="1", help="labs whose watch round trip to time (default 1)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     course = load_course()
@@ -188,9 +192,11 @@ def main() -> None:
         base = floor(max(args.n, 5), sides["this"][0], workdir)
         cli = cli_start(max(args.n, 10), sides)
         labs = {number: check_times(number, args.n, sides) for number in map(int, args.labs.split(","))}
-        watched = {side: watch_round_trip(args.n, env, root, workdir / side) for side, (env, root) in sides.items()}
+        watched = {number: {side: watch_round_trip(number, args.n, env, root, workdir / side)
+                            for side, (env, root) in sides.items()}
+                   for number in map(int, args.watch.split(","))}
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()},
-               "floor": base, "cli": cli, "labs": labs, "watch_lab01": watched}
+               "floor": base, "cli": cli, "labs": labs, "watch": watched}
     if args.json:
         print(json.dumps(results, indent=2, default=str))
         return
@@ -231,14 +237,17 @@ def show(results: dict, course, sides: list[str]) -> None:
         if all(own.values()):
             print(f"{'  its checks alone':<20} " + " ".join(f"{own[side]:15.2f}s {'':>8}" for side in sides)
                   + (f"  {own['this'] / own['baseline']:13.2f}" if against else ""))
-    for side in sides:
-        watched = results["watch_lab01"][side]
-        if "error" in watched:
-            print(f"watch round trip ({side}): failed\n{watched['error']}")
-        elif watched["median_s"] is not None:
-            print(f"watch round trip ({side}), lab 01, save -> result, sidecar restart included: median "
-                  f"{watched['median_s']:.2f} s, max {watched['max_s']:.2f} s over {watched['rounds']} saves"
-                  + (f"; not passing: {watched['not_passing']}" if watched["not_passing"] else ""))
+    for number, by_side in results["watch"].items():
+        lab = course.find(number)
+        for side in sides:
+            watched = by_side[side]
+            if "error" in watched:
+                print(f"watch round trip ({side}), lab {number:02d}: failed\n{watched['error']}")
+            elif watched["median_s"] is not None:
+                print(f"watch round trip ({side}), lab {number:02d}, save of {lab.edit[0]} -> result, its restart "
+                      f"included: median {watched['median_s']:.2f} s, max {watched['max_s']:.2f} s over "
+                      f"{watched['rounds']} saves"
+                      + (f"; not passing: {watched['not_passing']}" if watched["not_passing"] else ""))
 
 
 if __name__ == "__main__":
