@@ -12,7 +12,9 @@ interpreter start (the checker is a child process) plus one Envoy started to `/r
 (`meshlab check N --solution --isolate`, wall time, a fresh network namespace each) and
 its ratio to that floor; a run that does not pass is reported, not timed. Under it, the
 median of the same runs' checks alone (the sum of the `duration`s in `--json`: grading,
-without start-up, set-up and teardown). The CLI rows
+without start-up, set-up and teardown), and the median CPU time of every process of the
+run (the checker, the lab's services, Envoy; user and system) divided by the machine's
+cores: the shortest wall time any schedule of that work could have. The CLI rows
 are the median wall time of `meshlab --help` and `meshlab list` as ratios to the bare
 interpreter, and `import meshlab.cli` from `python -X importtime`. A watch row (lab 01's,
 and those of the labs --watch names) is the lab's solution watched in a network namespace
@@ -38,6 +40,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -101,6 +104,13 @@ def wall(argv: list[str], env: dict[str, str], **options) -> tuple[float, subpro
     return time.perf_counter() - started, proc
 
 
+def children_cpu() -> float:
+    """CPU seconds (user and system) of every child and grandchild waited for so far: a
+    check's own services are its children, so a check's delta is the lab's whole CPU."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def floor(n: int, env: dict[str, str], workdir: Path) -> dict[str, float]:
     python = statistics.median(wall([sys.executable, "-c", "pass"], env)[0] for _ in range(n))
     config = workdir / "admin-only.yaml"
@@ -135,11 +145,14 @@ def check_times(lab_number: int, n: int, sides: dict[str, tuple[dict, Path]]) ->
     """Per side: N solution checks of the lab, the sides alternating run by run."""
     times: dict[str, list[float]] = {side: [] for side in sides}
     checks: dict[str, list[float]] = {side: [] for side in sides}   # the checks' own part of each run
+    cpu: dict[str, list[float]] = {side: [] for side in sides}      # CPU seconds of each run, all processes
     failures: dict[str, list[str]] = {side: [] for side in sides}
     for _ in range(n):
         for side, (env, root) in sides.items():
+            cpu_before = children_cpu()
             seconds, proc = wall([sys.executable, "-m", "meshlab", "check", str(lab_number), "--solution",
                                   "--isolate", "--json"], env, cwd=root, timeout=600)
+            cpu_used = children_cpu() - cpu_before
             try:
                 result = json.loads(proc.stdout)
                 status = result["status"]
@@ -147,6 +160,7 @@ def check_times(lab_number: int, n: int, sides: dict[str, tuple[dict, Path]]) ->
                 result, status = {}, f"exit {proc.returncode}"
             if status == "pass":
                 times[side].append(seconds)
+                cpu[side].append(cpu_used)
                 checks[side].append(sum(c.get("duration") or 0.0 for c in result.get("checks", [])))
             else:  # which checks, and why: a benchmark run is also a run of the checks
                 failed = [f"{c.get('name')}: {(c.get('message') or c.get('received') or '')[:300]}"
@@ -155,6 +169,7 @@ def check_times(lab_number: int, n: int, sides: dict[str, tuple[dict, Path]]) ->
     return {side: {"runs": n, "median_s": statistics.median(times[side]) if times[side] else None,
                    "min_s": min(times[side], default=None),
                    "checks_median_s": statistics.median(checks[side]) if checks[side] else None,
+                   "cpu_median_s": statistics.median(cpu[side]) if cpu[side] else None,
                    "failures": failures[side]} for side in sides}
 
 
@@ -237,6 +252,12 @@ def show(results: dict, course, sides: list[str]) -> None:
         if all(own.values()):
             print(f"{'  its checks alone':<20} " + " ".join(f"{own[side]:15.2f}s {'':>8}" for side in sides)
                   + (f"  {own['this'] / own['baseline']:13.2f}" if against else ""))
+        cpu = {side: row[side].get("cpu_median_s") for side in sides}
+        if all(cpu.values()):
+            # CPU seconds over the machine's cores: no schedule of the same work is shorter.
+            print(f"{'  its CPU / cores':<20} " + " ".join(f"{cpu[side] / os.cpu_count():15.2f}s {'':>8}" for side in sides)
+                  + (f"  {cpu['this'] / cpu['baseline']:13.2f}" if against else "")
+                  + f"  ({cpu['this']:.2f} CPU-s)")
     for number, by_side in results["watch"].items():
         lab = course.find(number)
         for side in sides:
