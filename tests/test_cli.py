@@ -92,6 +92,10 @@ r admin ml11-mesh xds status --admin http://127.0.0.1:18001
 r envoy ml11-web-v1 xds status --admin http://127.0.0.1:15000
 m stop 11 > /dev/null
 r stopped xds status 11
+# Lab 06's control plane, outside any pod, the same way.
+trap 'm stop 6 > /dev/null 2>&1' EXIT
+m start 6 > "$OUT/start6.out" 2>&1 || exit 3
+for i in $(seq 20); do r six xds status 6; [ "$(cat "$OUT/six.code")" = 0 ] && break; sleep 0.5; done
 """
 
 
@@ -102,13 +106,13 @@ r stopped xds status 11
 def test_xds_status_reaches_a_control_plane_in_a_pod(state_dir, tmp_path, lab_copy):
     """Lab 11's solved mesh, started by `meshlab start` in a namespace of its own: `meshlab
     xds status 11` asks its control plane from inside the pod `mesh` and shows every
-    sidecar's stream, as for lab 06."""
+    sidecar's stream, as `meshlab xds status 6` shows lab 06's Envoy."""
     from meshlab.mesh import inject, manifest
 
-    course = tmp_path / "course"   # a course of two labs: 06 (not running) and 11 (solved)
+    course = tmp_path / "course"   # a course of two solved labs: 06, and 11 (which runs first, alone)
     (course / "labs").mkdir(parents=True)
     (course / "course.yaml").write_text("title: two labs\nlabs: [06-xds, 11-mini-mesh]\n")
-    shutil.copytree(ROOT / "labs" / "06-xds", course / "labs" / "06-xds")
+    shutil.copytree(lab_copy(6, name="six"), course / "labs" / "06-xds")
     shutil.copytree(lab_copy(11), course / "labs" / "11-mini-mesh")
     out = tmp_path / "out"
     out.mkdir()
@@ -148,7 +152,9 @@ def test_xds_status_reaches_a_control_plane_in_a_pod(state_dir, tmp_path, lab_co
     assert envoy.code == 2 and "not with a meshlab.xds admin view" in envoy.stderr, envoy.output
     stopped = result("stopped")
     assert stopped.code == 2 and "lab 11 is not running" in stopped.stderr, stopped.output
-    for name in ("text", "json", "default", "admin", "envoy", "stopped"):
+    six = result("six")
+    assert six.code == 0 and "lab06-envoy  snapshot" in six.stdout and ": in sync, runs " in six.stdout, six.output
+    for name in ("text", "json", "default", "admin", "envoy", "stopped", "six"):
         assert "Traceback" not in result(name).output, name
 
 
