@@ -17,6 +17,8 @@ from pathlib import Path
 import click
 import pytest
 
+from conftest import Run
+
 from meshlab import isolation, ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,9 +57,105 @@ def test_the_real_command_starts_and_shows_help(meshlab):
 
 def test_xds_status_finds_the_labs_control_plane_in_its_manifest(cli, course):
     port = next(s.ports["admin"] for s in course.find(6).services if "xds" in s.ports)
-    result = cli("xds", "status", "--lab", "6")
-    assert result.code == 2 and f"http://127.0.0.1:{port}" in result.stderr
+    for words in (("--lab", "6"), ("6",)):
+        result = cli("xds", "status", *words)
+        assert result.code == 2 and f"http://127.0.0.1:{port}" in result.stderr and "meshlab start 6" in result.stderr
     assert "has no control plane" in cli("xds", "status", "--lab", "1").stderr
+    assert "has no control plane" in cli("xds", "status", "1").stderr
+    assert cli("xds", "status", "6", "--lab", "11").code == 2
+    assert cli("xds", "status", "6", "--admin", f"http://127.0.0.1:{port}").code == 2
+
+
+def test_xds_status_of_a_lab_whose_control_plane_runs_in_a_pod_says_the_lab_is_not_running(cli):
+    # Lab 11's control plane lives in the pod `mesh`, which exists only while the lab runs.
+    result = cli("xds", "status", "11")
+    assert result.code == 2
+    assert "lab 11 is not running" in result.stderr and "pod 'mesh'" in result.stderr
+    assert "meshlab start 11" in result.stderr
+
+
+XDS_PODS_SCRIPT = """
+set -u
+m() { "$PYTHON" -m meshlab "$@"; }
+# r NAME [NAMESPACE] ARGS...: run meshlab (inside the named network namespace when given)
+r() { name=$1; shift; pre=""; case "$1" in ml*) pre="ip netns exec $1"; shift;; esac
+      $pre "$PYTHON" -m meshlab "$@" > "$OUT/$name.out" 2> "$OUT/$name.err"; echo $? > "$OUT/$name.code"; }
+trap 'm stop 11 > /dev/null 2>&1' EXIT  # whatever fails, nothing outlives the test
+m start 11 > "$OUT/start.out" 2>&1 || exit 3
+# A sidecar may still be applying its first snapshot right after the start: ask again, as a learner would.
+for i in $(seq 20); do r text xds status 11; [ "$(cat "$OUT/text.code")" = 0 ] && break; sleep 0.5; done
+r json xds status --lab 11 --json
+r default xds status
+# From inside the pod, the admin URL itself: /status is the mesh's summary, the view is at /xds.
+r admin ml11-mesh xds status --admin http://127.0.0.1:18001
+# A sidecar's Envoy admin is no control plane: it answers, but with no xDS view.
+r envoy ml11-web-v1 xds status --admin http://127.0.0.1:15000
+m stop 11 > /dev/null
+r stopped xds status 11
+# Lab 06's control plane, outside any pod, the same way.
+trap 'm stop 6 > /dev/null 2>&1' EXIT
+m start 6 > "$OUT/start6.out" 2>&1 || exit 3
+for i in $(seq 20); do r six xds status 6; [ "$(cat "$OUT/six.code")" = 0 ] && break; sleep 0.5; done
+"""
+
+
+@pytest.mark.lab_runs
+@pytest.mark.skipif(not isolation.available() or os.geteuid() != 0, reason="lab 11's pods need root")
+@pytest.mark.skipif(shutil.which("redis-server") is None or shutil.which("iptables") is None,
+                    reason="lab 11 needs redis-server and iptables")
+def test_xds_status_reaches_a_control_plane_in_a_pod(state_dir, tmp_path, lab_copy):
+    """Lab 11's solved mesh, started by `meshlab start` in a namespace of its own: `meshlab
+    xds status 11` asks its control plane from inside the pod `mesh` and shows every
+    sidecar's stream, as `meshlab xds status 6` shows lab 06's Envoy."""
+    from meshlab.mesh import inject, manifest
+
+    course = tmp_path / "course"   # a course of two solved labs: 06, and 11 (which runs first, alone)
+    (course / "labs").mkdir(parents=True)
+    (course / "course.yaml").write_text("title: two labs\nlabs: [06-xds, 11-mini-mesh]\n")
+    shutil.copytree(lab_copy(6, name="six"), course / "labs" / "06-xds")
+    shutil.copytree(lab_copy(11), course / "labs" / "11-mini-mesh")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "MESHLAB_ROOT": str(course), "MESHLAB_STATE_DIR": str(state_dir),
+           "PYTHON": sys.executable, "OUT": str(out), "COLUMNS": "200"}
+    run = subprocess.run(isolation.wrap(["bash", "-c", XDS_PODS_SCRIPT]), cwd=course, env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stdout + run.stderr + (out / "start.out").read_text()
+
+    def result(name: str) -> Run:
+        return Run(int((out / f"{name}.code").read_text()), (out / f"{name}.out").read_text(),
+                   (out / f"{name}.err").read_text())
+
+    mesh = manifest.load(course / "labs" / "11-mini-mesh" / "mesh.yaml")
+    workloads = inject.addresses(mesh).workloads          # name -> the pod's address
+    text = result("text")
+    assert text.code == 0, text.output
+    for name in workloads:
+        assert f"{name}  snapshot" in text.stdout, (name, text.stdout)
+    assert text.stdout.count(": in sync, runs ") == len(workloads)
+
+    view = result("json")
+    assert view.code == 0, view.output
+    nodes = view.json()["nodes"]
+    assert set(nodes) == set(workloads)
+    for name, address in workloads.items():
+        [stream] = nodes[name]["streams"]                 # the sidecar of the workload's own pod
+        assert stream["in_sync"] and stream["peer"].startswith(f"ipv4:{address}:"), stream
+        assert {"LDS", "CDS", "EDS", "RDS", "SDS"} <= set(stream["types"])
+
+    default = result("default")                           # no LAB: the running lab with a control plane
+    assert default.code == 0 and all(f"{name}  snapshot" in default.stdout for name in workloads), default.output
+    admin = result("admin")
+    assert admin.code == 0 and all(f"{name}  snapshot" in admin.stdout for name in workloads), admin.output
+
+    envoy = result("envoy")
+    assert envoy.code == 2 and "not with a meshlab.xds admin view" in envoy.stderr, envoy.output
+    stopped = result("stopped")
+    assert stopped.code == 2 and "lab 11 is not running" in stopped.stderr, stopped.output
+    six = result("six")
+    assert six.code == 0 and "lab06-envoy  snapshot" in six.stdout and ": in sync, runs " in six.stdout, six.output
+    for name in ("text", "json", "default", "admin", "envoy", "stopped", "six"):
+        assert "Traceback" not in result(name).output, name
 
 
 def test_unknown_lab_is_exit_2_with_the_known_labs(cli):

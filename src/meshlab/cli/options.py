@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import click
 
 from meshlab import workspace
-from meshlab.course import Course, Lab, load_course
+from meshlab.course import Course, Lab, ServiceSpec, load_course
 from meshlab.errors import MeshlabError
+
+if TYPE_CHECKING:
+    import httpx
 
 LAB = click.argument("lab", metavar="LAB")
 RUNTIME = click.option("--runtime", type=click.Choice(["local", "docker"]), default=None,
@@ -72,19 +77,50 @@ def lab_dir_for(course: Course, lab: Lab, path: str | None, solution: bool) -> P
     return lab.workspace
 
 
-def lab_service_url(course: Course, lab_ref: str | None, *, roles: set[str], port: str, what: str) -> str:
-    """The URL of a lab's service that declares every port role in ROLES (how a manifest
-    says "this is the lab's control plane" or "its trace store"): the one of LAB_REF, else
-    of the running lab that has one, else of the course's first lab that has one."""
+def lab_service(course: Course, lab_ref: str | None, *, roles: set[str], what: str) -> tuple[Lab, ServiceSpec]:
+    """A lab's service that declares every port role in ROLES (how a manifest says "this
+    is the lab's control plane" or "its trace store"): the one of LAB_REF, else of the
+    running lab that has one, else of the course's first lab that has one."""
     from meshlab.errors import InputError
     from meshlab.runtime import read_state
 
     labs = [course.find(lab_ref)] if lab_ref else list(course.labs)
-    found = [(lab, service.ports[port]) for lab in labs for service in lab.services
+    found = [(lab, service) for lab in labs for service in lab.services
              if service.kind != "envoy" and roles <= set(service.ports)]
     if not found:
         where = f"lab {labs[0].number:02d}" if lab_ref else "no lab of the course"
         raise InputError(f"{where} has no {what} (a service with {' and '.join(sorted(roles))} ports)",
                          fix="give its URL with the command's option")
-    running = [(lab, number) for lab, number in found if read_state(course.state_dir / "runs" / lab.slug)]
-    return f"http://127.0.0.1:{(running or found)[0][1]}"
+    running = [(lab, service) for lab, service in found if read_state(course.state_dir / "runs" / lab.slug)]
+    return (running or found)[0]
+
+
+def lab_service_url(course: Course, lab_ref: str | None, *, roles: set[str], port: str, what: str) -> str:
+    """`http://127.0.0.1:PORT` of the service `lab_service` finds, as reached from here."""
+    _, service = lab_service(course, lab_ref, roles=roles, what=what)
+    return f"http://127.0.0.1:{service.ports[port]}"
+
+
+@contextmanager
+def service_client(course: Course, lab: Lab, service: ServiceSpec, *, timeout: float) -> Iterator[httpx.Client]:
+    """An HTTP client that reaches LAB's SERVICE on 127.0.0.1 as the service's neighbours
+    do: from inside its pod when it runs in one (the running lab's pod network, as `meshlab
+    mesh status` and the checks' `lab.pod(...)` go), else from here. A service in a pod of
+    a lab that is not running: EnvironmentProblem, with `meshlab start`."""
+    import httpx
+
+    if service.pod is None:
+        with httpx.Client(timeout=timeout, trust_env=False) as client:
+            yield client
+        return
+    from meshlab.course import run_dir_for
+    from meshlab.errors import EnvironmentProblem
+    from meshlab.runtime import LocalRuntime
+
+    runtime = LocalRuntime.attach(lab, run_dir_for(course, lab, lab.workspace))
+    if runtime is None or runtime.pods is None:
+        raise EnvironmentProblem(f"lab {lab.number:02d} is not running: its {service.name} runs in the lab's pod "
+                                 f"{service.pod!r}, which exists only while the lab runs",
+                                 fix=f"start the lab: meshlab start {lab.number}")
+    with runtime.pods.client(service.pod, timeout=timeout) as client:
+        yield client

@@ -1,11 +1,15 @@
 """`meshlab xds`: look into a control plane built on meshlab.xds (lab 06 and later).
 
     meshlab xds status                 # the control plane of the course's lab that has one
-    meshlab xds status --lab 6         # the one of that lab
+    meshlab xds status 6               # the one of that lab (or: --lab 6)
     meshlab xds status --admin URL     # any other one
 
 A lab's control plane is the service that declares both an `xds` and an `admin` port in
-its manifest; its admin view answers on that admin port.
+its manifest; its admin view answers on that admin port, asked from inside the lab's pod
+when the service runs in one (lab 11's, in the pod `mesh`). A mesh's control plane
+(meshlab.mesh.control) keeps /status for its own summary (`meshlab mesh status`) and
+serves the same xDS view at /xds: the view is taken from the first of VIEW_PATHS that
+answers one.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from meshlab.errors import EnvironmentProblem
 from meshlab.ui import console
 from meshlab.xds.bookkeeping import summarize
 
+VIEW_PATHS = ("/status", "/xds")
+
 
 @click.group("xds")
 def xds_group() -> None:
@@ -30,32 +36,71 @@ def xds_group() -> None:
 
 
 @xds_group.command("status")
+@click.argument("lab", required=False)
 @click.option("--admin", "url", metavar="URL", help="The control plane's admin view [default: the lab's].")
-@click.option("--lab", "lab_ref", metavar="LAB", help="The lab whose control plane to ask [default: the running one].")
+@click.option("--lab", "lab_option", metavar="LAB", help="The same as the LAB argument.")
 @click.option("--json", "as_json", is_flag=True, help="Print the admin view's JSON as it is.")
-def status_command(url: str | None, lab_ref: str | None, as_json: bool) -> None:
-    """Connected proxies, the version each acknowledged per resource type, the last NACK.
+def status_command(lab: str | None, url: str | None, lab_option: str | None, as_json: bool) -> None:
+    """Connected proxies, the version each acknowledged per resource type, the last NACK,
+    as LAB's control plane sees them (default: the running lab that has one).
 
     Exit 0 when every connected proxy runs its node's snapshot, 1 when one does not
     (still applying it, or it rejected it), 2 when no control plane answers.
     """
-    from meshlab.cli.options import lab_service_url, open_course
+    from meshlab.cli.options import lab_service, open_course, service_client
 
-    if url is None:
-        url = lab_service_url(open_course(), lab_ref, roles={"xds", "admin"}, port="admin", what="control plane")
-    try:
-        document = httpx.get(url.rstrip("/") + "/status", timeout=5.0, trust_env=False).json()
-    except (httpx.HTTPError, ValueError) as error:
-        raise EnvironmentProblem(f"no control plane admin view answers at {url}",
-                                 details=f"  {type(error).__name__}: {error}",
-                                 fix="start the lab (`meshlab start LAB`), or give your control plane's "
-                                     "admin URL with --admin") from None
+    if lab and lab_option and lab != lab_option:
+        raise click.UsageError(f"LAB {lab} and --lab {lab_option} name different labs: give one")
+    if url is not None:
+        if lab or lab_option:
+            raise click.UsageError("--admin names the control plane already: give it or a LAB, not both")
+        base, where, fix = url.rstrip("/"), url, "give your control plane's admin URL with --admin"
+        client = httpx.Client(timeout=5.0, trust_env=False)
+    else:
+        course = open_course()
+        spec, service = lab_service(course, lab or lab_option, roles={"xds", "admin"}, what="control plane")
+        port = service.ports["admin"]
+        base = f"http://127.0.0.1:{port}"
+        where = f"port {port} of lab {spec.number:02d}'s pod {service.pod!r}" if service.pod else base
+        fix = f"start the lab (`meshlab start {spec.number}`), or give your control plane's admin URL with --admin"
+        client = service_client(course, spec, service, timeout=5.0)
+    with client as http:
+        document = fetch_view(http, base, where, fix)
     if as_json:
         click.echo(json.dumps(document, indent=2))
     else:
         render(document)
     streams = [s for node in document.get("nodes", {}).values() for s in node.get("streams", [])]
     sys.exit(0 if all(s.get("in_sync") for s in streams) else 1)
+
+
+def fetch_view(http: httpx.Client, base: str, where: str, fix: str) -> dict:
+    """The control plane's xDS view: the first of VIEW_PATHS that answers one."""
+    for path in VIEW_PATHS:
+        try:
+            response = http.get(base + path)
+        except httpx.HTTPError as error:
+            raise EnvironmentProblem(f"no control plane admin view answers at {where}",
+                                     details=f"  {type(error).__name__}: {error}", fix=fix) from None
+        try:
+            document = response.json()
+        except ValueError:
+            continue
+        if is_view(document):
+            return document
+    raise EnvironmentProblem(f"the server at {where} answers, but not with a meshlab.xds admin view "
+                             f"(tried {' and '.join(VIEW_PATHS)})",
+                             fix="give the admin port of a control plane built on meshlab.xds; for a mesh "
+                                 "lab's own summary, `meshlab mesh status`")
+
+
+def is_view(document: object) -> bool:
+    """Whether DOCUMENT is meshlab.xds's admin view (xds.status.StatusBoard.to_json)."""
+    if not isinstance(document, dict) or "streams_without_node" not in document:
+        return False
+    nodes = document.get("nodes")
+    return isinstance(nodes, dict) and all(isinstance(n, dict) and isinstance(n.get("streams"), list)
+                                           for n in nodes.values())
 
 
 def render(document: dict) -> None:
