@@ -81,6 +81,69 @@ DENY_THE_REST = solution_with(
 )
 
 
+# SPIFFE IDs written wrong. A wrong ID breaks web -> api -> db, so every check but the
+# first fails; each must say which sidecar refused whom, the ID it was given and the one
+# the peer presents, not blame routes, TLS or the split.
+EVERY_CHECK_AFTER_SYNC = {
+    "test_path_through_the_mesh", "test_mutual_tls_every_hop", "test_plaintext_refused", "test_authorization",
+    "test_forged_identity", "test_split", "test_manifest_change_without_restart", "test_rotation_under_load",
+    "test_control_plane_outage", "test_abort_share", "test_delay", "test_expiry_and_clear",
+}
+PRINCIPAL = "principal_name=string_pb2.StringMatcher(exact=node.mesh.spiffe_id(caller))"
+SAN_MATCHER = "common_tls_context=tls_context(node.mesh.spiffe_id(name))"
+
+# The caller's ID written by hand, with the trust domain mistyped.
+PRINCIPAL_TYPO = solution_with(
+    (PRINCIPAL, "principal_name=string_pb2.StringMatcher(exact=f\"spiffe://meshlab.tset/ns/default/sa/{caller}\")"))
+# The callee's own ID where the caller's belongs.
+PRINCIPAL_OF_THE_CALLEE = solution_with(
+    (PRINCIPAL, "principal_name=string_pb2.StringMatcher(exact=node.mesh.spiffe_id(node.workload.service))"))
+# The caller's own ID where the destination's belongs: web refuses api's certificate.
+SAN_OF_THE_CALLER = solution_with(
+    (SAN_MATCHER, "common_tls_context=tls_context(node.mesh.spiffe_id(node.workload.service))"))
+# A prefix of the trust domain: every workload of the mesh is let in.
+PRINCIPAL_PREFIX = solution_with(
+    (PRINCIPAL, "principal_name=string_pb2.StringMatcher(prefix=\"spiffe://meshlab.test/\")"))
+
+
+def test_a_mistyped_principal_is_named_by_every_check_it_breaks(grade):
+    checks = fails_only(grade, 11, PRINCIPAL_TYPO, EVERY_CHECK_AFTER_SYNC)
+    path = checks["test_path_through_the_mesh"]
+    assert "RBAC filter denied web" in path["message"], path
+    assert "exact 'spiffe://meshlab.tset/ns/default/sa/web'" in path["message"], path
+    assert "web presents spiffe://meshlab.test/ns/default/sa/web" in path["message"], path
+    assert "spiffe://meshlab.test/ns/default/sa/web" in path["expected"], path
+    assert "rbac.denied" in path["received"], path
+    for cid in ("test_mutual_tls_every_hop", "test_split", "test_abort_share", "test_plaintext_refused"):
+        assert "RBAC filter denied web" in checks[cid]["message"], checks[cid]
+        assert "principal_name" in checks[cid]["hint"], checks[cid]
+
+
+def test_the_callees_id_as_principal_is_named(grade):
+    checks = fails_only(grade, 11, PRINCIPAL_OF_THE_CALLEE, EVERY_CHECK_AFTER_SYNC)
+    message = checks["test_path_through_the_mesh"]["message"]
+    assert "allows exact 'spiffe://meshlab.test/ns/default/sa/api' (api's ID)" in message, message
+
+
+def test_the_callers_id_in_the_san_matcher_is_named(grade):
+    checks = fails_only(grade, 11, SAN_OF_THE_CALLER, EVERY_CHECK_AFTER_SYNC)
+    path = checks["test_path_through_the_mesh"]
+    assert "web-v1's sidecar refused api's certificate" in path["message"], path
+    assert "exact 'spiffe://meshlab.test/ns/default/sa/web' (web's ID)" in path["message"], path
+    assert "ssl.fail_verify_san" in path["received"], path
+    assert "match_typed_subject_alt_names" in path["hint"], path
+    # web -> db is refused too, by web's sidecar: not the RBAC filter the check asks for.
+    assert "web-v1's sidecar refused db's certificate" in checks["test_authorization"]["message"]
+    assert "aborted" not in checks["test_abort_share"]["message"]
+
+
+def test_a_prefix_principal_lets_every_workload_in(grade):
+    checks = fails_only(grade, 11, PRINCIPAL_PREFIX, {"test_authorization", "test_forged_identity",
+                                                       "test_manifest_change_without_restart"})
+    assert "web reached db" in checks["test_authorization"]["message"]
+    assert "allows prefix 'spiffe://meshlab.test/'" in checks["test_authorization"]["received"]
+
+
 def test_rbac_by_header_fails_the_forged_identity_check(grade):
     checks = fails_only(grade, 11, RBAC_BY_HEADER, {"test_forged_identity"})
     assert "claiming web's identity" in checks["test_forged_identity"]["message"]
