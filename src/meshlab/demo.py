@@ -49,7 +49,7 @@ def solution(number: int) -> Iterator[DemoLab]:
     course = load_course()
     lab = course.find(str(number))
     lab_dir = workspace.solution_tree(course, lab, course.state_dir / "demos" / lab.slug)
-    session = LabSession.open(lab, lab_dir, run_dir_for(course, lab, lab_dir))
+    session = LabSession.open(lab, lab_dir, run_dir_for(course, lab, lab_dir), owned_by="demo")
     try:
         yield DemoLab(session)
     finally:

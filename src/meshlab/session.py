@@ -89,7 +89,9 @@ class LabSession:
         self._left_stopped: list[str] = []  # see `stopped(..., restart=False)`
 
     @classmethod
-    def open(cls, lab: Lab, lab_dir: Path, run_dir: Path) -> "LabSession":
+    def open(cls, lab: Lab, lab_dir: Path, run_dir: Path, *, owned_by: str = "check") -> "LabSession":
+        """The lab running from LAB_DIR: the one already there, else one started now and
+        owned by this process (OWNED_BY says what it is, for `meshlab stop`)."""
         lab_dir = Path(lab_dir).resolve()
         lab_ref = f"lab {lab.number:02d} ({lab.slug})"
         early = _launched_early.pop(_early_key(lab, lab_dir, run_dir), None)
@@ -108,7 +110,7 @@ class LabSession:
                 running.sync()  # restart what the learner changed since `meshlab start`
                 session = cls(lab, lab_dir, running, owned=False)
             else:
-                runtime = early or runtime_type(lab, lab_dir, run_dir, detached=False)
+                runtime = early or runtime_type(lab, lab_dir, run_dir, detached=False, owned_by=owned_by)
                 runtime.start_all()
                 session = cls(lab, lab_dir, runtime, owned=True)
         except ServiceFailed:

@@ -113,7 +113,7 @@ def watch(course: Course, lab: Lab, lab_dir: Path, *,
                     passed = preflight.digest(lab, lab_dir)
                     preflight.prepare_and_check(lab, lab_dir)
                     if runtime is None:
-                        runtime = LocalRuntime(lab, lab_dir, run_dir)
+                        runtime = LocalRuntime(lab, lab_dir, run_dir, owned_by="watch")  # `meshlab stop` may stop it
                         runtime.start_all()
                         restarted = [s.name for s in lab.services]
                     else:

@@ -101,7 +101,12 @@ def start_command(lab: str, fresh: bool, runtime: str | None) -> None:
 @click.option("--service", metavar="NAME",
               help="Stop only this service of LAB (for example the app); `meshlab start LAB` brings it back.")
 def stop_command(lab: str | None, service: str | None) -> None:
-    """Stop LAB's services (every running lab when LAB is omitted)."""
+    """Stop LAB's services (every running lab when LAB is omitted).
+
+    What you started stops: `meshlab start`, a `meshlab watch` left running, and what a
+    command that was killed left behind. A lab that a `meshlab check` running in another
+    terminal started for itself is left to it (it stops it when it ends); stop says so.
+    """
     from meshlab import ui
     from meshlab.runtime import LocalRuntime, stop_run
     from meshlab.course import run_dir_for
@@ -119,6 +124,9 @@ def stop_command(lab: str | None, service: str | None) -> None:
         if runtime is None or not runtime.is_running(service):
             ui.console.print(f"{service} of lab {spec.number:02d} was not running.")
             return
+        if (owner := _live_owner(runtime.run_dir)) is not None:
+            ui.console.print(f"Left {service} of lab {spec.number:02d} running: {owner}.")
+            return
         runtime.stop(service)
         ui.console.print(f"Stopped {service} of lab {spec.number:02d}; `meshlab start {spec.number}` brings it back.")
         return
@@ -127,12 +135,40 @@ def stop_command(lab: str | None, service: str | None) -> None:
         folders = [d for d in (runs.iterdir() if runs.is_dir() else []) if d.name.split("@")[0] == spec.slug]
     else:
         folders = list(runs.iterdir()) if runs.is_dir() else []
-    stopped = {folder.name: stop_run(folder) + _stop_docker_run(folder) for folder in folders}
+    owners = {folder.name: owner for folder in folders if (owner := _live_owner(folder)) is not None}
+    stopped = {folder.name: stop_run(folder) + _stop_docker_run(folder)
+               for folder in folders if folder.name not in owners}
     stopped = {name: services for name, services in stopped.items() if services}
-    if not stopped:
+    if not stopped and not owners:
         ui.console.print("Nothing was running." if lab is None else f"Lab {lab} was not running.")
     for name, services in stopped.items():
         ui.console.print(f"Stopped {name}: {', '.join(services)}")
+    for name, owner in owners.items():
+        ui.console.print(f"Left {name} running: {owner}.")
+
+
+def _live_owner(folder) -> str | None:
+    """Who keeps the run in FOLDER, when it is not the learner's to stop: a check (or a
+    demo) that started it for itself and stops it when it ends. None for a run of
+    `meshlab start` or `meshlab watch`, one whose owner died, or no run."""
+    from meshlab.runtime import kept_by_owner, read_state
+    from meshlab.runtime.docker import MARKER
+    from meshlab.runtime.processes import alive
+
+    state = read_state(folder)
+    if state is not None:
+        if not kept_by_owner(state):
+            return None
+        pid, owned_by = state.owner_pid, state.owned_by
+    elif (folder / MARKER).is_file():
+        marker = json.loads((folder / MARKER).read_text())
+        pid, owned_by = marker["owner_pid"], marker.get("owned_by", "check")
+        if pid is None or not alive(pid, marker["owner_started"]):
+            return None
+    else:
+        return None
+    what = {"demo": "a demo uses it"}.get(owned_by, "a `meshlab check` grades it")
+    return f"{what} (pid {pid}) and stops it when it ends"
 
 
 def _where_it_runs(services: dict, name: str) -> str:

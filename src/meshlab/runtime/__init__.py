@@ -2,7 +2,8 @@
 describes services abstractly (an Envoy with a config, a Python module, a command), so a
 Docker runtime can be added beside this one without touching the labs."""
 
-__all__ = ["LocalRuntime", "RunState", "ServiceState", "read_state", "stop_orphaned_runs", "stop_run"]
+__all__ = ["LocalRuntime", "RunState", "ServiceState", "kept_by_owner", "read_state", "stop_orphaned_runs",
+           "stop_run"]
 
 
 def __getattr__(name: str):

@@ -68,7 +68,8 @@ class DockerRuntime:
 
     name = "docker"
 
-    def __init__(self, lab: Lab, lab_dir: Path, run_dir: Path, *, detached: bool = False):
+    def __init__(self, lab: Lab, lab_dir: Path, run_dir: Path, *, detached: bool = False,
+                 owned_by: str = "check"):
         refuse_on_docker(lab)  # pods of its own do not fit one namespace (container/pod_labs.py)
         self.lab = lab
         self.lab_dir = Path(lab_dir).resolve()
@@ -79,6 +80,7 @@ class DockerRuntime:
         self.client = engine.connect()
         self.owner_pid = None if detached else os.getpid()
         self.owner_started = None if detached else processes.create_time(os.getpid())
+        self.owned_by = None if detached else owned_by  # what the owner is, for `meshlab stop`
         self.admin_urls: dict[str, str] = {}
 
     # -- finding a run that is already there -------------------------------------
@@ -113,7 +115,7 @@ class DockerRuntime:
             old_log.unlink()
         (self.run_dir / MARKER).write_text(json.dumps({
             "run": self.id, "lab": self.lab.slug, "lab_dir": str(self.lab_dir),
-            "owner_pid": self.owner_pid, "owner_started": self.owner_started}))
+            "owner_pid": self.owner_pid, "owner_started": self.owner_started, "owned_by": self.owned_by}))
         try:
             self._start_pod()
             for spec in _start_order(self.lab):

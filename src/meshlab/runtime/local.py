@@ -11,6 +11,10 @@ its services die with it (kernel parent-death signal) and are stopped when it en
 service another process restarts meanwhile cannot get that signal, so a run whose
 owner has died is stopped by whoever finds it next. A run started by `meshlab start` is
 *detached*: it survives until `meshlab stop`.
+
+`meshlab stop` stops the learner's runs: detached ones, those of a `meshlab watch`, and
+any whose owner died. A run a live check (or demo) started for itself is that owner's to
+stop (`kept_by_owner`): stopped under its checks, it would only fail them, confusingly.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class RunState:
     started_at: float
     owner_pid: int | None = None  # the process whose death ends the run (None: detached)
     owner_started: float | None = None  # its start time, so a reused PID is not mistaken for it
+    owned_by: str | None = None  # what the owner is: "check", "demo" or "watch" (None: detached)
     services: dict[str, ServiceState] = field(default_factory=dict)
     pods: dict | None = None  # what meshlab.runtime.pods created for the run (a PodRecord)
 
@@ -77,14 +82,16 @@ class RunState:
 class LocalRuntime:
     """Start, stop, restart and observe one lab's services."""
 
-    def __init__(self, lab: Lab, lab_dir: Path, run_dir: Path, *, detached: bool = False):
+    def __init__(self, lab: Lab, lab_dir: Path, run_dir: Path, *, detached: bool = False,
+                 owned_by: str = "check"):
         self.lab = lab
         self.lab_dir = Path(lab_dir).resolve()
         self.run_dir = Path(run_dir).resolve()
         self.detached = detached
         self.state = RunState(lab=lab.slug, lab_dir=str(self.lab_dir), detached=detached, started_at=time.time(),
                               owner_pid=None if detached else os.getpid(),
-                              owner_started=None if detached else processes.create_time(os.getpid()))
+                              owner_started=None if detached else processes.create_time(os.getpid()),
+                              owned_by=None if detached else owned_by)
         self._popen: dict[str, subprocess.Popen] = {}
         self.pods: PodNetwork | None = None  # the lab's network namespaces, when it has pods
         self._begun = False  # ports checked and old logs cleared (`launch_early` or `start_all`)
@@ -589,6 +596,13 @@ def _python_or(program: str) -> str:
 def orphaned(state: RunState) -> bool:
     """True when the process that owned the run is gone (its services must go too)."""
     return state.owner_pid is not None and not processes.alive(state.owner_pid, state.owner_started)
+
+
+def kept_by_owner(state: RunState) -> bool:
+    """True when a live process other than `meshlab watch` owns the run: a check (or a
+    demo) that started it for itself, uses it now and stops it when it ends. `meshlab
+    stop` leaves such a run alone; a watched, detached or orphaned run is the learner's."""
+    return state.owner_pid is not None and state.owned_by != "watch" and not orphaned(state)
 
 
 def stop_orphaned_runs(runs_dir: Path) -> list[str]:
