@@ -73,7 +73,9 @@ from pathlib import Path
 from meshlab.course import load_course
 from meshlab.runtime import LocalRuntime
 lab = load_course(Path(sys.argv[1])).labs[0]
-runtime = LocalRuntime(lab, lab.workspace, Path(sys.argv[2]), detached=sys.argv[3] == "detached")
+# MODE: detached (`meshlab start`), owned (a check) or watch (`meshlab watch`)
+runtime = LocalRuntime(lab, lab.workspace, Path(sys.argv[2]), detached=sys.argv[3] == "detached",
+                       owned_by="watch" if sys.argv[3] == "watch" else "check")
 runtime.start_all()
 print(json.dumps({n: s.pid for n, s in runtime.state.services.items()}), flush=True)
 if sys.argv[3] != "detached":
