@@ -109,3 +109,12 @@ def test_stop_leaves_a_docker_run_of_a_live_check_alone(demo, cli):
     assert said.code == 0, said.output
     assert f"Left {GRADED} running: a `meshlab check` grades it (pid {me})" in said.stdout
     assert (folder / "docker.json").is_file()
+
+
+def test_status_names_the_check_that_keeps_a_run(demo, cli):
+    run_in_state(demo, GRADED)
+    check, _ = start_owner(demo, "owned")
+    env = {"MESHLAB_ROOT": str(demo["root"]), "MESHLAB_STATE_DIR": str(demo["root"] / ".meshlab")}
+    [run] = cli("status", "--json", env=env).json()
+    assert run["left_to"] == {"pid": check.pid, "owned_by": "check"}
+    assert f"a `meshlab check` grades it (pid {check.pid})" in cli("status", env=env).stdout

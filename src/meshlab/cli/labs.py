@@ -125,7 +125,7 @@ def stop_command(lab: str | None, service: str | None) -> None:
             ui.console.print(f"{service} of lab {spec.number:02d} was not running.")
             return
         if (owner := _live_owner(runtime.run_dir)) is not None:
-            ui.console.print(f"Left {service} of lab {spec.number:02d} running: {owner}.")
+            ui.console.print(f"Left {service} of lab {spec.number:02d} running: {_owner_words(*owner)}.")
             return
         runtime.stop(service)
         ui.console.print(f"Stopped {service} of lab {spec.number:02d}; `meshlab start {spec.number}` brings it back.")
@@ -144,13 +144,14 @@ def stop_command(lab: str | None, service: str | None) -> None:
     for name, services in stopped.items():
         ui.console.print(f"Stopped {name}: {', '.join(services)}")
     for name, owner in owners.items():
-        ui.console.print(f"Left {name} running: {owner}.")
+        ui.console.print(f"Left {name} running: {_owner_words(*owner)}.")
 
 
-def _live_owner(folder) -> str | None:
-    """Who keeps the run in FOLDER, when it is not the learner's to stop: a check (or a
-    demo) that started it for itself and stops it when it ends. None for a run of
-    `meshlab start` or `meshlab watch`, one whose owner died, or no run."""
+def _live_owner(folder) -> tuple[int, str] | None:
+    """Who keeps the run in FOLDER (its PID, and what it is), when it is not the
+    learner's to stop: a check (or a demo) that started it for itself and stops it when
+    it ends. None for a run of `meshlab start` or `meshlab watch`, one whose owner died,
+    or no run."""
     from meshlab.runtime import kept_by_owner, read_state
     from meshlab.runtime.docker import MARKER
     from meshlab.runtime.processes import alive
@@ -167,6 +168,10 @@ def _live_owner(folder) -> str | None:
             return None
     else:
         return None
+    return pid, owned_by or "check"
+
+
+def _owner_words(pid: int, owned_by: str) -> str:
     what = {"demo": "a demo uses it"}.get(owned_by, "a `meshlab check` grades it")
     return f"{what} (pid {pid}) and stops it when it ends"
 
@@ -189,7 +194,11 @@ def _stop_docker_run(folder) -> list[str]:
 @click.argument("lab", required=False)
 @JSON
 def status_command(lab: str | None, as_json: bool) -> None:
-    """What meshlab is running now (of LAB, or of every lab): services, PIDs and ports."""
+    """What meshlab is running now (of LAB, or of every lab): services, PIDs and ports.
+
+    A run that a `meshlab check` started for itself says so (with the check's PID):
+    that check stops it, `meshlab stop` leaves it alone.
+    """
     from meshlab.runtime import read_state
     from meshlab.runtime.processes import alive
 
@@ -208,8 +217,11 @@ def status_command(lab: str | None, as_json: bool) -> None:
             continue
         services = [{"name": s.name, "kind": s.kind, "pid": s.pid, "ports": s.ports,
                      "running": alive(s.pid, s.create_time)} for s in state.services.values()]
+        # A run `meshlab stop` leaves to the check that owns it: named, so that is no surprise.
+        owner = _live_owner(folder)
         report.append({"run": folder.name, "lab": state.lab, "lab_dir": state.lab_dir,
-                       "detached": state.detached, "services": services})
+                       "detached": state.detached, "services": services,
+                       "left_to": None if owner is None else {"pid": owner[0], "owned_by": owner[1]}})
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -220,6 +232,8 @@ def status_command(lab: str | None, as_json: bool) -> None:
                          f"Lab {lab} is not running. Start it with: meshlab start {lab}")
     for run in report:
         ui.console.print(f"[bold]{run['run']}[/]  [dim]{ui.relative(run['lab_dir'])}[/]")
+        if run.get("left_to"):
+            ui.console.print(f"  [dim]{_owner_words(**run['left_to'])}; `meshlab stop` leaves it to it[/]")
         width = max([10, *(len(s["name"]) for s in run["services"])])
         for s in run["services"]:
             state = "[green]running[/]" if s["running"] else "[red]stopped[/]"
@@ -243,8 +257,10 @@ def _docker_status(course, folder) -> dict | None:
     services = [{"name": s.name, "kind": s.kind, "pid": running[s.name].pid if s.name in running else None,
                  "container": running[s.name].container if s.name in running else None,
                  "ports": dict(s.ports), "running": s.name in running} for s in spec.services]
+    owner = _live_owner(folder)
     return {"run": folder.name, "lab": spec.slug, "lab_dir": str(runtime.lab_dir), "runtime": "docker",
-            "detached": runtime.owner_pid is None, "services": services}
+            "detached": runtime.owner_pid is None, "services": services,
+            "left_to": None if owner is None else {"pid": owner[0], "owned_by": owner[1]}}
 
 
 @click.command("watch")
