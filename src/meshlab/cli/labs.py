@@ -153,22 +153,20 @@ def _live_owner(folder) -> tuple[int, str] | None:
     it ends. None for a run of `meshlab start` or `meshlab watch`, one whose owner died,
     or no run."""
     from meshlab.runtime import kept_by_owner, read_state
-    from meshlab.runtime.docker import MARKER
     from meshlab.runtime.processes import alive
 
     state = read_state(folder)
     if state is not None:
-        if not kept_by_owner(state):
-            return None
-        pid, owned_by = state.owner_pid, state.owned_by
-    elif (folder / MARKER).is_file():
-        marker = json.loads((folder / MARKER).read_text())
-        pid, owned_by = marker["owner_pid"], marker.get("owned_by", "check")
-        if pid is None or not alive(pid, marker["owner_started"]):
-            return None
-    else:
+        return (state.owner_pid, state.owned_by or "check") if kept_by_owner(state) else None
+    from meshlab.runtime.docker import MARKER  # here: it loads httpx, which a local run needs not
+
+    if not (folder / MARKER).is_file():
         return None
-    return pid, owned_by or "check"
+    marker = json.loads((folder / MARKER).read_text())
+    pid = marker["owner_pid"]
+    if pid is None or not alive(pid, marker["owner_started"]):
+        return None
+    return pid, marker.get("owned_by") or "check"
 
 
 def _owner_words(pid: int, owned_by: str) -> str:
