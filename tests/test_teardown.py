@@ -168,3 +168,24 @@ def test_a_checker_killed_with_sigkill_leaves_no_private_key(lab_copy, state_dir
     assert eventually(lambda: private_keys_in(state_dir, folder) == [], 5), private_keys_in(state_dir, folder)
     assert eventually(lambda: not list(NETNS_DIR.glob(f"ml{tag_for(run_dir)}-*")), 5)
     assert eventually(lambda: processes_in(folder) == [], 5), processes_in(folder)
+
+
+@pytest.mark.parametrize("killed", ["checker", "cli"])
+def test_the_checks_own_keys_go_with_a_check_killed_with_sigkill(lab_copy, state_dir, started, killed):
+    # Lab 04's checks make keys of their own (test clients, one from a foreign CA) in
+    # pytest's temporary folder: meshlab gives the checker one under its state folder,
+    # removed when the check ends, even when the checker (then the CLI removes it) or
+    # the CLI (then the checker, sent SIGTERM) was killed outright.
+    folder = lab_copy(4)
+    cli = start_check(folder, state_dir, started, number=4)
+    reports = state_dir / "reports"
+    assert eventually(lambda: private_keys_in(reports), 30, interval=0.01), "the checks wrote no key there"
+    if killed == "checker":
+        checker, = psutil.Process(cli.pid).children()  # the CLI's one child (unshare has exec'd it)
+        checker.kill()
+        assert cli.wait(timeout=30) == 2
+    else:
+        cli.kill()
+        cli.wait()
+    assert eventually(lambda: private_keys_in(state_dir) == [], 5), private_keys_in(state_dir)
+    assert eventually(lambda: not list(reports.glob("*.tmp")), 5)
