@@ -141,12 +141,15 @@ def private_keys_in(*folders: Path) -> list[Path]:
     """Files under FOLDERS that hold a PEM private key."""
     found = []
     for folder in folders:
-        for path in folder.rglob("*"):
-            try:
-                if path.is_file() and b"PRIVATE KEY" in path.read_bytes():
-                    found.append(path)
-            except (FileNotFoundError, NotADirectoryError):
-                pass  # removed while we looked
+        # os.walk, not rglob: a folder removed while we look is skipped, not an error
+        for directory, _, files in os.walk(folder):
+            for name in files:
+                path = Path(directory) / name
+                try:
+                    if b"PRIVATE KEY" in path.read_bytes():
+                        found.append(path)
+                except OSError:
+                    pass  # removed while we looked
     return found
 
 
