@@ -111,3 +111,20 @@ def test_the_reaper_is_sent_away_only_after_everything_else_is_removed(tmp_path,
                        cgroups={"mesh": str(tmp_path / "mesh")}, reaper_pid=4242)
     teardown(record)
     assert done == ["cgroup mesh", "signal 4242 SIGTERM"]
+
+
+def test_the_runs_private_folders_go_before_the_reaper_is_sent_away(tmp_path, monkeypatch):
+    # The services' state folder holds keys (a CA's): a killed owner's reaper removes it
+    # with the pods, and a normal stop removes it before the reaper may leave.
+    from meshlab.runtime import pods
+
+    private = tmp_path / "state"
+    (private / "mesh-ca").mkdir(parents=True)
+    (private / "mesh-ca" / "ca.key").write_text("-----BEGIN PRIVATE KEY-----\n")
+    seen = []
+    monkeypatch.setattr(pods, "_signal", lambda pid, sig: seen.append(private.exists()))
+    record = PodRecord(tag="99-test", namespaces={"pod": "ml99-test-nothing-here"}, reaper_pid=4242,
+                       private_folders=[str(private)])
+    assert f"folder {private}" in teardown(record)
+    assert not private.exists() and seen == [False]
+    assert teardown(record) == []  # twice: quiet

@@ -1,9 +1,11 @@
 """No process outlives its lab: after a check, a failed check, Ctrl-C, a killed CLI or a
 killed checker, no Envoy or app of the run is left. Processes of a run are found by
-their working directory, the graded lab folder, which is private to each test."""
+their working directory, the graded lab folder, which is private to each test. Nor does
+a key: a checker killed outright leaves no private key of its run behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -43,8 +45,8 @@ def started():
         cli.wait()
 
 
-def start_check(folder: Path, state_dir: Path, started: list) -> subprocess.Popen:
-    args = [sys.executable, "-m", "meshlab", "check", "1", "--path", str(folder), "--json"]
+def start_check(folder: Path, state_dir: Path, started: list, number: int = 1) -> subprocess.Popen:
+    args = [sys.executable, "-m", "meshlab", "check", str(number), "--path", str(folder), "--json"]
     if CAN_ISOLATE:
         args.append("--isolate")
     env = {**os.environ, "MESHLAB_ROOT": str(ROOT), "MESHLAB_STATE_DIR": str(state_dir)}
@@ -133,3 +135,60 @@ def test_services_launched_before_pytest_are_stopped_when_no_check_runs(lab_copy
     root = cgroup2_root()
     assert not list(NETNS_DIR.glob(f"ml{tag}-*")) if NETNS_DIR.is_dir() else True
     assert root is None or not (root / f"meshlab-{tag}").exists()
+
+
+def private_keys_in(*folders: Path) -> list[Path]:
+    """Files under FOLDERS that hold a PEM private key."""
+    found = []
+    for folder in folders:
+        # os.walk, not rglob: a folder removed while we look is skipped, not an error
+        for directory, _, files in os.walk(folder):
+            for name in files:
+                path = Path(directory) / name
+                try:
+                    if b"PRIVATE KEY" in path.read_bytes():
+                        found.append(path)
+                except OSError:
+                    pass  # removed while we looked
+    return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="pods need root")
+def test_a_checker_killed_with_sigkill_leaves_no_private_key(lab_copy, state_dir, started):
+    # Lab 11's control plane keeps its CA's key in the run's state folder. The run's
+    # owner killed outright cannot remove it; its reaper (started with the pods, waiting
+    # for the owner's death) must, not the next `meshlab` command.
+    from meshlab.runtime.pods import NETNS_DIR, tag_for
+
+    folder = lab_copy(11)
+    cli = start_check(folder, state_dir, started, number=11)
+    assert eventually(lambda: private_keys_in(state_dir), 60), "the CA's key was never written"
+    run_dir = private_keys_in(state_dir)[0].relative_to(state_dir / "runs").parts[0]
+    run_dir = state_dir / "runs" / run_dir
+    owner = json.loads((run_dir / "state.json").read_text())["owner_pid"]  # what the reaper waits on
+    os.kill(owner, signal.SIGKILL)
+    assert cli.wait(timeout=30) == 2
+    assert eventually(lambda: private_keys_in(state_dir, folder) == [], 5), private_keys_in(state_dir, folder)
+    assert eventually(lambda: not list(NETNS_DIR.glob(f"ml{tag_for(run_dir)}-*")), 5)
+    assert eventually(lambda: processes_in(folder) == [], 5), processes_in(folder)
+
+
+@pytest.mark.parametrize("killed", ["checker", "cli"])
+def test_the_checks_own_keys_go_with_a_check_killed_with_sigkill(lab_copy, state_dir, started, killed):
+    # Lab 04's checks make keys of their own (test clients, one from a foreign CA) in
+    # pytest's temporary folder: meshlab gives the checker one under its state folder,
+    # removed when the check ends, even when the checker (then the CLI removes it) or
+    # the CLI (then the checker, sent SIGTERM) was killed outright.
+    folder = lab_copy(4)
+    cli = start_check(folder, state_dir, started, number=4)
+    reports = state_dir / "reports"
+    assert eventually(lambda: private_keys_in(reports), 30, interval=0.01), "the checks wrote no key there"
+    if killed == "checker":
+        checker, = psutil.Process(cli.pid).children()  # the CLI's one child (unshare has exec'd it)
+        checker.kill()
+        assert cli.wait(timeout=30) == 2
+    else:
+        cli.kill()
+        cli.wait()
+    assert eventually(lambda: private_keys_in(state_dir) == [], 5), private_keys_in(state_dir)
+    assert eventually(lambda: not list(reports.glob("*.tmp")), 5)

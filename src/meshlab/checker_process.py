@@ -14,6 +14,9 @@ own, rather than `python -m pytest`, for what a learner waits for on every check
   (`--meshlab-go`): that one must not touch the lab before the word;
 - httpx imports its own command-line client at import time, and with it rich and click
   (about 60 ms); no check uses it, and a failed import is what httpx expects without them;
+- pytest's temporary folder (`--basetemp`, where a check may write keys) is removed as
+  the process ends, also by the SIGTERM it gets when `meshlab check` dies, and by
+  `meshlab check` once it has ended: whichever of the two survives removes it;
 - once pytest returns, the lab is stopped and the report is written: tearing down an
   interpreter that imported pytest, httpx and a checker takes 100 ms or more and nothing
   needs it, so the process ends at once (after flushing what it printed).
@@ -22,6 +25,8 @@ own, rather than `python -m pytest`, for what a learner waits for on every check
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -32,6 +37,9 @@ def main(argv: list[str]) -> int:
 
         isolation.set_up_namespace()
         argv = argv[1:]
+    scratch = argv[argv.index("--basetemp") + 1] if "--basetemp" in argv[:-1] else None
+    if scratch is not None:
+        signal.signal(signal.SIGTERM, lambda *_: _die_without(scratch))
     lab = None
     if argv[:1] == ["--lab"]:
         lab, argv = argv[1], argv[2:]
@@ -48,6 +56,16 @@ def main(argv: list[str]) -> int:
         return 2  # as pytest says it was interrupted
     finally:
         session.stop_unclaimed()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _die_without(scratch: str) -> None:
+    """SIGTERM (the parent `meshlab check` died): remove SCRATCH, then die of it as
+    before. The services die with this process, a lab's pods go with their reaper."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.raise_signal(signal.SIGTERM)
 
 
 def _launch(slug: str, argv: list[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,11 +126,16 @@ class Checker:
         report_dir.mkdir(parents=True, exist_ok=True)
         stamp = f"{lab.slug}-{os.getpid()}-{time.monotonic_ns()}"
         self.report, self.output = report_dir / f"{stamp}.jsonl", report_dir / f"{stamp}.out"
+        # pytest's tmp_path for the checks (lab 04's test clients' keys): a folder of this
+        # check's own, removed when it ends however it ends, not kept in the system's temp
+        # folder for the next three pytest sessions of the user.
+        self.scratch = report_dir / f"{stamp}.tmp"
         self.go = report_dir / f"{stamp}.go" if ahead else None
         pytest_args = [
             str(lab.checks), "-q", "--no-header", *UNUSED_PLUGINS, *CHECKER_PLUGINS, "-o", "addopts=",
             "-o", f"timeout={CHECK_TIMEOUT_S}", "--rootdir", str(course.root),
             "--meshlab-path", str(self.lab_dir), "--meshlab-report", str(self.report),
+            "--basetemp", str(self.scratch),
         ]
         if run_dir is not None:
             pytest_args += ["--meshlab-run-dir", str(run_dir)]
@@ -184,6 +190,7 @@ class Checker:
         finally:
             if self.go is not None:
                 self.go.unlink(missing_ok=True)
+            shutil.rmtree(self.scratch, ignore_errors=True)  # the checker may have been killed
         result.duration = round(time.monotonic() - started, 2)
         result.finished_at = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
         _fill(result, events, child.returncode, self.output)
@@ -215,6 +222,7 @@ class Checker:
         for path in (self.go, self.report, self.output):
             if path is not None:
                 path.unlink(missing_ok=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def default_learner(root: Path) -> str | None:

@@ -9,8 +9,9 @@ workload and its certificate. This module does the rest, the way istiod does:
 - runs the mesh's certificate authority and gives every workload an X.509-SVID for
   its service's SPIFFE ID, short-lived, renewed at 2/3 of its lifetime; the CA's key
   stays in a 0600 file of the run's state folder ($MESHLAB_SERVICE_STATE, removed with the
-  run), so a restarted control plane signs with the same CA and no sidecar ever
-  distrusts another; the workloads' keys stay in memory and travel only over xDS (SDS);
+  run, by the pods' reaper if the run's owner is killed), so a restarted control plane
+  signs with the same CA and no sidecar ever distrusts another; the workloads' keys stay
+  in memory and travel only over xDS (SDS);
 - serves the snapshots over ADS (meshlab.xds) and an admin API (JSON):
 
       GET  /status   the version, and per node: acknowledged, last NACK, why its build was not

@@ -189,7 +189,10 @@ class LocalRuntime:
     def _make_pods(self) -> None:
         """The lab's pods, once per run (`launch_early` may have made them already)."""
         if self.lab.pods and self.pods is None:
-            self.pods = PodNetwork.create(self.lab, self.run_dir, owner_pid=self.state.owner_pid)
+            # The services' state folder holds keys (lab 11's CA): if the owner is killed,
+            # the reaper removes it with the pods rather than leave it to the next command.
+            self.pods = PodNetwork.create(self.lab, self.run_dir, owner_pid=self.state.owner_pid,
+                                          private_folders=[self.run_dir / STATE_FOLDER])
             self.state.pods = asdict(self.pods.record)
             self._save()
 

@@ -12,7 +12,9 @@ A lab that declares `pods:` gets, for one run:
 - one cgroup v2 per `cgroup:` name its services use (`meshlab-<tag>/<name>`);
 - the iptables rules of each pod that names a rules file (iptables-restore format),
   applied once its services are up, and again when the file changes; lifted while
-  one of the pod's services restarts, so that meshlab's readiness probe is never captured.
+  one of the pod's services restarts, so that meshlab's readiness probe is never captured;
+- the run's private folders, which the runtime names (its services' own state: a CA's
+  private key), removed with the rest so that no key outlives the run.
 
 Everything is removed by `teardown`: at stop, after a failed check, on Ctrl-C; and when
 the run's owner is killed outright, by a small reaper process that waits for the owner's
@@ -32,6 +34,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +48,8 @@ from meshlab.errors import InputError, Location, ServiceFailed
 from meshlab.runtime import enter
 
 if TYPE_CHECKING:  # httpx is imported when a pod is reached, not by `meshlab list`
+    from collections.abc import Sequence
+
     import httpx
 
     from meshlab.runtime import netns
@@ -71,6 +76,8 @@ class PodRecord:
     cgroup_parent: str | None = None
     rules: dict[str, str] = field(default_factory=dict)        # pod -> sha256 of the rules applied
     reaper_pid: int | None = None
+    # Folders only the run writes (its services' state, keys among them): they go with it.
+    private_folders: list[str] = field(default_factory=list)
 
 
 class PodNetwork:
@@ -83,10 +90,12 @@ class PodNetwork:
     # -- creating --------------------------------------------------------------------
 
     @classmethod
-    def create(cls, lab: Lab, run_dir: Path, *, owner_pid: int | None) -> "PodNetwork":
+    def create(cls, lab: Lab, run_dir: Path, *, owner_pid: int | None,
+               private_folders: Sequence[Path] = ()) -> "PodNetwork":
         """Namespaces, links and cgroups for LAB's pods, named after RUN_DIR. With
-        OWNER_PID, a reaper removes them if that process dies without doing it itself."""
-        network = cls(PodRecord(tag=tag_for(run_dir)))
+        OWNER_PID, a reaper removes them, and PRIVATE_FOLDERS, if that process dies
+        without doing it itself."""
+        network = cls(PodRecord(tag=tag_for(run_dir), private_folders=[str(f) for f in private_folders]))
         planned = network.planned(lab)
         # The workspace's names (`ml11-web-v1`) are the same in every copy of the course on
         # this machine: a live run of another copy must not lose its pods to this one.
@@ -283,7 +292,8 @@ def refuse_if_in_use(record: PodRecord, lab: Lab) -> None:
 
 def teardown(record: PodRecord) -> list[str]:
     """Remove whatever RECORD says a run created: its reaper, the processes left in its
-    cgroups, the cgroups, the namespaces. Safe to call twice. Returns what it removed."""
+    cgroups, the cgroups, the namespaces, its private folders. Safe to call twice.
+    Returns what it removed."""
     removed = []
     for name, directory in record.cgroups.items():
         if _empty_cgroup(Path(directory)):
@@ -294,6 +304,12 @@ def teardown(record: PodRecord) -> list[str]:
         if (NETNS_DIR / name).exists():
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=20)
             removed.append(f"netns {name}")
+    # After the processes (the cgroups' are killed, the others died with the owner):
+    # none is left to write a key again.
+    for folder in record.private_folders:
+        if Path(folder).exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(f"folder {folder}")
     # The reaper goes last: an owner killed halfway through this still has it to finish.
     if record.reaper_pid and record.reaper_pid != os.getpid():
         _signal(record.reaper_pid, signal.SIGTERM)
