@@ -132,7 +132,13 @@ class Together:
             gate.wait()
             return Sent(envoy, path, user, self._get(self.clients[index], envoy, path, user))
 
-        return list(self.pool.map(one, range(len(plan))))
+        try:
+            return list(self.pool.map(one, range(len(plan))))
+        except BaseException:
+            # A Ctrl-C here cancels the sends not yet begun: those begun must not wait
+            # at the gate for them (and the pool's shutdown for those, forever).
+            gate.abort()
+            raise
 
     def _get(self, client: httpx.Client, envoy: str, path: str, user: str | None) -> httpx.Response:
         headers = {"x-user-id": user} if user is not None else {}

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from meshlab.grading import eventually
@@ -84,3 +85,22 @@ def test_a_child_whose_parent_dies_as_it_starts_dies_too(tmp_path: Path):
         for pid in children:
             if processes.alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_stopping_a_child_whose_popen_a_ctrl_c_left_locked_does_not_wait_the_grace(tmp_path: Path):
+    """A KeyboardInterrupt that lands inside Popen.poll, between its lock's acquire and
+    the try that releases it, leaves the lock held: a stop that then waited on the Popen
+    to reap the child waited the whole grace (3 s), however fast the child died."""
+    child = processes.spawn([sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path,
+                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            die_with_parent=True)
+    child._waitpid_lock.acquire()  # as the interrupted poll left it
+    try:
+        started = time.monotonic()
+        processes.terminate_group(child.pid, child.pid, popen=child, grace=3.0)
+        took = time.monotonic() - started
+    finally:
+        child._waitpid_lock.release()
+    assert not processes.alive(child.pid)
+    assert took < 1.0, f"the stop took {took:.2f} s"
+    child.wait(timeout=5)

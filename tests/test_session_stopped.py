@@ -73,6 +73,27 @@ def test_a_service_left_stopped_at_the_end_of_a_run(course, tmp_path, runtime, o
     assert runtime.calls == calls
 
 
+@pytest.mark.parametrize("owned, calls", [
+    (True, ["stop redis", "stop_all"]),                     # Ctrl-C waits for no start the stop undoes
+    (False, ["stop redis", "start redis"]),                 # the learner's run is left whole
+], ids=["run-the-checker-started", "run-the-learner-started"])
+def test_a_ctrl_c_in_the_block_starts_nothing_before_the_run_ends(course, tmp_path, runtime, owned, calls):
+    lab = session(course, tmp_path, runtime, owned=owned)
+    with pytest.raises(KeyboardInterrupt):
+        with lab.stopped("redis"):
+            raise KeyboardInterrupt
+    lab.close()
+    assert runtime.calls == calls
+
+
+def test_a_check_that_fails_in_the_block_gets_the_service_back_at_once(course, tmp_path, runtime):
+    lab = session(course, tmp_path, runtime, owned=True)
+    with pytest.raises(ValueError):
+        with lab.stopped("redis"):
+            raise ValueError("a check's own error, which it may catch and go on")
+    assert runtime.calls == ["stop redis", "start redis"]
+
+
 def test_the_checker_restores_the_lab_before_the_next_check(tmp_path):
     # The meshlab plugin with a `lab` fixture of this test's own: the second check must
     # find the service the first one left stopped started again, before its fixtures.

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -46,6 +47,10 @@ CHECKER_MODULE = "meshlab.checker_process"
 
 # How often the CLI looks at the report the checker appends to (progress, and the end).
 FOLLOW_INTERVAL_S = 0.01
+
+# How long a checker may take to stop its lab after a Ctrl-C before it is killed (its
+# services then die with it, by their parent-death signal).
+INTERRUPT_GRACE_S = 15
 
 # The version of `LabResult.to_json`'s format, documented in docs/results-schema.md.
 # 2 added `learner` and `finished_at`, so that collected files can be told apart.
@@ -175,17 +180,16 @@ class Checker:
 
                 self.env[PASSED_ENV] = preflight_passed
             self._spawn()
-        elif self.go is not None:  # started ahead: waiting for the word
-            self._say_go(preflight_passed or "")
         child = self.child
         try:
-            events = _follow(self.report, child, on_event)
+            with _PassedOn(child) as interrupts:
+                if self.go is not None:  # started ahead (so not spawned just now): waiting for the word
+                    self._say_go(preflight_passed or "")
+                events = _follow(self.report, child, on_event, interrupts)
+            if interrupts.arrived is not None:
+                raise KeyboardInterrupt  # now that the checker has stopped the lab and ended
         except KeyboardInterrupt:
-            child.send_signal(signal.SIGINT)
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+            self.interrupt()
             raise
         finally:
             if self.go is not None:
@@ -215,6 +219,22 @@ class Checker:
                 os.close(descriptor)
             return
 
+    def interrupt(self) -> None:
+        """Pass a Ctrl-C on to a started checker and wait while it stops the lab (the
+        CLI's, between `start` and the end of `run`)."""
+        child = self.child
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGINT)
+            try:
+                child.wait(timeout=INTERRUPT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(timeout=5)
+        # Nobody will read what an interrupted run reported.
+        for path in (self.go, self.report, self.output):
+            if path is not None:
+                path.unlink(missing_ok=True)
+
     def cancel(self) -> None:
         """Stop a checker started ahead that will not be needed (it runs no lab yet)."""
         if self.child is not None and self.child.poll() is None:
@@ -237,10 +257,45 @@ def default_learner(root: Path) -> str | None:
     return git.stdout.strip() or None
 
 
-def _follow(report: Path, child: subprocess.Popen, on_event: OnEvent | None) -> list[Event]:
+class _PassedOn:
+    """While a checker runs, a Ctrl-C (or SIGTERM) is passed on to it as Ctrl-C and
+    noted in ARRIVED; `run` raises it once the checker has stopped the lab and ended.
+    Raised where it arrived instead, it could come between the lock that Popen.poll
+    takes and the `try` that releases it: no wait saw the checker end after that (15 s,
+    then a kill). Only the main thread sets handlers; elsewhere, signals go as before."""
+
+    def __init__(self, child: subprocess.Popen):
+        self.child = child
+        self.arrived: float | None = None  # when the first signal came
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "_PassedOn":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {number: signal.signal(number, self._pass_on) for number in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _pass_on(self, number: int, frame: object) -> None:
+        if self.arrived is None:
+            self.arrived = time.monotonic()
+            if self.child.returncode is None:  # not reaped: its PID is still its own
+                os.kill(self.child.pid, signal.SIGINT)
+
+    def overdue(self) -> bool:
+        """Whether the checker had long enough to stop after the signal."""
+        return self.arrived is not None and time.monotonic() - self.arrived > INTERRUPT_GRACE_S
+
+
+def _follow(report: Path, child: subprocess.Popen, on_event: OnEvent | None,
+            interrupts: _PassedOn | None = None) -> list[Event]:
     events: list[Event] = []
     position = 0
     while True:
+        if interrupts is not None and interrupts.overdue() and child.poll() is None:
+            child.kill()
         finished = child.poll() is not None
         if report.exists():
             with open(report, encoding="utf-8") as handle:

@@ -51,11 +51,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    global _full_trace
     config.addinivalue_line("markers", "lab(slug): the lab a checker module grades")
     config.addinivalue_line("markers", "meshlab_check(title, hint): a graded check and its hint")
+    _full_trace = bool(config.getoption("fulltrace", default=False))
     path = config.getoption("--meshlab-report", default=None)
     if path:
         config.stash[_REPORT] = _Report(Path(path))
+
+
+_full_trace = False  # pytest's --full-trace (the hook below has no config of its own)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Cut a Ctrl-C's traceback (or a pytest.exit's) down to where it struck, before
+    pytest's terminal formats it. It formats every frame, reading and parsing each one's
+    whole source file, to print one line (the last frame) unless --full-trace is given;
+    and it does so before the session ends, so the lab kept running meanwhile: half a
+    second with a checker's stack, seconds on a busy machine, between the learner's
+    Ctrl-C and the lab's stop."""
+    if _full_trace:
+        return
+    traceback = excinfo.traceback
+    for index in range(len(traceback) - 1, -1, -1):
+        if not traceback[index].ishidden(excinfo):
+            excinfo.traceback = traceback[index:]  # from the frame pytest shows on
+            break
+    excinfo.value.__suppress_context__ = True  # an exception being handled there is not shown either
 
 
 class _Report:

@@ -259,11 +259,19 @@ class LabSession:
         self.runtime.stop(service)
         try:
             yield
-        finally:
-            if restart:
+        except BaseException as error:
+            # Ctrl-C, pytest's own outcomes (skip, fail, a timeout): the check ends here,
+            # so the start waits for `restore` like RESTART false. A Ctrl-C would wait for
+            # a start that the run's stop undoes at once.
+            if restart and isinstance(error, Exception):
                 self.runtime.start(service)
             else:
                 self._left_stopped.append(service)
+            raise
+        if restart:
+            self.runtime.start(service)
+        else:
+            self._left_stopped.append(service)
 
     def restore(self) -> None:
         """Start again, and wait for, what a check left stopped (see `stopped`)."""

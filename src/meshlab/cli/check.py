@@ -51,15 +51,21 @@ def check_command(lab: str, path: str | None, solution: bool, isolate: bool, run
                            fix="run without --isolate, or as root / with unprivileged user namespaces")
     checker = Checker(course, spec, lab_dir, isolate=isolate, runtime=runtime)
     checker.start()
-    from meshlab import progress, ui
+    try:
+        from meshlab import progress, ui
 
+        if as_json:
+            result = checker.run()
+        else:
+            with ui.check_progress(spec) as on_event:
+                result = checker.run(on_event)
+    except KeyboardInterrupt:
+        checker.interrupt()  # also when it came before `run` was there to pass it on
+        raise
     if as_json:
-        result = checker.run()
         result.learner = (learner or "").strip() or default_learner(course.root)
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        with ui.check_progress(spec) as on_event:
-            result = checker.run(on_event)
         ui.show_result(result)
     if lab_dir == spec.workspace and result.status != "error":
         progress.record_check(course, spec, result.status, result.passed, len(result.checks))

@@ -131,16 +131,21 @@ def terminate_groups(groups: Sequence[tuple[int, int, subprocess.Popen | None]],
         for popen in popens:
             popen.poll()
         if not any(_running(p) for pids in members.values() for p in pids):
-            break
+            # Every one has ended: reap without waiting. A Popen whose poll a Ctrl-C
+            # cut short (between its lock's acquire and the try that releases it)
+            # can no longer reap, and a wait on it would last the whole grace; its
+            # zombie goes with this process.
+            for popen in popens:
+                popen.poll()
+            return
         time.sleep(0.005)
-    else:
-        for pgid, pid, _ in groups:
-            _signal_group(pgid, signal.SIGKILL)
-            for p in members[pid]:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+    for pgid, pid, _ in groups:
+        _signal_group(pgid, signal.SIGKILL)
+        for p in members[pid]:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     for popen in popens:
         try:
             popen.wait(timeout=grace)
