@@ -160,7 +160,9 @@ class Checker:
 
     def _spawn(self) -> None:
         with open(self.output, "wb") as out:
-            # SIGTERM, not SIGKILL, if we die: the checker then stops the lab's processes.
+            # SIGTERM, not SIGKILL, if we die: the checker removes its temporary folder (keys)
+            # and dies of it; the lab's processes die with it (their parent-death signal), pods
+            # go with their reaper, and the next command clears the run's record.
             self.child = spawn(self.argv, cwd=self.course.root, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                die_with_parent=True, death_signal=signal.SIGTERM)
 
