@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -389,19 +390,20 @@ def _config(lab, workload: str, resource: str) -> list[dict]:
         return []
 
 
+def _dicts(value) -> Iterator[dict]:
+    """Every JSON object anywhere in VALUE (a config_dump), the outer ones first."""
+    if isinstance(value, dict):
+        yield value
+        value = list(value.values())
+    if isinstance(value, list):
+        for item in value:
+            yield from _dicts(item)
+
+
 def _find(value, key: str) -> list:
     """Every value of KEY anywhere in VALUE (lists' items one by one)."""
-    found = []
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if k == key:
-                found += v if isinstance(v, list) else [v]
-            else:
-                found += _find(v, key)
-    elif isinstance(value, list):
-        for item in value:
-            found += _find(item, key)
-    return found
+    found = [d[key] for d in _dicts(value) if key in d]
+    return [item for v in found for item in (v if isinstance(v, list) else [v])]
 
 
 def _matcher(matcher: dict, mesh: manifest.Mesh) -> str:
@@ -464,13 +466,7 @@ def _difference(config, mesh: manifest.Mesh, service: str) -> str:
 
 def _rbac_filters(value) -> list[dict]:
     """Every RBAC filter configuration (HTTP or network) anywhere in VALUE."""
-    if isinstance(value, dict):
-        if str(value.get("@type", "")).endswith(".rbac.v3.RBAC"):
-            return [value]
-        return [f for v in value.values() for f in _rbac_filters(v)]
-    if isinstance(value, list):
-        return [f for v in value for f in _rbac_filters(v)]
-    return []
+    return [d for d in _dicts(value) if str(d.get("@type", "")).endswith(".rbac.v3.RBAC")]
 
 
 def _service_of(mesh: manifest.Mesh, workload: str) -> str:
