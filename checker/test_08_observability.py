@@ -28,10 +28,8 @@ import json
 import math
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
 
 import httpx
 import pytest
@@ -292,11 +290,10 @@ def lost_spans(lab, services: list[str]) -> str:
 def test_prometheus_scrapes_every_sidecar(lab):
     # Prometheus scrapes first 5 s after it starts, whatever else happens. Until then,
     # the traffic that needs no scrape goes out: the signals' series, so that the first
-    # scrape already holds them, and then the tracing checks' requests, both at once
-    # (each waits 0.3 s for reviews): in a lab left running (`meshlab watch`), where
-    # Prometheus scrapes already, they cover the wait for a scrape of those series.
+    # scrape already holds them, and the tracing checks' requests.
     every_series(lab)
-    at_once(lambda: probe(lab, TRACED_REQUESTS), lambda: probe(lab, 1))
+    probe(lab, TRACED_REQUESTS)
+    probe(lab, 1)
     # Then a down target shows 0 within a scrape or two: a few seconds more allow a
     # sidecar that just restarted.
     deadline, settle = time.monotonic() + 20.0, None
@@ -445,14 +442,6 @@ def query_of(lab, name: str, hint: str) -> str:
     return query
 
 
-def at_once(*sends: Callable[[], object]) -> None:
-    """Run SENDS side by side (each a load of its own, the same as one after another to
-    every counter) and wait for all; the first error is raised."""
-    with ThreadPoolExecutor(len(sends)) as pool:
-        for running in [pool.submit(one) for one in sends]:
-            running.result()
-
-
 def send(lab, path: str, requests: int, concurrency: int = 25) -> load.LoadResult:
     return load.run(f"{entry(lab)}{path}", engine="builtin", requests=requests, concurrency=concurrency, timeout=10.0)
 
@@ -477,8 +466,8 @@ def known_traffic(lab) -> float:
     wait_for_scrapes(lab, every_series(lab))
     reviews = sidecar(lab, "reviews")
     before = {name: reviews.stat(f"cluster.local_app.upstream_rq_{name}") for name in ("total", "5xx")}
-    at_once(lambda: send(lab, "/?phase=signals", SIGNAL_REQUESTS, SIGNAL_CONCURRENCY),
-            lambda: send(lab, "/missing?phase=signals", MISSING_REQUESTS))
+    send(lab, "/?phase=signals", SIGNAL_REQUESTS, SIGNAL_CONCURRENCY)
+    send(lab, "/missing?phase=signals", MISSING_REQUESTS)
     failed = reviews.stat("cluster.local_app.upstream_rq_5xx") - before["5xx"]
     answered = reviews.stat("cluster.local_app.upstream_rq_total") - before["total"]
     # Exact by construction: of any 100 consecutive requests, reviews fails 20.
